@@ -1,0 +1,240 @@
+//! The guest's machine code: 32 exception entry stubs, the common handler, and the MSR-op
+//! interpreter. Every instruction is written byte by byte with its text beside it; the test in
+//! `tests` (bottom of this file) disassembles each line with iced-x86 and compares.
+//!
+//! Register conventions while the interpreter runs:
+//!   rsi  current operation record (see `program::RECORD_SIZE` for its layout)
+//!   r10  address of the guarded RDMSR/WRMSR that may fault
+//!   r11  where to resume after it faults (the instruction after it)
+//! An exception whose RIP is r10 is expected: the handler records vector and error code in the
+//! record and resumes at r11. Any other exception is reported through the mailbox and the
+//! PORT_UNEXPECTED exit (like KVM selftests' KVM_ASM_SAFE, in general-purpose registers only).
+
+use super::asm::{Asm, Code};
+use super::layout::{MAILBOX, PORT_DONE, PORT_UNEXPECTED};
+
+/// Exceptions that push an error code (SDM vol. 3A, table 6-1; APM vol. 2 table 8-1).
+pub fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+/// Names of the architectural exception vectors.
+pub fn vector_name(vector: u8) -> &'static str {
+    const N: [&str; 32] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "vec15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "vec22", "vec23", "vec24",
+        "vec25", "vec26", "vec27", "#HV", "#VC", "#SX", "vec31",
+    ];
+    N.get(vector as usize).copied().unwrap_or("vec?")
+}
+
+/// Label of exception stub `v`.
+pub fn stub_label(v: u8) -> &'static str {
+    const L: [&str; 32] = [
+        "vec0", "vec1", "vec2", "vec3", "vec4", "vec5", "vec6", "vec7", "vec8", "vec9", "vec10",
+        "vec11", "vec12", "vec13", "vec14", "vec15", "vec16", "vec17", "vec18", "vec19", "vec20",
+        "vec21", "vec22", "vec23", "vec24", "vec25", "vec26", "vec27", "vec28", "vec29", "vec30",
+        "vec31",
+    ];
+    L[v as usize]
+}
+
+/// Record field offsets the code uses (see `program` for the layout).
+const _: () = assert!(super::program::RECORD_SIZE == 0x20);
+
+/// Assemble the runtime at `base`. Entry point: label `interpreter`.
+pub fn runtime(base: u64) -> Code {
+    let mut a = Asm::new(base);
+    exception_stubs(&mut a);
+    common_handler(&mut a);
+    interpreter(&mut a);
+    a.finish()
+}
+
+fn exception_stubs(a: &mut Asm) {
+    for v in 0u8..32 {
+        a.label(stub_label(v));
+        if !has_error_code(v) {
+            a.i(&[0x6a, 0x00], "push 0"); // dummy error code keeps one frame layout
+        }
+        // iced-x86 (and this listing) print 0..=9 in decimal, larger numbers in hex.
+        let imm = if v < 10 { v.to_string() } else { format!("{v:#x}") };
+        a.i(&[0x6a, v], &format!("push {imm}"));
+        a.br32(&[0xe9], "common", "jmp common");
+    }
+}
+
+fn common_handler(a: &mut Asm) {
+    // Frame: [rsp] vector, [rsp+8] error code, [rsp+0x10] RIP, CS, RFLAGS, RSP, SS.
+    a.label("common");
+    a.i(&[0x50], "push rax");
+    a.i(&[0x48, 0x8b, 0x44, 0x24, 0x18], "mov rax,[rsp+0x18]"); // faulting RIP
+    a.i(&[0x4c, 0x39, 0xd0], "cmp rax,r10");
+    a.br8(0x75, "unexpected", "jne unexpected");
+    a.i(&[0x8a, 0x44, 0x24, 0x08], "mov al,[rsp+8]"); // vector
+    a.i(&[0x88, 0x46, 0x19], "mov [rsi+0x19],al");
+    a.i(&[0x8b, 0x44, 0x24, 0x10], "mov eax,[rsp+0x10]"); // error code
+    a.i(&[0x89, 0x46, 0x1c], "mov [rsi+0x1c],eax");
+    a.i(&[0xc6, 0x46, 0x18, 0x02], "mov byte ptr [rsi+0x18],2"); // outcome |= FAULTED
+    a.i(&[0x4c, 0x89, 0x5c, 0x24, 0x18], "mov [rsp+0x18],r11"); // resume after the instruction
+    a.i(&[0x58], "pop rax");
+    a.i(&[0x48, 0x83, 0xc4, 0x10], "add rsp,0x10"); // drop vector and error code
+    a.i(&[0x48, 0xcf], "iretq");
+
+    let mb = (MAILBOX as u32).to_le_bytes();
+    let mb8 = ((MAILBOX + 8) as u32).to_le_bytes();
+    let mb16 = ((MAILBOX + 16) as u32).to_le_bytes();
+    a.label("unexpected");
+    a.i(&[0x48, 0x8b, 0x44, 0x24, 0x08], "mov rax,[rsp+8]"); // vector
+    a.i(&[0x48, 0x89, 0x04, 0x25, mb[0], mb[1], mb[2], mb[3]], &format!("mov [{MAILBOX:#x}],rax"));
+    a.i(&[0x48, 0x8b, 0x44, 0x24, 0x10], "mov rax,[rsp+0x10]"); // error code
+    a.i(&[0x48, 0x89, 0x04, 0x25, mb8[0], mb8[1], mb8[2], mb8[3]], &format!("mov [{:#x}],rax", MAILBOX + 8));
+    a.i(&[0x48, 0x8b, 0x44, 0x24, 0x18], "mov rax,[rsp+0x18]"); // RIP
+    a.i(&[0x48, 0x89, 0x04, 0x25, mb16[0], mb16[1], mb16[2], mb16[3]], &format!("mov [{:#x}],rax", MAILBOX + 16));
+    a.label("unexpected_stop");
+    a.i(&[0xe6, PORT_UNEXPECTED as u8], &format!("out {PORT_UNEXPECTED:#x},al"));
+    a.i(&[0xf4], "hlt");
+    a.br8(0xeb, "unexpected_stop", "jmp unexpected_stop");
+}
+
+fn interpreter(a: &mut Asm) {
+    // rsi = first record. Record: +0 op (0 end, 1 rdmsr, 2 wrmsr), +4 index, +8 value to write,
+    // +0x10 value read, +0x18 outcome (bit 0 continued, bit 1 faulted), +0x19 vector, +0x1c error.
+    a.label("interpreter");
+    a.i(&[0x8b, 0x06], "mov eax,[rsi]");
+    a.i(&[0x85, 0xc0], "test eax,eax");
+    a.br8(0x74, "done", "je done");
+    a.i(&[0x8b, 0x4e, 0x04], "mov ecx,[rsi+4]");
+    a.i(&[0x83, 0xf8, 0x01], "cmp eax,1");
+    a.br8(0x75, "write", "jne write");
+    a.i(&[0x31, 0xc0], "xor eax,eax"); // a faulting read leaves 0
+    a.i(&[0x31, 0xd2], "xor edx,edx");
+    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]"); // -> rdmsr
+    a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]"); // -> after rdmsr
+    a.label("guarded_rdmsr");
+    a.i(&[0x0f, 0x32], "rdmsr");
+    a.i(&[0x48, 0xc1, 0xe2, 0x20], "shl rdx,0x20");
+    a.i(&[0x48, 0x09, 0xd0], "or rax,rdx");
+    a.i(&[0x48, 0x89, 0x46, 0x10], "mov [rsi+0x10],rax");
+    a.br8(0xeb, "next", "jmp next");
+    a.label("write");
+    a.i(&[0x8b, 0x46, 0x08], "mov eax,[rsi+8]");
+    a.i(&[0x8b, 0x56, 0x0c], "mov edx,[rsi+0xc]");
+    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]"); // -> wrmsr
+    a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]"); // -> after wrmsr
+    a.label("guarded_wrmsr");
+    a.i(&[0x0f, 0x30], "wrmsr");
+    a.label("next");
+    a.i(&[0x80, 0x4e, 0x18, 0x01], "or byte ptr [rsi+0x18],1");
+    a.i(&[0x48, 0x83, 0xc6, 0x20], "add rsi,0x20");
+    a.br8(0xeb, "interpreter", "jmp interpreter");
+    a.label("done");
+    a.i(&[0xe6, PORT_DONE as u8], &format!("out {PORT_DONE:#x},al"));
+    a.i(&[0xf4], "hlt");
+    a.br8(0xeb, "done", "jmp done");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+    fn formatter() -> IntelFormatter {
+        let mut f = IntelFormatter::new();
+        let o = f.options_mut();
+        o.set_hex_prefix("0x");
+        o.set_hex_suffix("");
+        o.set_uppercase_hex(false);
+        o.set_space_after_operand_separator(false);
+        o.set_rip_relative_addresses(true);
+        o.set_branch_leading_zeros(false);
+        o.set_show_branch_size(false);
+        o.set_leading_zeros(false);
+        f
+    }
+
+    /// Disassemble every line of the runtime and compare it with the listing written beside the
+    /// bytes; branch targets are compared through the label table.
+    #[test]
+    fn runtime_bytes_disassemble_to_their_listing() {
+        let code = runtime(0x1_0000);
+        let mut fmt = formatter();
+        let mut mismatches = Vec::new();
+        for line in &code.lines {
+            let mut dec = Decoder::with_ip(64, &line.bytes, line.addr, DecoderOptions::NONE);
+            let ins = dec.decode();
+            let mut text = String::new();
+            fmt.format(&ins, &mut text);
+            let mut expected = line.text.clone();
+            // A label operand stands for its address.
+            if ins.is_jmp_short_or_near() || ins.is_jcc_short_or_near() {
+                let (mn, label) = expected.split_once(' ').expect("branch has a target");
+                expected = format!("{mn} {:#x}", code.label(label));
+            }
+            if ins.is_invalid() || ins.len() != line.bytes.len() || text != expected {
+                mismatches.push(format!(
+                    "{:#x}: bytes {:02x?} decode to '{text}' ({} bytes), listing says '{}'",
+                    line.addr,
+                    line.bytes,
+                    ins.len(),
+                    line.text
+                ));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+
+    #[test]
+    fn rip_relative_leas_point_at_the_guarded_instructions() {
+        let code = runtime(0x1_0000);
+        for (guard, lea_r10) in [("guarded_rdmsr", 2), ("guarded_wrmsr", 2)] {
+            let g = code.label(guard);
+            // The two LEAs right before the guarded instruction: r10 -> it, r11 -> after it.
+            let idx = code.lines.iter().position(|l| l.addr == g).unwrap();
+            let r10 = &code.lines[idx - lea_r10];
+            let r11 = &code.lines[idx - 1];
+            let target = |l: &crate::guest::asm::Line| {
+                let d = i32::from_le_bytes(l.bytes[3..7].try_into().unwrap());
+                (l.addr + l.bytes.len() as u64).wrapping_add_signed(d.into())
+            };
+            assert_eq!(target(r10), g, "{guard}: r10");
+            assert_eq!(target(r11), g + 2, "{guard}: r11");
+        }
+    }
+
+    /// Only general-purpose instructions: no SSE/x87/int3 that the emulator cannot run.
+    #[test]
+    fn runtime_uses_general_purpose_instructions_only() {
+        use iced_x86::{InstructionInfoFactory, OpKind, Register};
+        let code = runtime(0x1_0000);
+        let mut info = InstructionInfoFactory::new();
+        for line in &code.lines {
+            let ins = Decoder::with_ip(64, &line.bytes, line.addr, DecoderOptions::NONE).decode();
+            assert_ne!(ins.mnemonic(), iced_x86::Mnemonic::Int3, "{}", line.text);
+            for r in info.info(&ins).used_registers() {
+                let reg: Register = r.register();
+                assert!(
+                    reg.is_gpr() || reg.is_segment_register() || reg == Register::RIP,
+                    "{:#x} '{}' uses {reg:?}",
+                    line.addr,
+                    line.text
+                );
+            }
+            let _ = OpKind::Register;
+        }
+    }
+
+    #[test]
+    fn every_vector_has_a_stub_with_the_right_frame() {
+        let code = runtime(0x1_0000);
+        for v in 0u8..32 {
+            let a = code.label(stub_label(v));
+            let first = code.lines.iter().find(|l| l.addr == a).unwrap();
+            if has_error_code(v) {
+                assert_eq!(first.bytes, [0x6a, v]);
+            } else {
+                assert_eq!(first.bytes, [0x6a, 0x00]);
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! CPUID tables: KVM's supported CPUID, single-bit edits, and reading a vCPU's effective CPUID
+//! back (KVM_GET_CPUID2), from which every CPUID-gated expectation is derived.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+/// A CPUID output register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// One CPUID feature bit: leaf, subleaf, register, bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    pub name: &'static str,
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub reg: Reg,
+    pub bit: u8,
+}
+
+macro_rules! feature {
+    ($name:literal, $leaf:literal, $sub:literal, $reg:ident, $bit:literal) => {
+        Feature { name: $name, leaf: $leaf, subleaf: $sub, reg: Reg::$reg, bit: $bit }
+    };
+}
+
+/// CPUID bits that gate MSRs (SDM vol. 2A CPUID; APM vol. 3 appendix E; KVM's
+/// arch/x86/include/asm/cpufeatures.h names).
+pub const FEATURES: &[Feature] = &[
+    feature!("MSR", 0x1, 0, Edx, 5),
+    feature!("APIC", 0x1, 0, Edx, 9),
+    feature!("SEP", 0x1, 0, Edx, 11),
+    feature!("MTRR", 0x1, 0, Edx, 12),
+    feature!("MCE", 0x1, 0, Edx, 7),
+    feature!("PAT", 0x1, 0, Edx, 16),
+    feature!("DS", 0x1, 0, Edx, 21),
+    feature!("PDCM", 0x1, 0, Ecx, 15),
+    feature!("X2APIC", 0x1, 0, Ecx, 21),
+    feature!("TSC_DEADLINE", 0x1, 0, Ecx, 24),
+    feature!("XSAVE", 0x1, 0, Ecx, 26),
+    feature!("HYPERVISOR", 0x1, 0, Ecx, 31),
+    feature!("TSC_ADJUST", 0x7, 0, Ebx, 1),
+    feature!("MPX", 0x7, 0, Ebx, 14),
+    feature!("RDPID", 0x7, 0, Ecx, 22),
+    feature!("SPEC_CTRL", 0x7, 0, Edx, 26),
+    feature!("FLUSH_L1D", 0x7, 0, Edx, 28),
+    feature!("ARCH_CAPABILITIES", 0x7, 0, Edx, 29),
+    feature!("CORE_CAPABILITIES", 0x7, 0, Edx, 30),
+    feature!("SSBD", 0x7, 0, Edx, 31),
+    feature!("XSAVES", 0xd, 1, Eax, 3),
+    feature!("SYSCALL", 0x8000_0001, 0, Edx, 11),
+    feature!("NX", 0x8000_0001, 0, Edx, 20),
+    feature!("RDTSCP", 0x8000_0001, 0, Edx, 27),
+    feature!("LM", 0x8000_0001, 0, Edx, 29),
+    feature!("SVM", 0x8000_0001, 0, Ecx, 2),
+    feature!("OSVW", 0x8000_0001, 0, Ecx, 9),
+    feature!("AMD_IBPB", 0x8000_0008, 0, Ebx, 12),
+    feature!("AMD_IBRS", 0x8000_0008, 0, Ebx, 14),
+    feature!("AMD_STIBP", 0x8000_0008, 0, Ebx, 15),
+    feature!("AMD_SSBD", 0x8000_0008, 0, Ebx, 24),
+    feature!("VIRT_SSBD", 0x8000_0008, 0, Ebx, 25),
+    feature!("KVM_CLOCKSOURCE", 0x4000_0001, 0, Eax, 0),
+    feature!("KVM_ASYNC_PF", 0x4000_0001, 0, Eax, 4),
+    feature!("KVM_STEAL_TIME", 0x4000_0001, 0, Eax, 5),
+    feature!("KVM_PV_EOI", 0x4000_0001, 0, Eax, 6),
+    feature!("KVM_CLOCKSOURCE2", 0x4000_0001, 0, Eax, 3),
+    feature!("KVM_POLL_CONTROL", 0x4000_0001, 0, Eax, 12),
+    feature!("KVM_ASYNC_PF_INT", 0x4000_0001, 0, Eax, 14),
+];
+
+/// Look a feature up by name (case-insensitive).
+pub fn feature(name: &str) -> Option<Feature> {
+    FEATURES.iter().copied().find(|f| f.name.eq_ignore_ascii_case(name))
+}
+
+/// The CPU vendor a CPUID table claims (leaf 0 signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vendor {
+    Intel,
+    Amd,
+    Hygon,
+    Zhaoxin,
+    Other,
+}
+
+impl Vendor {
+    pub fn from_signature(ebx: u32, edx: u32, ecx: u32) -> Vendor {
+        let mut s = Vec::with_capacity(12);
+        for r in [ebx, edx, ecx] {
+            s.extend_from_slice(&r.to_le_bytes());
+        }
+        match &s[..] {
+            b"GenuineIntel" => Vendor::Intel,
+            b"AuthenticAMD" => Vendor::Amd,
+            b"HygonGenuine" => Vendor::Hygon,
+            b"CentaurHauls" | b"  Shanghai  " => Vendor::Zhaoxin,
+            _ => Vendor::Other,
+        }
+    }
+
+    /// KVM's `guest_cpuid_is_intel_compatible` (cpuid.h): Intel and Zhaoxin.
+    pub fn is_intel_compatible(self) -> bool {
+        matches!(self, Vendor::Intel | Vendor::Zhaoxin)
+    }
+
+    /// KVM's `guest_cpuid_is_amd_compatible` (cpuid.h): AMD and Hygon.
+    pub fn is_amd_compatible(self) -> bool {
+        matches!(self, Vendor::Amd | Vendor::Hygon)
+    }
+}
+
+/// An owned CPUID table (the entries of a `kvm_cpuid2`).
+#[derive(Clone, Debug, Default)]
+pub struct CpuidTable {
+    pub entries: Vec<kvm_cpuid_entry2>,
+}
+
+impl CpuidTable {
+    pub fn from_kvm(c: &CpuId) -> Self {
+        CpuidTable { entries: c.as_slice().to_vec() }
+    }
+
+    pub fn to_kvm(&self) -> CpuId {
+        CpuId::from_entries(&self.entries).expect("CPUID table within KVM_MAX_CPUID_ENTRIES")
+    }
+
+    fn find(&self, leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
+        self.entries.iter().find(|e| {
+            e.function == leaf
+                && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        })
+    }
+
+    fn find_mut(&mut self, leaf: u32, subleaf: u32) -> Option<&mut kvm_cpuid_entry2> {
+        self.entries.iter_mut().find(|e| {
+            e.function == leaf
+                && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        })
+    }
+
+    /// The value of one register, or None when the leaf is absent.
+    pub fn reg(&self, leaf: u32, subleaf: u32, reg: Reg) -> Option<u32> {
+        self.find(leaf, subleaf).map(|e| match reg {
+            Reg::Eax => e.eax,
+            Reg::Ebx => e.ebx,
+            Reg::Ecx => e.ecx,
+            Reg::Edx => e.edx,
+        })
+    }
+
+    pub fn has(&self, f: Feature) -> bool {
+        self.reg(f.leaf, f.subleaf, f.reg).is_some_and(|v| v & (1 << f.bit) != 0)
+    }
+
+    /// Set or clear one feature bit. Returns false when the leaf is absent from the table (the bit
+    /// then stays clear, which the caller must treat as "not set").
+    pub fn set(&mut self, f: Feature, on: bool) -> bool {
+        let Some(e) = self.find_mut(f.leaf, f.subleaf) else { return false };
+        let r = match f.reg {
+            Reg::Eax => &mut e.eax,
+            Reg::Ebx => &mut e.ebx,
+            Reg::Ecx => &mut e.ecx,
+            Reg::Edx => &mut e.edx,
+        };
+        if on {
+            *r |= 1 << f.bit;
+        } else {
+            *r &= !(1 << f.bit);
+        }
+        true
+    }
+
+    pub fn vendor(&self) -> Vendor {
+        match self.find(0, 0) {
+            Some(e) => Vendor::from_signature(e.ebx, e.edx, e.ecx),
+            None => Vendor::Other,
+        }
+    }
+
+    /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
+    pub fn set_vendor(&mut self, vendor: Vendor) {
+        let sig: &[u8; 12] = match vendor {
+            Vendor::Intel => b"GenuineIntel",
+            Vendor::Amd => b"AuthenticAMD",
+            Vendor::Hygon => b"HygonGenuine",
+            Vendor::Zhaoxin => b"CentaurHauls",
+            Vendor::Other => b"kvm-msr-test",
+        };
+        let w = |i: usize| u32::from_le_bytes(sig[i..i + 4].try_into().unwrap());
+        if let Some(e) = self.find_mut(0, 0) {
+            e.ebx = w(0);
+            e.edx = w(4);
+            e.ecx = w(8);
+        }
+    }
+
+    /// Names of the known features this table has.
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        FEATURES.iter().filter(|f| self.has(**f)).map(|f| f.name).collect()
+    }
+}

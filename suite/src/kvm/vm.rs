@@ -1,0 +1,169 @@
+//! VMs and vCPUs: a builder with guest memory, an optional in-kernel irqchip and a CPUID policy,
+//! and vCPUs whose MSR access keeps KVM's per-entry semantics.
+
+use super::cpuid::CpuidTable;
+use super::memory::GuestMemory;
+use super::raw::{self, MsrEntry, MsrIo, MsrOp};
+use super::run::{decode_exit, Exit, Watchdog};
+use super::system::KvmSystem;
+use crate::error::{Error, Result};
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{VcpuFd, VmFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// What a fresh VM looks like.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Bytes of guest memory at GPA 0.
+    pub mem_size: usize,
+    /// KVM_CREATE_IRQCHIP before vCPUs (an in-kernel LAPIC, as QEMU and the selftests use).
+    pub irqchip: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig { mem_size: 4 << 20, irqchip: true }
+    }
+}
+
+/// How a vCPU's CPUID is set up.
+#[derive(Clone, Debug)]
+pub enum CpuidPolicy {
+    /// No KVM_SET_CPUID2: every `guest_cpu_cap_has` is false (semantics §0, "bare vCPU").
+    Bare,
+    /// KVM_SET_CPUID2 with this table.
+    Table(CpuidTable),
+}
+
+pub struct Vm {
+    pub fd: VmFd,
+    pub mem: GuestMemory,
+    pub config: VmConfig,
+}
+
+impl Vm {
+    pub fn new(sys: &KvmSystem, config: &VmConfig) -> Result<Vm> {
+        let fd = sys.kvm().create_vm().map_err(|e| Error::ioctl("KVM_CREATE_VM", e))?;
+        let mem = GuestMemory::new(config.mem_size)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.len() as u64,
+            userspace_addr: mem.host_addr(),
+        };
+        // SAFETY: the region describes `mem`, which lives as long as the VM (both are fields of
+        // the returned Vm, and the fd is dropped first because it is declared first).
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        if config.irqchip {
+            fd.create_irq_chip().map_err(|e| Error::ioctl("KVM_CREATE_IRQCHIP", e))?;
+        }
+        Ok(Vm { fd, mem, config: config.clone() })
+    }
+
+    /// KVM_ENABLE_CAP on the VM fd (api.rst 4.37).
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
+        let c = kvm_enable_cap { cap, args, ..Default::default() };
+        self.fd.enable_cap(&c).map_err(|e| e.errno())
+    }
+
+    /// KVM_CREATE_VCPU, then the CPUID policy, then KVM_GET_CPUID2 to learn what took effect.
+    pub fn create_vcpu(&self, id: u64, cpuid: &CpuidPolicy) -> Result<Vcpu> {
+        let fd = self.fd.create_vcpu(id).map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
+        let mut vcpu = Vcpu { fd, id, effective_cpuid: None, set_cpuid_errno: None, watchdog: None };
+        if let CpuidPolicy::Table(t) = cpuid {
+            if let Err(e) = vcpu.fd.set_cpuid2(&t.to_kvm()) {
+                vcpu.set_cpuid_errno = Some(e.errno());
+            }
+            vcpu.effective_cpuid = vcpu.read_cpuid();
+        }
+        Ok(vcpu)
+    }
+}
+
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub id: u64,
+    /// KVM_GET_CPUID2 after KVM_SET_CPUID2: the CPUID expectations are derived from. None for a
+    /// bare vCPU.
+    pub effective_cpuid: Option<CpuidTable>,
+    /// Errno of KVM_SET_CPUID2, if it failed.
+    pub set_cpuid_errno: Option<i32>,
+    watchdog: Option<(i32, Watchdog)>,
+}
+
+impl AsRawFd for Vcpu {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Vcpu {
+    /// KVM_GET_CPUID2 (api.rst 4.120), or None if it fails.
+    pub fn read_cpuid(&self) -> Option<CpuidTable> {
+        self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).ok().map(|c| CpuidTable::from_kvm(&c))
+    }
+
+    /// KVM_GET_MSRS with one entry per index; the result keeps the count KVM returned.
+    pub fn get_msrs(&self, indices: &[u32]) -> MsrIo {
+        let entries: Vec<MsrEntry> = indices.iter().map(|&index| MsrEntry { index, data: 0 }).collect();
+        raw::msr_io(self, MsrOp::Get, &entries, entries.len() as u32)
+    }
+
+    /// KVM_SET_MSRS; the result keeps the count KVM returned (api.rst 4.19).
+    pub fn set_msrs(&self, entries: &[MsrEntry]) -> MsrIo {
+        raw::msr_io(self, MsrOp::Set, entries, entries.len() as u32)
+    }
+
+    /// Raw MSR ioctl with an explicit nmsrs.
+    pub fn msr_io(&self, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) -> MsrIo {
+        raw::msr_io(self, op, entries, nmsrs)
+    }
+
+    /// One host read: Some(value) if KVM processed the entry.
+    pub fn get_msr(&self, index: u32) -> Option<u64> {
+        let io = self.get_msrs(&[index]);
+        (io.result == Ok(1)).then(|| io.entries[0].data)
+    }
+
+    /// One host write: true if KVM processed the entry.
+    pub fn set_msr(&self, index: u32, data: u64) -> bool {
+        self.set_msrs(&[MsrEntry { index, data }]).result == Ok(1)
+    }
+
+    /// KVM_RUN once, with a deadline. Never blocks past `timeout` (plus a few milliseconds).
+    pub fn run(&mut self, timeout: Duration) -> Exit {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        if self.watchdog.as_ref().is_none_or(|(t, _)| *t != tid) {
+            match Watchdog::for_current_thread() {
+                Ok(w) => self.watchdog = Some((tid, w)),
+                Err(e) => return Exit::RunError { errno: e.raw_os_error().unwrap_or(-1) },
+            }
+        }
+        let wd = &self.watchdog.as_ref().expect("watchdog set above").1;
+        wd.arm(timeout);
+        let start = Instant::now();
+        let exit = loop {
+            match self.fd.run() {
+                Ok(_) => break decode_exit(self.fd.get_kvm_run()),
+                Err(e) if e.errno() == libc::EINTR => {
+                    if start.elapsed() >= timeout {
+                        break Exit::Timeout { after: start.elapsed() };
+                    }
+                }
+                Err(e) => break Exit::RunError { errno: e.errno() },
+            }
+        };
+        wd.disarm();
+        exit
+    }
+
+    /// KVM_ENABLE_CAP on the vCPU fd.
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
+        let c = kvm_enable_cap { cap, args, ..Default::default() };
+        self.fd.enable_cap(&c).map_err(|e| e.errno())
+    }
+}

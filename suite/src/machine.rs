@@ -1,0 +1,119 @@
+//! A machine: one VM, one vCPU in long mode with the guest runtime installed, ready to run MSR
+//! programs and to be inspected from the host between runs. Checks, the fuzzer and the
+//! benchmarks all drive KVM through this.
+
+use crate::error::{Error, Result};
+use crate::guest::asm::Code;
+use crate::guest::layout::{MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
+use crate::guest::program::{read_results, write_program};
+use crate::guest::{code, long_mode, GuestOp, OpOutcome};
+use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
+use std::fmt;
+use std::time::Duration;
+
+/// How to build a machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    pub vm: VmConfig,
+    pub cpuid: CpuidPolicy,
+    /// Deadline for one guest program.
+    pub timeout: Duration,
+}
+
+impl MachineConfig {
+    /// KVM's supported CPUID, in-kernel irqchip: what a VMM like QEMU with `-cpu host` gives.
+    pub fn with_cpuid(cpuid: CpuidTable) -> Self {
+        MachineConfig { vm: VmConfig::default(), cpuid: CpuidPolicy::Table(cpuid), timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Why a guest program did not run to its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestDeath {
+    pub exit: Exit,
+    /// For an unexpected exception: vector, error code and RIP from the mailbox.
+    pub detail: String,
+}
+
+impl fmt::Display for GuestDeath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "guest stopped: {}", self.exit)
+        } else {
+            write!(f, "guest stopped: {} ({})", self.exit, self.detail)
+        }
+    }
+}
+
+/// The results of one program: one outcome per op, and why it stopped early if it did.
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    pub outcomes: Vec<OpOutcome>,
+    pub death: Option<GuestDeath>,
+}
+
+impl GuestRun {
+    pub fn completed(&self) -> bool {
+        self.death.is_none()
+    }
+}
+
+pub struct Machine {
+    pub vm: Vm,
+    pub vcpu: Vcpu,
+    pub runtime: Code,
+    pub timeout: Duration,
+    runs: u32,
+}
+
+impl Machine {
+    pub fn new(sys: &KvmSystem, config: &MachineConfig) -> Result<Machine> {
+        let mut vm = Vm::new(sys, &config.vm)?;
+        let runtime = long_mode::install(&mut vm.mem);
+        let vcpu = vm.create_vcpu(0, &config.cpuid)?;
+        let sregs = vcpu.fd.get_sregs().map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
+        vcpu.fd
+            .set_sregs(&long_mode::long_mode_sregs(sregs))
+            .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))?;
+        Ok(Machine { vm, vcpu, runtime, timeout: config.timeout, runs: 0 })
+    }
+
+    /// True once KVM_RUN has been called on the vCPU (feature MSRs freeze, semantics §1.11).
+    pub fn has_run(&self) -> bool {
+        self.runs > 0
+    }
+
+    /// Run `ops` in the guest, in order, and collect one outcome per op.
+    pub fn run_ops(&mut self, ops: &[GuestOp]) -> GuestRun {
+        write_program(&mut self.vm.mem, ops);
+        let entry = self.runtime.label("interpreter");
+        if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
+            return GuestRun {
+                outcomes: vec![OpOutcome::NotReached; ops.len()],
+                death: Some(GuestDeath { exit: Exit::RunError { errno: e.errno() }, detail: "KVM_SET_REGS failed".into() }),
+            };
+        }
+        self.runs += 1;
+        let death = loop {
+            let exit = self.vcpu.run(self.timeout);
+            match &exit {
+                Exit::IoOut { port, .. } if *port == PORT_DONE => break None,
+                Exit::IoOut { port, .. } if *port == PORT_UNEXPECTED => {
+                    let vector = self.vm.mem.read_u64(MAILBOX) as u8;
+                    let detail = format!(
+                        "unexpected {} error code {:#x} at RIP {:#x}",
+                        code::vector_name(vector),
+                        self.vm.mem.read_u64(MAILBOX + 8),
+                        self.vm.mem.read_u64(MAILBOX + 16)
+                    );
+                    break Some(GuestDeath { exit, detail });
+                }
+                _ => {
+                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    break Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") });
+                }
+            }
+        };
+        GuestRun { outcomes: read_results(&self.vm.mem, ops), death }
+    }
+}
