@@ -17,7 +17,11 @@ pub enum Error {
     /// An ioctl that the harness needs (not the one under test) failed.
     Ioctl { what: &'static str, errno: i32 },
     /// A fixture file could not be read or does not follow its schema.
-    Fixture { file: PathBuf, line: Option<usize>, message: String },
+    Fixture {
+        file: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
     /// Bad command-line input that clap cannot see (e.g. an unknown format).
     Usage(String),
 }
@@ -70,7 +74,10 @@ impl std::error::Error for Error {}
 impl Error {
     /// Wrap an errno from kvm-ioctls.
     pub fn ioctl(what: &'static str, e: vmm_sys_util::errno::Error) -> Self {
-        Error::Ioctl { what, errno: e.errno() }
+        Error::Ioctl {
+            what,
+            errno: e.errno(),
+        }
     }
 
     /// True when the error means "no usable KVM here" (a skip, not a failure, unless KVM is

@@ -1,9 +1,17 @@
 //! kvm-msr-suite: conformance checks, fuzzing oracles and benchmarks for Linux KVM's x86 MSR
 //! handling. See ARCHITECTURE.md at the repository root for how the pieces fit.
 
+pub mod catalogue;
+pub mod checks;
+pub mod deviations;
 pub mod error;
+pub mod fixtures;
 pub mod guest;
 pub mod kvm;
 pub mod machine;
+pub mod msr_index;
+pub mod report;
+pub mod runner;
 
 pub use error::{Error, Result};
+pub use fixtures::fixtures_dir;

@@ -23,7 +23,11 @@ pub struct MachineConfig {
 impl MachineConfig {
     /// KVM's supported CPUID, in-kernel irqchip: what a VMM like QEMU with `-cpu host` gives.
     pub fn with_cpuid(cpuid: CpuidTable) -> Self {
-        MachineConfig { vm: VmConfig::default(), cpuid: CpuidPolicy::Table(cpuid), timeout: Duration::from_secs(5) }
+        MachineConfig {
+            vm: VmConfig::default(),
+            cpuid: CpuidPolicy::Table(cpuid),
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -71,11 +75,20 @@ impl Machine {
         let mut vm = Vm::new(sys, &config.vm)?;
         let runtime = long_mode::install(&mut vm.mem);
         let vcpu = vm.create_vcpu(0, &config.cpuid)?;
-        let sregs = vcpu.fd.get_sregs().map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
+        let sregs = vcpu
+            .fd
+            .get_sregs()
+            .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
         vcpu.fd
             .set_sregs(&long_mode::long_mode_sregs(sregs))
             .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))?;
-        Ok(Machine { vm, vcpu, runtime, timeout: config.timeout, runs: 0 })
+        Ok(Machine {
+            vm,
+            vcpu,
+            runtime,
+            timeout: config.timeout,
+            runs: 0,
+        })
     }
 
     /// True once KVM_RUN has been called on the vCPU (feature MSRs freeze, semantics §1.11).
@@ -90,7 +103,10 @@ impl Machine {
         if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
             return GuestRun {
                 outcomes: vec![OpOutcome::NotReached; ops.len()],
-                death: Some(GuestDeath { exit: Exit::RunError { errno: e.errno() }, detail: "KVM_SET_REGS failed".into() }),
+                death: Some(GuestDeath {
+                    exit: Exit::RunError { errno: e.errno() },
+                    detail: "KVM_SET_REGS failed".into(),
+                }),
             };
         }
         self.runs += 1;
@@ -110,10 +126,16 @@ impl Machine {
                 }
                 _ => {
                     let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                    break Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") });
+                    break Some(GuestDeath {
+                        exit,
+                        detail: format!("RIP {rip:#x}"),
+                    });
                 }
             }
         };
-        GuestRun { outcomes: read_results(&self.vm.mem, ops), death }
+        GuestRun {
+            outcomes: read_results(&self.vm.mem, ops),
+            death,
+        }
     }
 }

@@ -1,1 +1,67 @@
-fn main(){}
+//! Every conformance check as its own named test: `cargo test -- guest.tsc` filters by id.
+//!
+//! A skip is an ignored test with its reason; a recorded backend deviation is an ignored test
+//! that says "known deviation"; neither counts as a pass. Without /dev/kvm the checks cannot be
+//! enumerated: one test, `kvm.available`, says why, and fails instead when KVM_MSR_REQUIRE_KVM=1.
+
+use kvm_msr_suite::checks::{self, Context};
+use kvm_msr_suite::runner::{run_check, Verdict};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use std::sync::Arc;
+
+fn require_kvm() -> bool {
+    std::env::var("KVM_MSR_REQUIRE_KVM").is_ok_and(|v| v == "1")
+}
+
+fn trials() -> Vec<Trial> {
+    let ctx = match Context::load() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            let msg = e.to_string();
+            let unavailable = e.is_kvm_unavailable();
+            return vec![Trial::ignorable_test("kvm.available", move || {
+                if unavailable && !require_kvm() {
+                    Ok(Completion::ignored_with(format!(
+                        "KVM checks skipped: {msg}"
+                    )))
+                } else {
+                    Err(Failed::from(msg))
+                }
+            })];
+        }
+    };
+    checks::all(&ctx)
+        .into_iter()
+        .map(|check| {
+            let ctx = Arc::clone(&ctx);
+            Trial::ignorable_test(check.id.clone(), move || {
+                let r = run_check(&check, &ctx);
+                match r.verdict {
+                    Verdict::Pass => Ok(Completion::Completed),
+                    Verdict::Skip => Ok(Completion::ignored_with(format!("skip: {}", r.detail))),
+                    Verdict::Deviation => Ok(Completion::ignored_with(format!(
+                        "known {} deviation: {}",
+                        r.deviation
+                            .as_ref()
+                            .map(|d| d.backend.as_str())
+                            .unwrap_or(""),
+                        r.detail
+                    ))),
+                    Verdict::Fail => Err(Failed::from(format!(
+                        "{}\n  expected: {}\n  actual:   {}\n  {}\n  source:   {}",
+                        r.summary,
+                        r.expected.as_deref().unwrap_or("-"),
+                        r.actual.as_deref().unwrap_or("-"),
+                        r.detail,
+                        r.cite
+                    ))),
+                }
+            })
+        })
+        .collect()
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    libtest_mimic::run(&args, trials()).exit();
+}

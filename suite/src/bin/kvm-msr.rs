@@ -1,21 +1,129 @@
-use kvm_msr_suite::guest::GuestOp;
-use kvm_msr_suite::kvm::facts::HostFacts;
-use kvm_msr_suite::kvm::KvmSystem;
-use kvm_msr_suite::machine::{Machine, MachineConfig};
+//! `kvm-msr`: run the conformance checks against this host's KVM and report.
 
-fn main() {
-    let sys = KvmSystem::open().unwrap();
-    let facts = HostFacts::gather(&sys).unwrap();
-    println!("{}", facts.summary());
-    let mut m = Machine::new(&sys, &MachineConfig::with_cpuid(facts.supported_cpuid.clone())).unwrap();
-    println!("{}", m.runtime.listing());
-    let ops: Vec<GuestOp> = facts.msr_index_list.iter().map(|&i| GuestOp::Rdmsr(i)).chain([GuestOp::Rdmsr(0xdeadbeef), GuestOp::Wrmsr(0x277, 0x0202020202020202), GuestOp::Rdmsr(0x277)]).collect();
-    let t = std::time::Instant::now();
-    let r = m.run_ops(&ops);
-    println!("took {:?}", t.elapsed());
-    for (op, o) in ops.iter().zip(&r.outcomes) {
-        let host = m.vcpu.get_msr(op.index());
-        println!("{op} -> {o}   host {host:x?}");
+use clap::{Parser, Subcommand};
+use kvm_msr_suite::checks::{self, Context};
+use kvm_msr_suite::report::{Format, Report};
+use kvm_msr_suite::runner::{run_check, select, CheckResult};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kvm-msr",
+    version,
+    about = "Conformance checks for Linux KVM's x86 MSR handling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the checks against this host and print the results.
+    ///
+    /// Exit status: 0 every check passed or is a recorded deviation, 1 a check failed,
+    /// 2 bad input (arguments, fixtures), 4 nothing ran (e.g. no /dev/kvm).
+    Report {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Run only checks whose id contains this text (repeatable; any match selects).
+        #[arg(long)]
+        filter: Vec<String>,
+        /// List the selected check ids and what they check, without running them.
+        #[arg(long)]
+        list: bool,
+        /// Worker threads (default: available CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+fn run_all(ctx: &Context, selected: &[&checks::Check], jobs: usize) -> Vec<CheckResult> {
+    let jobs = jobs.clamp(1, selected.len().max(1));
+    let mut slots: Vec<Option<CheckResult>> = vec![None; selected.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..selected.len())
+                        .step_by(jobs)
+                        .map(|i| (i, run_check(selected[i], ctx)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("worker threads catch check panics") {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every check ran"))
+        .collect()
+}
+
+fn require_kvm() -> bool {
+    std::env::var("KVM_MSR_REQUIRE_KVM").is_ok_and(|v| v == "1")
+}
+
+fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) -> ExitCode {
+    let ctx = match Context::load() {
+        Ok(c) => c,
+        Err(e) if e.is_kvm_unavailable() => {
+            eprintln!("kvm-msr: {e}");
+            let r = Report {
+                host: None,
+                unavailable: Some(e.to_string()),
+                results: Vec::new(),
+            };
+            if !list {
+                print!("{}", r.render(format));
+            }
+            return ExitCode::from(if require_kvm() { 1 } else { 4 });
+        }
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let all = checks::all(&ctx);
+    let selected = select(&all, &filter);
+    if selected.is_empty() {
+        eprintln!("kvm-msr: no check id contains any of {filter:?}; `kvm-msr report --list` shows the ids");
+        return ExitCode::from(2);
     }
-    println!("{:?}", r.death);
+    if list {
+        for c in &selected {
+            println!("{}  —  {}", c.id, c.summary);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let results = run_all(&ctx, &selected, jobs);
+    let r = Report {
+        host: Some(ctx.facts.clone()),
+        unavailable: None,
+        results,
+    };
+    print!("{}", r.render(format));
+    ExitCode::from(r.exit_code() as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Report {
+            format,
+            filter,
+            list,
+            jobs,
+        } => report(format, filter, list, jobs),
+    }
 }

@@ -18,8 +18,16 @@ pub struct Line {
 }
 
 enum Fixup {
-    Rel8 { at: usize, end: usize, label: &'static str },
-    Rel32 { at: usize, end: usize, label: &'static str },
+    Rel8 {
+        at: usize,
+        end: usize,
+        label: &'static str,
+    },
+    Rel32 {
+        at: usize,
+        end: usize,
+        label: &'static str,
+    },
 }
 
 /// Assembled code: bytes, listing and label addresses.
@@ -33,7 +41,10 @@ pub struct Code {
 
 impl Code {
     pub fn label(&self, name: &str) -> u64 {
-        *self.labels.get(name).unwrap_or_else(|| panic!("no label {name}"))
+        *self
+            .labels
+            .get(name)
+            .unwrap_or_else(|| panic!("no label {name}"))
     }
 
     /// The listing, one instruction per line, for humans.
@@ -48,7 +59,12 @@ impl Code {
                 out.push_str(&format!("{n}:\n"));
             }
             let hex: Vec<String> = l.bytes.iter().map(|b| format!("{b:02x}")).collect();
-            out.push_str(&format!("  {:#07x}  {:<24} {}\n", l.addr, hex.join(" "), l.text));
+            out.push_str(&format!(
+                "  {:#07x}  {:<24} {}\n",
+                l.addr,
+                hex.join(" "),
+                l.text
+            ));
         }
         out
     }
@@ -64,7 +80,13 @@ pub struct Asm {
 
 impl Asm {
     pub fn new(base: u64) -> Self {
-        Asm { base, bytes: Vec::new(), lines: Vec::new(), labels: BTreeMap::new(), fixups: Vec::new() }
+        Asm {
+            base,
+            bytes: Vec::new(),
+            lines: Vec::new(),
+            labels: BTreeMap::new(),
+            fixups: Vec::new(),
+        }
     }
 
     pub fn here(&self) -> u64 {
@@ -73,13 +95,20 @@ impl Asm {
 
     pub fn label(&mut self, name: &'static str) -> &mut Self {
         let here = self.here();
-        assert!(self.labels.insert(name, here).is_none(), "label {name} defined twice");
+        assert!(
+            self.labels.insert(name, here).is_none(),
+            "label {name} defined twice"
+        );
         self
     }
 
     /// One instruction, all bytes given.
     pub fn i(&mut self, bytes: &[u8], text: &str) -> &mut Self {
-        self.lines.push(Line { addr: self.here(), bytes: bytes.to_vec(), text: text.to_string() });
+        self.lines.push(Line {
+            addr: self.here(),
+            bytes: bytes.to_vec(),
+            text: text.to_string(),
+        });
         self.bytes.extend_from_slice(bytes);
         self
     }
@@ -88,7 +117,11 @@ impl Asm {
     pub fn br8(&mut self, opcode: u8, label: &'static str, text: &str) -> &mut Self {
         let at = self.bytes.len() + 1;
         self.i(&[opcode, 0], text);
-        self.fixups.push(Fixup::Rel8 { at, end: at + 1, label });
+        self.fixups.push(Fixup::Rel8 {
+            at,
+            end: at + 1,
+            label,
+        });
         self
     }
 
@@ -98,7 +131,11 @@ impl Asm {
         let mut b = opcode.to_vec();
         b.extend_from_slice(&[0; 4]);
         self.i(&b, text);
-        self.fixups.push(Fixup::Rel32 { at, end: at + 4, label });
+        self.fixups.push(Fixup::Rel32 {
+            at,
+            end: at + 4,
+            label,
+        });
         self
     }
 
@@ -107,7 +144,8 @@ impl Asm {
             match f {
                 Fixup::Rel8 { at, end, label } => {
                     let t = self.labels[label] as i64 - (self.base + end as u64) as i64;
-                    let d = i8::try_from(t).unwrap_or_else(|_| panic!("branch to {label} out of rel8 range"));
+                    let d = i8::try_from(t)
+                        .unwrap_or_else(|_| panic!("branch to {label} out of rel8 range"));
                     self.bytes[at] = d as u8;
                 }
                 Fixup::Rel32 { at, end, label } => {
@@ -122,6 +160,11 @@ impl Asm {
             let off = (l.addr - self.base) as usize;
             l.bytes = self.bytes[off..off + l.bytes.len()].to_vec();
         }
-        Code { base: self.base, bytes: self.bytes, lines: self.lines, labels: self.labels }
+        Code {
+            base: self.base,
+            bytes: self.bytes,
+            lines: self.lines,
+            labels: self.labels,
+        }
     }
 }

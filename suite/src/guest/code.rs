@@ -58,7 +58,11 @@ fn exception_stubs(a: &mut Asm) {
             a.i(&[0x6a, 0x00], "push 0"); // dummy error code keeps one frame layout
         }
         // iced-x86 (and this listing) print 0..=9 in decimal, larger numbers in hex.
-        let imm = if v < 10 { v.to_string() } else { format!("{v:#x}") };
+        let imm = if v < 10 {
+            v.to_string()
+        } else {
+            format!("{v:#x}")
+        };
         a.i(&[0x6a, v], &format!("push {imm}"));
         a.br32(&[0xe9], "common", "jmp common");
     }
@@ -86,13 +90,25 @@ fn common_handler(a: &mut Asm) {
     let mb16 = ((MAILBOX + 16) as u32).to_le_bytes();
     a.label("unexpected");
     a.i(&[0x48, 0x8b, 0x44, 0x24, 0x08], "mov rax,[rsp+8]"); // vector
-    a.i(&[0x48, 0x89, 0x04, 0x25, mb[0], mb[1], mb[2], mb[3]], &format!("mov [{MAILBOX:#x}],rax"));
+    a.i(
+        &[0x48, 0x89, 0x04, 0x25, mb[0], mb[1], mb[2], mb[3]],
+        &format!("mov [{MAILBOX:#x}],rax"),
+    );
     a.i(&[0x48, 0x8b, 0x44, 0x24, 0x10], "mov rax,[rsp+0x10]"); // error code
-    a.i(&[0x48, 0x89, 0x04, 0x25, mb8[0], mb8[1], mb8[2], mb8[3]], &format!("mov [{:#x}],rax", MAILBOX + 8));
+    a.i(
+        &[0x48, 0x89, 0x04, 0x25, mb8[0], mb8[1], mb8[2], mb8[3]],
+        &format!("mov [{:#x}],rax", MAILBOX + 8),
+    );
     a.i(&[0x48, 0x8b, 0x44, 0x24, 0x18], "mov rax,[rsp+0x18]"); // RIP
-    a.i(&[0x48, 0x89, 0x04, 0x25, mb16[0], mb16[1], mb16[2], mb16[3]], &format!("mov [{:#x}],rax", MAILBOX + 16));
+    a.i(
+        &[0x48, 0x89, 0x04, 0x25, mb16[0], mb16[1], mb16[2], mb16[3]],
+        &format!("mov [{:#x}],rax", MAILBOX + 16),
+    );
     a.label("unexpected_stop");
-    a.i(&[0xe6, PORT_UNEXPECTED as u8], &format!("out {PORT_UNEXPECTED:#x},al"));
+    a.i(
+        &[0xe6, PORT_UNEXPECTED as u8],
+        &format!("out {PORT_UNEXPECTED:#x},al"),
+    );
     a.i(&[0xf4], "hlt");
     a.br8(0xeb, "unexpected_stop", "jmp unexpected_stop");
 }

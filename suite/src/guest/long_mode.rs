@@ -28,7 +28,13 @@ fn gdt() -> [u64; 5] {
         | (0x8b << 40) // present, DPL0, type 0xb (busy 64-bit TSS)
         | (((t >> 24) & 0xff) << 56);
     let tss_hi = t >> 32;
-    [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_lo, tss_hi]
+    [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        tss_lo,
+        tss_hi,
+    ]
 }
 
 /// An interrupt gate (type 0xe, present, DPL0) to `handler` in the code segment.
@@ -45,7 +51,10 @@ fn idt_gate(handler: u64) -> [u8; 16] {
 
 /// Write the environment and the runtime code into guest memory. Returns the runtime.
 pub fn install(mem: &mut GuestMemory) -> Code {
-    assert!(mem.len() >= MIN_MEMORY, "guest memory below {MIN_MEMORY:#x}");
+    assert!(
+        mem.len() >= MIN_MEMORY,
+        "guest memory below {MIN_MEMORY:#x}"
+    );
     let rt = code::runtime(CODE);
     assert!(rt.bytes.len() <= CODE_MAX);
     for (i, d) in gdt().iter().enumerate() {
@@ -53,7 +62,10 @@ pub fn install(mem: &mut GuestMemory) -> Code {
     }
     mem.fill(TSS, 0x68, 0);
     for v in 0u8..32 {
-        mem.write(IDT + 16 * u64::from(v), &idt_gate(rt.label(code::stub_label(v))));
+        mem.write(
+            IDT + 16 * u64::from(v),
+            &idt_gate(rt.label(code::stub_label(v))),
+        );
     }
     // Page tables: present | writable; PD entries map 2 MiB pages (PS).
     mem.fill(PML4, 0x3000, 0);
@@ -107,7 +119,13 @@ pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
         s: 0,
         ..Default::default()
     };
-    s.ldt = kvm_segment { selector: 0, type_: 0x2, present: 1, unusable: 1, ..Default::default() };
+    s.ldt = kvm_segment {
+        selector: 0,
+        type_: 0x2,
+        present: 1,
+        unusable: 1,
+        ..Default::default()
+    };
     s.gdt.base = GDT;
     s.gdt.limit = (5 * 8 - 1) as u16;
     s.idt.base = IDT;
@@ -117,5 +135,11 @@ pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
 
 /// General-purpose registers to start at `entry` with rsi = `rsi`, interrupts off.
 pub fn entry_regs(entry: u64, rsi: u64) -> kvm_regs {
-    kvm_regs { rip: entry, rsi, rsp: STACK_TOP, rflags: 0x2, ..Default::default() }
+    kvm_regs {
+        rip: entry,
+        rsi,
+        rsp: STACK_TOP,
+        rflags: 0x2,
+        ..Default::default()
+    }
 }

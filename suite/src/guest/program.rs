@@ -75,7 +75,11 @@ impl fmt::Display for OpOutcome {
 
 /// Lay the program out at `OPS`.
 pub fn write_program(mem: &mut GuestMemory, ops: &[GuestOp]) {
-    assert!(ops.len() <= MAX_OPS, "program of {} ops exceeds {MAX_OPS}", ops.len());
+    assert!(
+        ops.len() <= MAX_OPS,
+        "program of {} ops exceeds {MAX_OPS}",
+        ops.len()
+    );
     let mut buf = vec![0u8; (ops.len() + 1) * RECORD_SIZE];
     for (i, op) in ops.iter().enumerate() {
         let r = &mut buf[i * RECORD_SIZE..(i + 1) * RECORD_SIZE];
@@ -106,7 +110,10 @@ pub fn read_results(mem: &GuestMemory, ops: &[GuestOp]) -> Vec<OpOutcome> {
             if outcome & 1 == 0 {
                 OpOutcome::NotReached
             } else if outcome & 2 != 0 {
-                OpOutcome::Fault { vector: r[0x19], error_code }
+                OpOutcome::Fault {
+                    vector: r[0x19],
+                    error_code,
+                }
             } else {
                 match op {
                     GuestOp::Rdmsr(_) => OpOutcome::Read(value),

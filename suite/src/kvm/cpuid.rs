@@ -24,7 +24,13 @@ pub struct Feature {
 
 macro_rules! feature {
     ($name:literal, $leaf:literal, $sub:literal, $reg:ident, $bit:literal) => {
-        Feature { name: $name, leaf: $leaf, subleaf: $sub, reg: Reg::$reg, bit: $bit }
+        Feature {
+            name: $name,
+            leaf: $leaf,
+            subleaf: $sub,
+            reg: Reg::$reg,
+            bit: $bit,
+        }
     };
 }
 
@@ -74,7 +80,10 @@ pub const FEATURES: &[Feature] = &[
 
 /// Look a feature up by name (case-insensitive).
 pub fn feature(name: &str) -> Option<Feature> {
-    FEATURES.iter().copied().find(|f| f.name.eq_ignore_ascii_case(name))
+    FEATURES
+        .iter()
+        .copied()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
 }
 
 /// The CPU vendor a CPUID table claims (leaf 0 signature).
@@ -122,7 +131,9 @@ pub struct CpuidTable {
 
 impl CpuidTable {
     pub fn from_kvm(c: &CpuId) -> Self {
-        CpuidTable { entries: c.as_slice().to_vec() }
+        CpuidTable {
+            entries: c.as_slice().to_vec(),
+        }
     }
 
     pub fn to_kvm(&self) -> CpuId {
@@ -154,13 +165,16 @@ impl CpuidTable {
     }
 
     pub fn has(&self, f: Feature) -> bool {
-        self.reg(f.leaf, f.subleaf, f.reg).is_some_and(|v| v & (1 << f.bit) != 0)
+        self.reg(f.leaf, f.subleaf, f.reg)
+            .is_some_and(|v| v & (1 << f.bit) != 0)
     }
 
     /// Set or clear one feature bit. Returns false when the leaf is absent from the table (the bit
     /// then stays clear, which the caller must treat as "not set").
     pub fn set(&mut self, f: Feature, on: bool) -> bool {
-        let Some(e) = self.find_mut(f.leaf, f.subleaf) else { return false };
+        let Some(e) = self.find_mut(f.leaf, f.subleaf) else {
+            return false;
+        };
         let r = match f.reg {
             Reg::Eax => &mut e.eax,
             Reg::Ebx => &mut e.ebx,
@@ -201,6 +215,10 @@ impl CpuidTable {
 
     /// Names of the known features this table has.
     pub fn feature_names(&self) -> Vec<&'static str> {
-        FEATURES.iter().filter(|f| self.has(**f)).map(|f| f.name).collect()
+        FEATURES
+            .iter()
+            .filter(|f| self.has(**f))
+            .map(|f| f.name)
+            .collect()
     }
 }

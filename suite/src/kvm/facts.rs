@@ -74,18 +74,31 @@ pub const MSR_CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_MSR_PLATFORM_INFO", kb::KVM_CAP_MSR_PLATFORM_INFO),
     ("KVM_CAP_X86_USER_SPACE_MSR", kb::KVM_CAP_X86_USER_SPACE_MSR),
     ("KVM_CAP_X86_MSR_FILTER", kb::KVM_CAP_X86_MSR_FILTER),
-    ("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", kb::KVM_CAP_ENFORCE_PV_FEATURE_CPUID),
-    ("KVM_CAP_HYPERV_ENFORCE_CPUID", kb::KVM_CAP_HYPERV_ENFORCE_CPUID),
+    (
+        "KVM_CAP_ENFORCE_PV_FEATURE_CPUID",
+        kb::KVM_CAP_ENFORCE_PV_FEATURE_CPUID,
+    ),
+    (
+        "KVM_CAP_HYPERV_ENFORCE_CPUID",
+        kb::KVM_CAP_HYPERV_ENFORCE_CPUID,
+    ),
     ("KVM_CAP_BINARY_STATS_FD", kb::KVM_CAP_BINARY_STATS_FD),
-    ("KVM_CAP_EXIT_ON_EMULATION_FAILURE", kb::KVM_CAP_EXIT_ON_EMULATION_FAILURE),
+    (
+        "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
+        kb::KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    ),
     ("KVM_CAP_PMU_CAPABILITY", kb::KVM_CAP_PMU_CAPABILITY),
     ("KVM_CAP_DISABLE_QUIRKS2", kb::KVM_CAP_DISABLE_QUIRKS2),
     ("KVM_CAP_VM_TSC_CONTROL", kb::KVM_CAP_VM_TSC_CONTROL),
 ];
 
 /// kvm module parameters that change MSR expectations (semantics §1.6, §5).
-pub const KVM_PARAMS: &[&str] =
-    &["ignore_msrs", "report_ignored_msrs", "enable_pmu", "force_emulation_prefix"];
+pub const KVM_PARAMS: &[&str] = &[
+    "ignore_msrs",
+    "report_ignored_msrs",
+    "enable_pmu",
+    "force_emulation_prefix",
+];
 
 /// The host's CPU as the host kernel sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,9 +143,13 @@ pub struct HostFacts {
 }
 
 fn read_params(module: &str, only: Option<&[&str]>) -> BTreeMap<String, String> {
-    let dir = std::path::Path::new("/sys/module").join(module).join("parameters");
+    let dir = std::path::Path::new("/sys/module")
+        .join(module)
+        .join("parameters");
     let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if only.is_some_and(|o| !o.contains(&name.as_str())) {
@@ -156,9 +173,17 @@ fn host_cpu() -> HostCpu {
     let (l0, l1) = (__cpuid(0), __cpuid(1));
     let vendor = Vendor::from_signature(l0.ebx, l0.edx, l0.ecx);
     let base_family = (l1.eax >> 8) & 0xf;
-    let family = if base_family == 0xf { base_family + ((l1.eax >> 20) & 0xff) } else { base_family };
+    let family = if base_family == 0xf {
+        base_family + ((l1.eax >> 20) & 0xff)
+    } else {
+        base_family
+    };
     let base_model = (l1.eax >> 4) & 0xf;
-    let model = if base_family >= 0x6 { base_model | (((l1.eax >> 16) & 0xf) << 4) } else { base_model };
+    let model = if base_family >= 0x6 {
+        base_model | (((l1.eax >> 16) & 0xf) << 4)
+    } else {
+        base_model
+    };
     let model_name = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -168,14 +193,23 @@ fn host_cpu() -> HostCpu {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
-    HostCpu { vendor, model_name, family, model, stepping: l1.eax & 0xf }
+    HostCpu {
+        vendor,
+        model_name,
+        family,
+        model,
+        stepping: l1.eax & 0xf,
+    }
 }
 
 impl HostFacts {
     /// Gather every fact. Fails only if an ioctl the harness depends on fails.
     pub fn gather(sys: &KvmSystem) -> Result<HostFacts> {
         let backend = Backend::detect();
-        let caps = MSR_CAPS.iter().map(|(n, c)| (n.to_string(), sys.check_extension(*c))).collect();
+        let caps = MSR_CAPS
+            .iter()
+            .map(|(n, c)| (n.to_string(), sys.check_extension(*c)))
+            .collect();
         let msr_index_list = sys.msr_list(ListKind::Index)?;
         let msr_feature_index_list = if sys.check_extension(kb::KVM_CAP_GET_MSR_FEATURES) > 0 {
             sys.msr_list(ListKind::Feature)?
@@ -186,7 +220,10 @@ impl HostFacts {
             .iter()
             .map(|&index| {
                 let io = sys.get_feature_msrs(&[index]);
-                FeatureValue { index, value: (io.result == Ok(1)).then(|| io.entries[0].data) }
+                FeatureValue {
+                    index,
+                    value: (io.result == Ok(1)).then(|| io.entries[0].data),
+                }
             })
             .collect();
         let supported = sys
@@ -200,19 +237,29 @@ impl HostFacts {
             cpu: host_cpu(),
             kvm_api_version: sys.api_version(),
             kvm_params: read_params("kvm", Some(KVM_PARAMS)),
-            backend_params: backend.module().map(|m| read_params(m, None)).unwrap_or_default(),
+            backend_params: backend
+                .module()
+                .map(|m| read_params(m, None))
+                .unwrap_or_default(),
             caps,
             msr_index_list,
             msr_feature_index_list,
             feature_values,
             supported_cpuid_vendor: supported_cpuid.vendor(),
-            supported_cpuid_features: supported_cpuid.feature_names().iter().map(|s| s.to_string()).collect(),
+            supported_cpuid_features: supported_cpuid
+                .feature_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             supported_cpuid,
         })
     }
 
     fn param_bool(&self, name: &str) -> bool {
-        matches!(self.kvm_params.get(name).map(String::as_str), Some("Y" | "y" | "1"))
+        matches!(
+            self.kvm_params.get(name).map(String::as_str),
+            Some("Y" | "y" | "1")
+        )
     }
 
     /// kvm.ignore_msrs (semantics §1.6).
@@ -222,7 +269,9 @@ impl HostFacts {
 
     /// kvm.force_emulation_prefix is non-zero.
     pub fn force_emulation_prefix(&self) -> bool {
-        self.kvm_params.get("force_emulation_prefix").is_some_and(|v| v != "0" && v != "N")
+        self.kvm_params
+            .get("force_emulation_prefix")
+            .is_some_and(|v| v != "0" && v != "N")
     }
 
     pub fn enable_pmu(&self) -> bool {
@@ -243,7 +292,11 @@ impl HostFacts {
 
     /// A one-line summary for report headers.
     pub fn summary(&self) -> String {
-        let params: Vec<String> = self.kvm_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let params: Vec<String> = self
+            .kvm_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!(
             "kernel {} · backend {} · {:?} {} (family {:#x} model {:#x}) · {} index-list MSRs, {} feature MSRs · kvm {}",
             self.kernel_release,

@@ -26,9 +26,15 @@ impl GuestMemory {
         };
         if ptr == libc::MAP_FAILED {
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
-            return Err(Error::Ioctl { what: "mmap of guest memory", errno });
+            return Err(Error::Ioctl {
+                what: "mmap of guest memory",
+                errno,
+            });
         }
-        Ok(GuestMemory { ptr: ptr.cast(), len })
+        Ok(GuestMemory {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -45,7 +51,10 @@ impl GuestMemory {
 
     fn check(&self, gpa: u64, n: usize) -> usize {
         let off = usize::try_from(gpa).expect("guest address fits usize");
-        assert!(off.checked_add(n).is_some_and(|end| end <= self.len), "guest access {gpa:#x}+{n} out of bounds");
+        assert!(
+            off.checked_add(n).is_some_and(|end| end <= self.len),
+            "guest access {gpa:#x}+{n} out of bounds"
+        );
         off
     }
 

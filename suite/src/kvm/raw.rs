@@ -44,7 +44,10 @@ pub struct ListCall {
 /// One KVM_GET_MSR_(FEATURE_)INDEX_LIST call with room for `room` indices, telling KVM `asked`.
 /// `asked` may not exceed `room`.
 pub fn list_call(fd: &impl AsRawFd, kind: ListKind, asked: u32, room: usize) -> ListCall {
-    assert!(asked as usize <= room, "asked {asked} exceeds buffer room {room}");
+    assert!(
+        asked as usize <= room,
+        "asked {asked} exceeds buffer room {room}"
+    );
     // kvm_msr_list is { u32 nmsrs; u32 indices[] }: a u32 vector lays it out exactly.
     let mut buf = vec![0u32; 1 + room];
     buf[0] = asked;
@@ -55,10 +58,23 @@ pub fn list_call(fd: &impl AsRawFd, kind: ListKind, asked: u32, room: usize) -> 
     // SAFETY: `buf` holds a kvm_msr_list header followed by `room` >= `asked` u32 slots, so KVM
     // writes at most `asked` indices inside the allocation; the fd is a /dev/kvm system fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
-    let errno = if ret < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 };
+    let errno = if ret < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
     let written_back = buf[0];
-    let copied = if errno == 0 { (written_back as usize).min(room) } else { 0 };
-    ListCall { asked, errno, written_back, indices: buf[1..1 + copied].to_vec() }
+    let copied = if errno == 0 {
+        (written_back as usize).min(room)
+    } else {
+        0
+    };
+    ListCall {
+        asked,
+        errno,
+        written_back,
+        indices: buf[1..1 + copied].to_vec(),
+    }
 }
 
 /// The protocol api.rst 4.3 describes: ask with a small buffer, expect E2BIG with the needed count
@@ -122,9 +138,15 @@ pub fn msr_io(fd: &impl AsRawFd, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) ->
         Ok(ret as usize)
     };
     let out = (0..entries.len())
-        .map(|i| MsrEntry { index: buf[1 + 2 * i] as u32, data: buf[2 + 2 * i] })
+        .map(|i| MsrEntry {
+            index: buf[1 + 2 * i] as u32,
+            data: buf[2 + 2 * i],
+        })
         .collect();
-    MsrIo { result, entries: out }
+    MsrIo {
+        result,
+        entries: out,
+    }
 }
 
 /// The most entries one KVM_GET_MSRS / KVM_SET_MSRS accepts: `nmsrs >= MAX_IO_MSRS (256)` is

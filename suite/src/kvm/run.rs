@@ -63,7 +63,10 @@ impl Watchdog {
             tv_sec: d.as_secs() as libc::time_t,
             tv_nsec: d.subsec_nanos() as libc::c_long,
         };
-        let spec = libc::itimerspec { it_interval: ts(every), it_value: ts(first) };
+        let spec = libc::itimerspec {
+            it_interval: ts(every),
+            it_value: ts(first),
+        };
         // SAFETY: `self.timer` is a live timer created in `for_current_thread`.
         unsafe {
             libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut());
@@ -92,34 +95,67 @@ impl Drop for Watchdog {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// KVM_EXIT_IO, an OUT (the guest's signalling channel).
-    IoOut { port: u16, data: Vec<u8> },
+    IoOut {
+        port: u16,
+        data: Vec<u8>,
+    },
     /// KVM_EXIT_IO, an IN.
-    IoIn { port: u16, size: usize },
+    IoIn {
+        port: u16,
+        size: usize,
+    },
     Hlt,
     /// KVM_EXIT_SHUTDOWN: triple fault.
     Shutdown,
     /// KVM_EXIT_INTERNAL_ERROR with its suberror and data words (api.rst 5, kvm_run).
-    InternalError { suberror: u32, data: Vec<u64> },
+    InternalError {
+        suberror: u32,
+        data: Vec<u64>,
+    },
     /// KVM_EXIT_FAIL_ENTRY with the hardware reason.
-    FailEntry { reason: u64, cpu: u32 },
-    MmioRead { addr: u64, len: usize },
-    MmioWrite { addr: u64, data: Vec<u8> },
+    FailEntry {
+        reason: u64,
+        cpu: u32,
+    },
+    MmioRead {
+        addr: u64,
+        len: usize,
+    },
+    MmioWrite {
+        addr: u64,
+        data: Vec<u8>,
+    },
     /// KVM_EXIT_X86_RDMSR (api.rst: kvm_run msr exit).
-    RdMsr { index: u32, reason: u32 },
+    RdMsr {
+        index: u32,
+        reason: u32,
+    },
     /// KVM_EXIT_X86_WRMSR.
-    WrMsr { index: u32, data: u64, reason: u32 },
+    WrMsr {
+        index: u32,
+        data: u64,
+        reason: u32,
+    },
     /// KVM_RUN did not return before the deadline.
-    Timeout { after: Duration },
+    Timeout {
+        after: Duration,
+    },
     /// KVM_RUN itself failed.
-    RunError { errno: i32 },
+    RunError {
+        errno: i32,
+    },
     /// Any other exit reason, by number.
-    Other { reason: u32 },
+    Other {
+        reason: u32,
+    },
 }
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Exit::IoOut { port, data } => write!(f, "KVM_EXIT_IO out port {port:#x} data {data:x?}"),
+            Exit::IoOut { port, data } => {
+                write!(f, "KVM_EXIT_IO out port {port:#x} data {data:x?}")
+            }
             Exit::IoIn { port, size } => write!(f, "KVM_EXIT_IO in port {port:#x} size {size}"),
             Exit::Hlt => write!(f, "KVM_EXIT_HLT"),
             Exit::Shutdown => write!(f, "KVM_EXIT_SHUTDOWN (triple fault)"),
@@ -135,17 +171,33 @@ impl std::fmt::Display for Exit {
                 write!(f, "{name} data {data:#x?}")
             }
             Exit::FailEntry { reason, cpu } => {
-                write!(f, "KVM_EXIT_FAIL_ENTRY hardware reason {reason:#x} on cpu {cpu}")
+                write!(
+                    f,
+                    "KVM_EXIT_FAIL_ENTRY hardware reason {reason:#x} on cpu {cpu}"
+                )
             }
             Exit::MmioRead { addr, len } => write!(f, "KVM_EXIT_MMIO read {addr:#x} len {len}"),
             Exit::MmioWrite { addr, data } => write!(f, "KVM_EXIT_MMIO write {addr:#x} {data:x?}"),
-            Exit::RdMsr { index, reason } => write!(f, "KVM_EXIT_X86_RDMSR {index:#x} reason {reason:#x}"),
-            Exit::WrMsr { index, data, reason } => {
-                write!(f, "KVM_EXIT_X86_WRMSR {index:#x} data {data:#x} reason {reason:#x}")
+            Exit::RdMsr { index, reason } => {
+                write!(f, "KVM_EXIT_X86_RDMSR {index:#x} reason {reason:#x}")
+            }
+            Exit::WrMsr {
+                index,
+                data,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "KVM_EXIT_X86_WRMSR {index:#x} data {data:#x} reason {reason:#x}"
+                )
             }
             Exit::Timeout { after } => write!(f, "guest still running after {after:?} (hang)"),
             Exit::RunError { errno } => {
-                write!(f, "KVM_RUN failed: {}", std::io::Error::from_raw_os_error(*errno))
+                write!(
+                    f,
+                    "KVM_RUN failed: {}",
+                    std::io::Error::from_raw_os_error(*errno)
+                )
             }
             Exit::Other { reason } => write!(f, "exit reason {reason}"),
         }
@@ -163,11 +215,19 @@ pub fn decode_exit(run: &kvm_bindings::kvm_run) -> Exit {
                 let io = run.__bindgen_anon_1.io;
                 let size = io.size as usize * io.count as usize;
                 if u32::from(io.direction) == KVM_EXIT_IO_OUT {
-                    let base = (run as *const kvm_run).cast::<u8>().add(io.data_offset as usize);
+                    let base = (run as *const kvm_run)
+                        .cast::<u8>()
+                        .add(io.data_offset as usize);
                     let data = std::slice::from_raw_parts(base, size).to_vec();
-                    Exit::IoOut { port: io.port, data }
+                    Exit::IoOut {
+                        port: io.port,
+                        data,
+                    }
                 } else {
-                    Exit::IoIn { port: io.port, size }
+                    Exit::IoIn {
+                        port: io.port,
+                        size,
+                    }
                 }
             }
             KVM_EXIT_HLT => Exit::Hlt,
@@ -175,27 +235,46 @@ pub fn decode_exit(run: &kvm_bindings::kvm_run) -> Exit {
             KVM_EXIT_INTERNAL_ERROR => {
                 let ie = run.__bindgen_anon_1.internal;
                 let n = (ie.ndata as usize).min(ie.data.len());
-                Exit::InternalError { suberror: ie.suberror, data: ie.data[..n].to_vec() }
+                Exit::InternalError {
+                    suberror: ie.suberror,
+                    data: ie.data[..n].to_vec(),
+                }
             }
             KVM_EXIT_FAIL_ENTRY => {
                 let fe = run.__bindgen_anon_1.fail_entry;
-                Exit::FailEntry { reason: fe.hardware_entry_failure_reason, cpu: fe.cpu }
+                Exit::FailEntry {
+                    reason: fe.hardware_entry_failure_reason,
+                    cpu: fe.cpu,
+                }
             }
             KVM_EXIT_MMIO => {
                 let m = run.__bindgen_anon_1.mmio;
                 if m.is_write != 0 {
-                    Exit::MmioWrite { addr: m.phys_addr, data: m.data[..m.len as usize].to_vec() }
+                    Exit::MmioWrite {
+                        addr: m.phys_addr,
+                        data: m.data[..m.len as usize].to_vec(),
+                    }
                 } else {
-                    Exit::MmioRead { addr: m.phys_addr, len: m.len as usize }
+                    Exit::MmioRead {
+                        addr: m.phys_addr,
+                        len: m.len as usize,
+                    }
                 }
             }
             KVM_EXIT_X86_RDMSR => {
                 let m = run.__bindgen_anon_1.msr;
-                Exit::RdMsr { index: m.index, reason: m.reason }
+                Exit::RdMsr {
+                    index: m.index,
+                    reason: m.reason,
+                }
             }
             KVM_EXIT_X86_WRMSR => {
                 let m = run.__bindgen_anon_1.msr;
-                Exit::WrMsr { index: m.index, data: m.data, reason: m.reason }
+                Exit::WrMsr {
+                    index: m.index,
+                    data: m.data,
+                    reason: m.reason,
+                }
             }
             other => Exit::Other { reason: other },
         }

@@ -49,7 +49,9 @@ fn permission_detail(path: &Path) -> String {
 impl KvmSystem {
     /// The device path: `$KVM_MSR_DEVICE` or `/dev/kvm`.
     pub fn device_path() -> PathBuf {
-        std::env::var_os(DEVICE_ENV).map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into())
+        std::env::var_os(DEVICE_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/dev/kvm".into())
     }
 
     /// Open the KVM device and check the API version (api.rst 4.1: must be 12).
@@ -59,7 +61,9 @@ impl KvmSystem {
 
     pub fn open_at(path: &Path) -> Result<Self> {
         let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-            return Err(Error::KvmMissing { path: path.to_path_buf() });
+            return Err(Error::KvmMissing {
+                path: path.to_path_buf(),
+            });
         };
         let fd = match Kvm::open_with_cloexec_at(&cpath, true) {
             Ok(fd) => fd,
@@ -81,7 +85,10 @@ impl KvmSystem {
         if version != 12 {
             return Err(Error::KvmApiVersion { found: version });
         }
-        Ok(KvmSystem { kvm, path: path.to_path_buf() })
+        Ok(KvmSystem {
+            kvm,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -111,14 +118,20 @@ impl KvmSystem {
         let (first, second) = raw::list_with_protocol(self, kind);
         let call = second.unwrap_or(first);
         if call.errno != 0 {
-            return Err(Error::Ioctl { what: kind.ioctl_name(), errno: call.errno });
+            return Err(Error::Ioctl {
+                what: kind.ioctl_name(),
+                errno: call.errno,
+            });
         }
         Ok(call.indices)
     }
 
     /// System-level KVM_GET_MSRS (feature MSRs, api.rst 4.18).
     pub fn get_feature_msrs(&self, indices: &[u32]) -> MsrIo {
-        let entries: Vec<MsrEntry> = indices.iter().map(|&index| MsrEntry { index, data: 0 }).collect();
+        let entries: Vec<MsrEntry> = indices
+            .iter()
+            .map(|&index| MsrEntry { index, data: 0 })
+            .collect();
         raw::msr_io(self, MsrOp::Get, &entries, entries.len() as u32)
     }
 

@@ -23,7 +23,10 @@ pub struct VmConfig {
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { mem_size: 4 << 20, irqchip: true }
+        VmConfig {
+            mem_size: 4 << 20,
+            irqchip: true,
+        }
     }
 }
 
@@ -44,7 +47,10 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(sys: &KvmSystem, config: &VmConfig) -> Result<Vm> {
-        let fd = sys.kvm().create_vm().map_err(|e| Error::ioctl("KVM_CREATE_VM", e))?;
+        let fd = sys
+            .kvm()
+            .create_vm()
+            .map_err(|e| Error::ioctl("KVM_CREATE_VM", e))?;
         let mem = GuestMemory::new(config.mem_size)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -58,21 +64,39 @@ impl Vm {
         unsafe { fd.set_user_memory_region(region) }
             .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
         if config.irqchip {
-            fd.create_irq_chip().map_err(|e| Error::ioctl("KVM_CREATE_IRQCHIP", e))?;
+            fd.create_irq_chip()
+                .map_err(|e| Error::ioctl("KVM_CREATE_IRQCHIP", e))?;
         }
-        Ok(Vm { fd, mem, config: config.clone() })
+        Ok(Vm {
+            fd,
+            mem,
+            config: config.clone(),
+        })
     }
 
     /// KVM_ENABLE_CAP on the VM fd (api.rst 4.37).
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
-        let c = kvm_enable_cap { cap, args, ..Default::default() };
+        let c = kvm_enable_cap {
+            cap,
+            args,
+            ..Default::default()
+        };
         self.fd.enable_cap(&c).map_err(|e| e.errno())
     }
 
     /// KVM_CREATE_VCPU, then the CPUID policy, then KVM_GET_CPUID2 to learn what took effect.
     pub fn create_vcpu(&self, id: u64, cpuid: &CpuidPolicy) -> Result<Vcpu> {
-        let fd = self.fd.create_vcpu(id).map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
-        let mut vcpu = Vcpu { fd, id, effective_cpuid: None, set_cpuid_errno: None, watchdog: None };
+        let fd = self
+            .fd
+            .create_vcpu(id)
+            .map_err(|e| Error::ioctl("KVM_CREATE_VCPU", e))?;
+        let mut vcpu = Vcpu {
+            fd,
+            id,
+            effective_cpuid: None,
+            set_cpuid_errno: None,
+            watchdog: None,
+        };
         if let CpuidPolicy::Table(t) = cpuid {
             if let Err(e) = vcpu.fd.set_cpuid2(&t.to_kvm()) {
                 vcpu.set_cpuid_errno = Some(e.errno());
@@ -103,12 +127,18 @@ impl AsRawFd for Vcpu {
 impl Vcpu {
     /// KVM_GET_CPUID2 (api.rst 4.120), or None if it fails.
     pub fn read_cpuid(&self) -> Option<CpuidTable> {
-        self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).ok().map(|c| CpuidTable::from_kvm(&c))
+        self.fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .ok()
+            .map(|c| CpuidTable::from_kvm(&c))
     }
 
     /// KVM_GET_MSRS with one entry per index; the result keeps the count KVM returned.
     pub fn get_msrs(&self, indices: &[u32]) -> MsrIo {
-        let entries: Vec<MsrEntry> = indices.iter().map(|&index| MsrEntry { index, data: 0 }).collect();
+        let entries: Vec<MsrEntry> = indices
+            .iter()
+            .map(|&index| MsrEntry { index, data: 0 })
+            .collect();
         raw::msr_io(self, MsrOp::Get, &entries, entries.len() as u32)
     }
 
@@ -140,7 +170,11 @@ impl Vcpu {
         if self.watchdog.as_ref().is_none_or(|(t, _)| *t != tid) {
             match Watchdog::for_current_thread() {
                 Ok(w) => self.watchdog = Some((tid, w)),
-                Err(e) => return Exit::RunError { errno: e.raw_os_error().unwrap_or(-1) },
+                Err(e) => {
+                    return Exit::RunError {
+                        errno: e.raw_os_error().unwrap_or(-1),
+                    }
+                }
             }
         }
         let wd = &self.watchdog.as_ref().expect("watchdog set above").1;
@@ -151,7 +185,9 @@ impl Vcpu {
                 Ok(_) => break decode_exit(self.fd.get_kvm_run()),
                 Err(e) if e.errno() == libc::EINTR => {
                     if start.elapsed() >= timeout {
-                        break Exit::Timeout { after: start.elapsed() };
+                        break Exit::Timeout {
+                            after: start.elapsed(),
+                        };
                     }
                 }
                 Err(e) => break Exit::RunError { errno: e.errno() },
@@ -163,7 +199,11 @@ impl Vcpu {
 
     /// KVM_ENABLE_CAP on the vCPU fd.
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
-        let c = kvm_enable_cap { cap, args, ..Default::default() };
+        let c = kvm_enable_cap {
+            cap,
+            args,
+            ..Default::default()
+        };
         self.fd.enable_cap(&c).map_err(|e| e.errno())
     }
 }

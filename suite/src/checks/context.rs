@@ -1,0 +1,43 @@
+//! What every check sees: the KVM system fd, the host facts, the catalogue and the deviations.
+
+use crate::catalogue::Catalogue;
+use crate::deviations::Deviations;
+use crate::kvm::facts::HostFacts;
+use crate::kvm::{CpuidPolicy, KvmSystem};
+use crate::machine::{Machine, MachineConfig};
+
+pub struct Context {
+    pub sys: KvmSystem,
+    pub facts: HostFacts,
+    pub catalogue: Catalogue,
+    pub deviations: Deviations,
+}
+
+impl Context {
+    /// Open KVM, gather facts, load fixtures.
+    pub fn load() -> crate::Result<Context> {
+        let sys = KvmSystem::open()?;
+        let facts = HostFacts::gather(&sys)?;
+        Ok(Context {
+            sys,
+            facts,
+            catalogue: Catalogue::load_default()?,
+            deviations: Deviations::load_default()?,
+        })
+    }
+
+    /// A machine with KVM's supported CPUID (as a VMM with `-cpu host` would set it).
+    pub fn machine(&self) -> crate::Result<Machine> {
+        Machine::new(
+            &self.sys,
+            &MachineConfig::with_cpuid(self.facts.supported_cpuid.clone()),
+        )
+    }
+
+    /// A machine whose vCPU never saw KVM_SET_CPUID2.
+    pub fn bare_machine(&self) -> crate::Result<Machine> {
+        let mut c = MachineConfig::with_cpuid(self.facts.supported_cpuid.clone());
+        c.cpuid = CpuidPolicy::Bare;
+        Machine::new(&self.sys, &c)
+    }
+}

@@ -1,0 +1,108 @@
+//! Checks: each is an id, the MSR it is about (if any), the source of its expectation, and a
+//! function from the context to an outcome. A check never prints; it returns. The same list
+//! feeds `cargo test` (one named test each), `kvm-msr report` and the fuzzer's oracles.
+
+pub mod batch;
+pub mod context;
+pub mod features;
+pub mod lists;
+pub mod per_msr;
+pub mod save_restore;
+
+pub use context::Context;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass { detail: String },
+    Fail { expected: String, actual: String },
+    Skip { reason: String },
+}
+
+impl Outcome {
+    pub fn pass(detail: impl Into<String>) -> Self {
+        Outcome::Pass {
+            detail: detail.into(),
+        }
+    }
+    pub fn fail(expected: impl Into<String>, actual: impl Into<String>) -> Self {
+        Outcome::Fail {
+            expected: expected.into(),
+            actual: actual.into(),
+        }
+    }
+    pub fn skip(reason: impl Into<String>) -> Self {
+        Outcome::Skip {
+            reason: reason.into(),
+        }
+    }
+    /// A harness error (a VM could not be created, ...) fails the check that needed it.
+    pub fn harness(e: crate::Error) -> Self {
+        Outcome::fail(
+            "the harness to set up the check",
+            format!("harness error: {e}"),
+        )
+    }
+}
+
+pub type CheckFn = Arc<dyn Fn(&Context) -> Outcome + Send + Sync>;
+
+/// One check, instantiated for this host.
+#[derive(Clone)]
+pub struct Check {
+    /// `<family>.<subject>.<check>`, e.g. `guest.tsc.matches-host`. Stable: test names, KTAP
+    /// lines, JSON keys and deviation records use it.
+    pub id: String,
+    pub msr: Option<u32>,
+    /// What is checked, one line.
+    pub summary: String,
+    /// Where the expectation comes from.
+    pub cite: String,
+    pub run: CheckFn,
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Check")
+            .field("id", &self.id)
+            .field("msr", &self.msr)
+            .finish()
+    }
+}
+
+impl Check {
+    pub fn new(
+        id: impl Into<String>,
+        msr: Option<u32>,
+        summary: impl Into<String>,
+        cite: impl Into<String>,
+        run: impl Fn(&Context) -> Outcome + Send + Sync + 'static,
+    ) -> Check {
+        Check {
+            id: id.into(),
+            msr,
+            summary: summary.into(),
+            cite: cite.into(),
+            run: Arc::new(run),
+        }
+    }
+}
+
+/// Every check for this host, in a stable order.
+pub fn all(ctx: &Context) -> Vec<Check> {
+    let mut v = Vec::new();
+    v.extend(lists::checks(ctx));
+    v.extend(batch::checks(ctx));
+    v.extend(features::checks(ctx));
+    v.extend(per_msr::checks(ctx));
+    v.extend(save_restore::checks(ctx));
+    v
+}
+
+/// Format an MSR value for messages.
+pub fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}

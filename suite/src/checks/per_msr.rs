@@ -1,0 +1,262 @@
+//! Checks generated for every MSR in this host's KVM_GET_MSR_INDEX_LIST: host reads on fresh
+//! vCPUs, guest RDMSR against host KVM_GET_MSRS, and repeated reads from both sides.
+
+use super::{hex, Check, Context, Outcome};
+use crate::catalogue::{GateState, HostWhenClosed, MsrInfo, Volatility};
+use crate::guest::{GuestOp, OpOutcome};
+use crate::msr_index::IA32_MCG_CAP;
+
+const ADVERTISED: &str = "api.rst 4.3 (the index list holds the MSRs to save and restore); x86.c kvm_do_msr_access: a host read of an advertised MSR that returns KVM_MSR_RET_UNSUPPORTED succeeds with 0";
+
+fn with_machine(
+    ctx: &Context,
+    bare: bool,
+    f: impl FnOnce(&mut crate::machine::Machine) -> Outcome,
+) -> Outcome {
+    let m = if bare {
+        ctx.bare_machine()
+    } else {
+        ctx.machine()
+    };
+    match m {
+        Ok(mut m) => f(&mut m),
+        Err(e) => Outcome::harness(e),
+    }
+}
+
+fn host_readable(ctx: &Context, index: u32, bare: bool) -> Outcome {
+    let info = ctx.catalogue.get(index);
+    with_machine(ctx, bare, |m| {
+        let io = m.vcpu.get_msrs(&[index]);
+        match (io.result, info.and_then(|i| i.host_read_may_fail.as_ref())) {
+            (Ok(1), _) => Outcome::pass(format!("reads {}", hex(io.entries[0].data))),
+            (r, Some(why)) => Outcome::pass(format!("read failed ({r:?}), documented: {why}")),
+            (r, None) => Outcome::fail(
+                "Ok(1): an index-list MSR is readable by the host",
+                format!("{r:?}"),
+            ),
+        }
+    })
+}
+
+/// Compare two reads taken in order with no write in between.
+fn reads_agree(info: Option<&MsrInfo>, first: u64, second: u64) -> Result<String, String> {
+    match info.and_then(|i| i.volatile.as_ref()).map(|v| &v.rule) {
+        None if first == second => Ok(format!("both {}", hex(first))),
+        None => Err(format!("{} then {}", hex(first), hex(second))),
+        Some(Volatility::Monotonic) if second >= first => {
+            Ok(format!("{} then {} (monotonic)", hex(first), hex(second)))
+        }
+        Some(Volatility::Monotonic) => Err(format!(
+            "{} then {} (went backwards)",
+            hex(first),
+            hex(second)
+        )),
+        Some(Volatility::Changes) => Ok(format!(
+            "{} then {} (documented to change)",
+            hex(first),
+            hex(second)
+        )),
+    }
+}
+
+fn expectation_text(info: Option<&MsrInfo>) -> &'static str {
+    match info.and_then(|i| i.volatile.as_ref()).map(|v| &v.rule) {
+        None => "equal reads",
+        Some(Volatility::Monotonic) => "a second read no smaller than the first",
+        Some(Volatility::Changes) => "any values",
+    }
+}
+
+fn host_repeat(ctx: &Context, index: u32) -> Outcome {
+    let info = ctx.catalogue.get(index);
+    if let Some(v) = info
+        .and_then(|i| i.volatile.as_ref())
+        .filter(|v| v.rule == Volatility::Changes)
+    {
+        return Outcome::skip(format!(
+            "the value is documented to change between reads: {}",
+            v.cite
+        ));
+    }
+    with_machine(ctx, false, |m| {
+        let (Some(a), Some(b)) = (m.vcpu.get_msr(index), m.vcpu.get_msr(index)) else {
+            return Outcome::fail("two successful host reads", "a read failed");
+        };
+        match reads_agree(info, a, b) {
+            Ok(d) => Outcome::pass(d),
+            Err(d) => Outcome::fail(expectation_text(info), d),
+        }
+    })
+}
+
+fn guest_repeat(ctx: &Context, index: u32) -> Outcome {
+    let info = ctx.catalogue.get(index);
+    if let Some(v) = info
+        .and_then(|i| i.volatile.as_ref())
+        .filter(|v| v.rule == Volatility::Changes)
+    {
+        return Outcome::skip(format!(
+            "the value is documented to change between reads: {}",
+            v.cite
+        ));
+    }
+    with_machine(ctx, false, |m| {
+        let run = m.run_ops(&[GuestOp::Rdmsr(index), GuestOp::Rdmsr(index)]);
+        if let Some(d) = run.death {
+            return Outcome::fail("the guest program to complete", d.to_string());
+        }
+        match (run.outcomes[0], run.outcomes[1]) {
+            (OpOutcome::Read(a), OpOutcome::Read(b)) => match reads_agree(info, a, b) {
+                Ok(d) => Outcome::pass(d),
+                Err(d) => Outcome::fail(expectation_text(info), d),
+            },
+            (a, b) if a == b => Outcome::pass(format!("both reads: {a}")),
+            (a, b) => Outcome::fail("the same outcome twice", format!("{a}, then {b}")),
+        }
+    })
+}
+
+fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
+    let info = ctx.catalogue.get(index);
+    with_machine(ctx, false, |m| {
+        let mcg_cap = m.vcpu.get_msr(IA32_MCG_CAP);
+        let gate = info
+            .and_then(|i| i.gate.as_ref())
+            .map(|g| (g, g.state(m.vcpu.effective_cpuid.as_ref(), mcg_cap)));
+        let before = m.vcpu.get_msr(index);
+        let run = m.run_ops(&[GuestOp::Rdmsr(index)]);
+        let after = m.vcpu.get_msr(index);
+        if let Some(d) = run.death {
+            return Outcome::fail("the guest program to complete", d.to_string());
+        }
+        let guest = run.outcomes[0];
+        if let Some((g, GateState::Closed)) = gate {
+            // The guest may not read it; the host follows the documented exemption.
+            let ignored = ctx.facts.ignore_msrs() && g.host == HostWhenClosed::AdvertisedZero;
+            let guest_ok = if ignored {
+                guest == OpOutcome::Read(0)
+            } else {
+                guest.is_gp()
+            };
+            let host_ok = match g.host {
+                HostWhenClosed::Exempt => after.is_some(),
+                HostWhenClosed::AdvertisedZero => after == Some(0),
+                HostWhenClosed::Fails => after.is_none(),
+            };
+            let expected = format!(
+                "gate {} closed: guest {}, host read {:?} ({})",
+                g.describe(),
+                if ignored {
+                    "reads 0 (ignore_msrs=Y)"
+                } else {
+                    "#GP"
+                },
+                g.host,
+                g.cite
+            );
+            let actual = format!("guest {guest}, host {after:x?}");
+            return if guest_ok && host_ok {
+                Outcome::pass(actual)
+            } else {
+                Outcome::fail(expected, actual)
+            };
+        }
+        let gate_note = gate
+            .map(|(g, _)| format!(" (gate {} open)", g.describe()))
+            .unwrap_or_default();
+        match (guest, before, after) {
+            (OpOutcome::Read(v), Some(b), Some(a)) => {
+                let monotonic = info
+                    .and_then(|i| i.volatile.as_ref())
+                    .is_some_and(|v| v.rule == Volatility::Monotonic);
+                let ok = if monotonic {
+                    b <= v && v <= a
+                } else {
+                    b == v && v == a
+                };
+                let want = if monotonic {
+                    format!("host before {} <= guest <= host after {}", hex(b), hex(a))
+                } else {
+                    format!("guest = host = {}", hex(a))
+                };
+                if ok {
+                    Outcome::pass(format!("guest {}{gate_note}", hex(v)))
+                } else {
+                    Outcome::fail(
+                        want,
+                        format!("guest {}, host before {} after {}", hex(v), hex(b), hex(a)),
+                    )
+                }
+            }
+            (OpOutcome::Fault { vector: 13, .. }, None, None) => {
+                Outcome::pass("both fail: guest #GP, host read not processed")
+            }
+            (g, b, a) => Outcome::fail(
+                format!("guest RDMSR and host KVM_GET_MSRS agree{gate_note}"),
+                format!("guest {g}, host before {b:x?} after {a:x?}"),
+            ),
+        }
+    })
+}
+
+pub fn checks(ctx: &Context) -> Vec<Check> {
+    let mut v = Vec::new();
+    for &index in &ctx.facts.msr_index_list {
+        let id = ctx.catalogue.slug(index);
+        let name = ctx.catalogue.name(index);
+        let cite = ctx
+            .catalogue
+            .get(index)
+            .map(|i| i.cite.clone())
+            .unwrap_or_else(|| "not catalogued".into());
+        let gate_cite = ctx
+            .catalogue
+            .get(index)
+            .and_then(|i| i.gate.as_ref())
+            .map(|g| format!("; gate: {}", g.cite))
+            .unwrap_or_default();
+        let vol_cite = ctx
+            .catalogue
+            .get(index)
+            .and_then(|i| i.volatile.as_ref())
+            .map(|v| format!("; changes: {}", v.cite))
+            .unwrap_or_default();
+        v.push(Check::new(
+            format!("host.{id}.readable-fresh"),
+            Some(index),
+            format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU with KVM's supported CPUID"),
+            format!("{ADVERTISED}; {cite}"),
+            move |c| host_readable(c, index, false),
+        ));
+        v.push(Check::new(
+            format!("host.{id}.readable-bare"),
+            Some(index),
+            format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU that never saw KVM_SET_CPUID2"),
+            format!("{ADVERTISED}; {cite}"),
+            move |c| host_readable(c, index, true),
+        ));
+        v.push(Check::new(
+            format!("host.{id}.repeat-read-stable"),
+            Some(index),
+            format!("{name}: two host reads agree (or move as documented)"),
+            format!("api.rst 4.18; {cite}{vol_cite}"),
+            move |c| host_repeat(c, index),
+        ));
+        v.push(Check::new(
+            format!("guest.{id}.matches-host"),
+            Some(index),
+            format!("{name}: guest RDMSR returns what KVM_GET_MSRS returns, or both fail as documented"),
+            format!("x86.c kvm_emulate_msr_read and do_get_msr share kvm_get_msr_ignored_check; {cite}{gate_cite}{vol_cite}"),
+            move |c| guest_matches_host(c, index),
+        ));
+        v.push(Check::new(
+            format!("guest.{id}.repeat-read-stable"),
+            Some(index),
+            format!("{name}: two guest RDMSRs agree (or move as documented)"),
+            format!("SDM vol. 2B RDMSR; {cite}{vol_cite}"),
+            move |c| guest_repeat(c, index),
+        ));
+    }
+    v
+}

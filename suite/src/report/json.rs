@@ -1,0 +1,15 @@
+use super::Report;
+
+pub fn render(r: &Report) -> String {
+    let v = serde_json::json!({
+        "schema": "kvm-msr-report/1",
+        "host": r.host,
+        "unavailable": r.unavailable,
+        "counts": r.counts(),
+        "exit_code": r.exit_code(),
+        "results": r.results,
+    });
+    let mut s = serde_json::to_string_pretty(&v).expect("report serializes");
+    s.push('\n');
+    s
+}
