@@ -6,10 +6,12 @@ pub mod checks;
 pub mod deviations;
 pub mod error;
 pub mod fixtures;
+pub mod fuzzing;
 pub mod guest;
 pub mod kvm;
 pub mod machine;
 pub mod msr_index;
+pub mod oracles;
 pub mod report;
 pub mod runner;
 

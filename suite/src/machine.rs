@@ -110,27 +110,22 @@ impl Machine {
             };
         }
         self.runs += 1;
-        let death = loop {
-            let exit = self.vcpu.run(self.timeout);
-            match &exit {
-                Exit::IoOut { port, .. } if *port == PORT_DONE => break None,
-                Exit::IoOut { port, .. } if *port == PORT_UNEXPECTED => {
-                    let vector = self.vm.mem.read_u64(MAILBOX) as u8;
-                    let detail = format!(
-                        "unexpected {} error code {:#x} at RIP {:#x}",
-                        code::vector_name(vector),
-                        self.vm.mem.read_u64(MAILBOX + 8),
-                        self.vm.mem.read_u64(MAILBOX + 16)
-                    );
-                    break Some(GuestDeath { exit, detail });
-                }
-                _ => {
-                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                    break Some(GuestDeath {
-                        exit,
-                        detail: format!("RIP {rip:#x}"),
-                    });
-                }
+        let exit = self.vcpu.run(self.timeout);
+        let death = match &exit {
+            Exit::IoOut { port, .. } if *port == PORT_DONE => None,
+            Exit::IoOut { port, .. } if *port == PORT_UNEXPECTED => {
+                let vector = self.vm.mem.read_u64(MAILBOX) as u8;
+                let detail = format!(
+                    "unexpected {} error code {:#x} at RIP {:#x}",
+                    code::vector_name(vector),
+                    self.vm.mem.read_u64(MAILBOX + 8),
+                    self.vm.mem.read_u64(MAILBOX + 16)
+                );
+                Some(GuestDeath { exit, detail })
+            }
+            _ => {
+                let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") })
             }
         };
         GuestRun {

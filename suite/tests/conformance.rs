@@ -5,6 +5,7 @@
 //! enumerated: one test, `kvm.available`, says why, and fails instead when KVM_MSR_REQUIRE_KVM=1.
 
 use kvm_msr_suite::checks::{self, Context};
+use kvm_msr_suite::fuzzing;
 use kvm_msr_suite::runner::{run_check, Verdict};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ fn trials() -> Vec<Trial> {
             })];
         }
     };
-    checks::all(&ctx)
+    let mut trials: Vec<Trial> = checks::all(&ctx)
         .into_iter()
         .map(|check| {
             let ctx = Arc::clone(&ctx);
@@ -56,6 +57,24 @@ fn trials() -> Vec<Trial> {
                         r.cite
                     ))),
                 }
+            })
+        })
+        .collect();
+    trials.extend(corpus_trials(&ctx));
+    trials
+}
+
+/// Seed inputs of the fuzz targets, replayed through the same executors and oracles.
+fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
+    fuzzing::corpus_files("set_batch")
+        .into_iter()
+        .map(|path| {
+            let ctx = Arc::clone(ctx);
+            let name = format!("corpus.set_batch.{}", path.file_name().unwrap().to_string_lossy());
+            Trial::test(name, move || {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let input = fuzzing::decode_set_batch(&bytes).map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                fuzzing::run_set_batch(&ctx, &input).map_err(|v| Failed::from(format!("{v}\ninput: {input:?}")))
             })
         })
         .collect()

@@ -3,6 +3,7 @@
 use super::{Check, Context, Outcome};
 use crate::kvm::raw::{MsrEntry, MsrOp, MAX_IO_MSRS};
 use crate::msr_index::*;
+use crate::oracles;
 
 const API_4_18: &str =
     "api.rst 4.18 KVM_GET_MSRS: \"Returns: number of msrs successfully returned\"";
@@ -163,55 +164,19 @@ fn set_stops(ctx: &Context) -> Outcome {
     // An x2APIC register while the local APIC is in xAPIC mode fails on every backend, whatever
     // ignore_msrs says (lapic.c kvm_x2apic_msr_write returns 1).
     let batch = [
-        MsrEntry {
-            index: IA32_MCG_STATUS,
-            data: 0x1,
-        },
-        MsrEntry {
-            index: MSR_SYSCALL_MASK,
-            data: 0x4700,
-        },
-        MsrEntry {
-            index: X2APIC_TPR,
-            data: 0x10,
-        },
-        MsrEntry {
-            index: MSR_KERNEL_GS_BASE,
-            data: 0x1000,
-        },
+        MsrEntry { index: IA32_MCG_STATUS, data: 0x1 },
+        MsrEntry { index: MSR_SYSCALL_MASK, data: 0x4700 },
+        MsrEntry { index: X2APIC_TPR, data: 0x10 },
+        MsrEntry { index: MSR_KERNEL_GS_BASE, data: 0x1000 },
     ];
-    let indices: Vec<u32> = batch.iter().map(|e| e.index).collect();
-    // The twin writes one entry at a time and stops at the first it rejects.
-    let Some(k) = batch
-        .iter()
-        .position(|e| !twin.vcpu.set_msr(e.index, e.data))
-    else {
-        return Outcome::fail(
-            "the x2APIC TPR write rejected in xAPIC mode (lapic.c kvm_x2apic_msr_write)",
-            "every single write was accepted",
-        );
-    };
-    let expected_state = twin.vcpu.get_msrs(&indices);
-    let io = a.vcpu.set_msrs(&batch);
-    let after = a.vcpu.get_msrs(&indices);
-    if io.result != Ok(k) {
-        return Outcome::fail(
-            format!("Ok({k}): entry {k} is the first one-by-one write that fails"),
-            format!("{:?}", io.result),
-        );
+    match oracles::set_batch_matches_single(&ctx.catalogue, &a, &twin, &batch, &[]) {
+        Err(v) => Outcome::fail(v.expected, format!("{} ({})", v.actual, v.oracle)),
+        Ok(c) if c.first_rejected != 2 => Outcome::fail(
+            "the one-by-one twin rejects entry 2 (x2APIC TPR in xAPIC mode, lapic.c kvm_x2apic_msr_write)",
+            format!("first rejected entry {}", c.first_rejected),
+        ),
+        Ok(c) => Outcome::pass(format!("returned {}; later entries untouched (same state as 2 single writes)", c.first_rejected)),
     }
-    if after.entries != expected_state.entries || after.result != expected_state.result {
-        return Outcome::fail(
-            format!(
-                "state after the batch = state after the first {k} single writes: {:x?}",
-                expected_state.entries
-            ),
-            format!("{:x?}", after.entries),
-        );
-    }
-    Outcome::pass(format!(
-        "returned {k}; entries {k}.. left untouched (same state as {k} single writes)"
-    ))
 }
 
 fn vm_fd_get_msrs(ctx: &Context) -> Outcome {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Benches and fuzz targets must build; each fuzz target replays its seeds and runs briefly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench --workspace --locked --no-run
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+cd fuzz
+cargo fuzz build --sanitizer none
+if [ -e /dev/kvm ]; then
+  for target in $(cargo fuzz list); do
+    seeds="../fixtures/corpus/$target"
+    work="$(mktemp -d)"
+    cp -r "$seeds"/. "$work"/ 2>/dev/null || true
+    echo "fuzz: $target for ${FUZZ_SECONDS:-20}s from $(ls "$work" | wc -l) seeds"
+    cargo fuzz run --sanitizer none "$target" "$work" -- -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=1 2>&1 | tail -n 20
+    rm -rf "$work"
+  done
+fi
