@@ -17,7 +17,9 @@ fn msr_ioctls(c: &mut Criterion) {
     let list = ctx.facts.msr_index_list.clone();
     let mut g = c.benchmark_group("vcpu_get_msrs");
     g.bench_function("1", |b| b.iter(|| m.vcpu.get_msrs(&list[..1])));
-    g.bench_function(format!("index_list_{}", list.len()), |b| b.iter(|| m.vcpu.get_msrs(&list)));
+    g.bench_function(format!("index_list_{}", list.len()), |b| {
+        b.iter(|| m.vcpu.get_msrs(&list))
+    });
     g.finish();
 }
 

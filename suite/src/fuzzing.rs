@@ -9,8 +9,21 @@ use arbitrary::Arbitrary;
 
 /// Range edges where MSR handling changes hands (semantics §1.2, §1.9, §2).
 pub const EDGE_INDICES: &[u32] = &[
-    0x0, 0x1fff, 0x2000, 0x800, 0x8ff, 0x900, 0x4000_0000, 0x4000_00ff, 0x4b56_4d00, 0x4b56_4dff,
-    0xc000_0000, 0xc000_1fff, 0xc001_0000, 0xc001_1fff, 0xffff_ffff,
+    0x0,
+    0x1fff,
+    0x2000,
+    0x800,
+    0x8ff,
+    0x900,
+    0x4000_0000,
+    0x4000_00ff,
+    0x4b56_4d00,
+    0x4b56_4dff,
+    0xc000_0000,
+    0xc000_1fff,
+    0xc001_0000,
+    0xc001_1fff,
+    0xffff_ffff,
 ];
 
 /// How an input names an MSR.
@@ -35,7 +48,10 @@ pub enum ValueChoice {
     /// Only the high dword set.
     High(u32),
     /// The highest canonical address and its first non-canonical neighbour, 48 or 57 bits.
-    CanonicalEdge { la57: bool, above: bool },
+    CanonicalEdge {
+        la57: bool,
+        above: bool,
+    },
     Raw(u64),
 }
 
@@ -53,7 +69,13 @@ pub struct SetBatchInput {
 
 impl IndexChoice {
     pub fn resolve(self, ctx: &Context) -> u32 {
-        let pick = |l: &[u32], n: u8| if l.is_empty() { 0 } else { l[n as usize % l.len()] };
+        let pick = |l: &[u32], n: u8| {
+            if l.is_empty() {
+                0
+            } else {
+                l[n as usize % l.len()]
+            }
+        };
         match self {
             IndexChoice::Listed(n) => pick(&ctx.facts.msr_index_list, n),
             IndexChoice::Feature(n) => pick(&ctx.facts.msr_feature_index_list, n),
@@ -93,12 +115,20 @@ pub fn run_set_batch(ctx: &Context, input: &SetBatchInput) -> Result<(), Violati
         .entries
         .iter()
         .take(MAX_BATCH)
-        .map(|e| MsrEntry { index: e.index.resolve(ctx), data: e.value.resolve() })
+        .map(|e| MsrEntry {
+            index: e.index.resolve(ctx),
+            data: e.value.resolve(),
+        })
         .collect();
     let (a, b) = match (ctx.machine(), ctx.machine()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            return Err(Violation { oracle: "harness", msr: None, expected: "two fresh machines".into(), actual: e.to_string() })
+            return Err(Violation {
+                oracle: "harness",
+                msr: None,
+                expected: "two fresh machines".into(),
+                actual: e.to_string(),
+            })
         }
     };
     oracles::set_batch_matches_single(&ctx.catalogue, &a, &b, &entries, &[]).map(|_| ())
@@ -112,7 +142,9 @@ pub fn decode_set_batch(bytes: &[u8]) -> arbitrary::Result<SetBatchInput> {
 /// The seed corpus of a target, sorted by file name.
 pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
     let dir = crate::fixtures::fixtures_dir().join("corpus").join(target);
-    let mut v: Vec<_> = std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }

@@ -125,7 +125,10 @@ impl Machine {
             }
             _ => {
                 let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") })
+                Some(GuestDeath {
+                    exit,
+                    detail: format!("RIP {rip:#x}"),
+                })
             }
         };
         GuestRun {

@@ -46,13 +46,23 @@ pub fn set_batch_matches_single(
     entries: &[MsrEntry],
     observe: &[u32],
 ) -> Result<BatchComparison, Violation> {
-    let first_rejected = entries.iter().position(|e| !twin.vcpu.set_msr(e.index, e.data)).unwrap_or(entries.len());
-    let mut indices: Vec<u32> = entries.iter().map(|e| e.index).chain(observe.iter().copied()).collect();
+    let first_rejected = entries
+        .iter()
+        .position(|e| !twin.vcpu.set_msr(e.index, e.data))
+        .unwrap_or(entries.len());
+    let mut indices: Vec<u32> = entries
+        .iter()
+        .map(|e| e.index)
+        .chain(observe.iter().copied())
+        .collect();
     indices.sort_unstable();
     indices.dedup();
     indices.retain(|&i| catalogue.get(i).is_none_or(|m| m.volatile.is_none()));
     let io = batch.vcpu.set_msrs(entries);
-    let cmp = BatchComparison { first_rejected, batch_result: io.result };
+    let cmp = BatchComparison {
+        first_rejected,
+        batch_result: io.result,
+    };
     if io.result != Ok(first_rejected) {
         return Err(Violation {
             oracle: "set-batch-count",

@@ -70,11 +70,16 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
         .into_iter()
         .map(|path| {
             let ctx = Arc::clone(ctx);
-            let name = format!("corpus.set_batch.{}", path.file_name().unwrap().to_string_lossy());
+            let name = format!(
+                "corpus.set_batch.{}",
+                path.file_name().unwrap().to_string_lossy()
+            );
             Trial::test(name, move || {
                 let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let input = fuzzing::decode_set_batch(&bytes).map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
-                fuzzing::run_set_batch(&ctx, &input).map_err(|v| Failed::from(format!("{v}\ninput: {input:?}")))
+                let input = fuzzing::decode_set_batch(&bytes)
+                    .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                fuzzing::run_set_batch(&ctx, &input)
+                    .map_err(|v| Failed::from(format!("{v}\ninput: {input:?}")))
             })
         })
         .collect()

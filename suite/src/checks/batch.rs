@@ -164,10 +164,22 @@ fn set_stops(ctx: &Context) -> Outcome {
     // An x2APIC register while the local APIC is in xAPIC mode fails on every backend, whatever
     // ignore_msrs says (lapic.c kvm_x2apic_msr_write returns 1).
     let batch = [
-        MsrEntry { index: IA32_MCG_STATUS, data: 0x1 },
-        MsrEntry { index: MSR_SYSCALL_MASK, data: 0x4700 },
-        MsrEntry { index: X2APIC_TPR, data: 0x10 },
-        MsrEntry { index: MSR_KERNEL_GS_BASE, data: 0x1000 },
+        MsrEntry {
+            index: IA32_MCG_STATUS,
+            data: 0x1,
+        },
+        MsrEntry {
+            index: MSR_SYSCALL_MASK,
+            data: 0x4700,
+        },
+        MsrEntry {
+            index: X2APIC_TPR,
+            data: 0x10,
+        },
+        MsrEntry {
+            index: MSR_KERNEL_GS_BASE,
+            data: 0x1000,
+        },
     ];
     match oracles::set_batch_matches_single(&ctx.catalogue, &a, &twin, &batch, &[]) {
         Err(v) => Outcome::fail(v.expected, format!("{} ({})", v.actual, v.oracle)),
