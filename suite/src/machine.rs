@@ -98,8 +98,14 @@ impl Machine {
 
     /// Run `ops` in the guest, in order, and collect one outcome per op.
     pub fn run_ops(&mut self, ops: &[GuestOp]) -> GuestRun {
+        self.run_from("interpreter", ops)
+    }
+
+    /// Run the runtime from `label` (the interpreter, or one of the deliberate-misbehaviour
+    /// entry points) with `ops` as the program.
+    pub fn run_from(&mut self, label: &str, ops: &[GuestOp]) -> GuestRun {
         write_program(&mut self.vm.mem, ops);
-        let entry = self.runtime.label("interpreter");
+        let entry = self.runtime.label(label);
         if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
             return GuestRun {
                 outcomes: vec![OpOutcome::NotReached; ops.len()],

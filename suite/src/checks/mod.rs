@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod context;
 pub mod features;
+pub mod harness;
 pub mod lists;
 pub mod per_msr;
 pub mod save_restore;
@@ -94,6 +95,7 @@ impl Check {
 /// Every check for this host, in a stable order.
 pub fn all(ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
+    v.extend(harness::checks(ctx));
     v.extend(lists::checks(ctx));
     v.extend(batch::checks(ctx));
     v.extend(features::checks(ctx));

@@ -48,7 +48,17 @@ pub fn runtime(base: u64) -> Code {
     exception_stubs(&mut a);
     common_handler(&mut a);
     interpreter(&mut a);
+    misbehaviour(&mut a);
     a.finish()
+}
+
+/// Entry points that make the guest die on purpose, so the harness's handling of a dead guest is
+/// itself checked (`checks::harness`).
+fn misbehaviour(a: &mut Asm) {
+    a.label("hang");
+    a.br8(0xeb, "hang", "jmp hang");
+    a.label("raise_ud");
+    a.i(&[0x0f, 0x0b], "ud2");
 }
 
 fn exception_stubs(a: &mut Asm) {

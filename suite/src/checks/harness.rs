@@ -1,0 +1,92 @@
+//! The harness's own guarantees, checked on the real KVM: a guest that hangs, takes an
+//! exception nothing expects, or triple-faults becomes a verdict with the exit details.
+
+use super::{Check, Context, Outcome};
+use crate::guest::GuestOp;
+use crate::kvm::Exit;
+use std::time::Duration;
+
+fn hang(ctx: &Context) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    m.timeout = Duration::from_millis(200);
+    let run = m.run_from("hang", &[GuestOp::Rdmsr(0x10)]);
+    match run.death {
+        Some(d) if matches!(d.exit, Exit::Timeout { .. }) => Outcome::pass(d.to_string()),
+        other => Outcome::fail("a Timeout death after 200 ms", format!("{other:?}")),
+    }
+}
+
+fn unexpected_exception(ctx: &Context) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let ud = m.runtime.label("raise_ud");
+    let run = m.run_from("raise_ud", &[]);
+    match run.death {
+        Some(d) if d.detail.contains("#UD") && d.detail.contains(&format!("{ud:#x}")) => {
+            Outcome::pass(d.to_string())
+        }
+        // An emulator that cannot deliver the exception stops with an internal error instead.
+        Some(d) if matches!(d.exit, Exit::InternalError { .. }) => Outcome::pass(d.to_string()),
+        other => Outcome::fail(
+            format!("an unexpected #UD at RIP {ud:#x} reported through the mailbox"),
+            format!("{other:?}"),
+        ),
+    }
+}
+
+fn triple_fault(ctx: &Context) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    // An IDT limit of 0: #UD cannot be delivered (#GP), nor can #GP (#DF), nor #DF: shutdown.
+    let mut s = match m.vcpu.fd.get_sregs() {
+        Ok(s) => s,
+        Err(e) => return Outcome::harness(crate::Error::ioctl("KVM_GET_SREGS", e)),
+    };
+    s.idt.limit = 0;
+    if let Err(e) = m.vcpu.fd.set_sregs(&s) {
+        return Outcome::harness(crate::Error::ioctl("KVM_SET_SREGS", e));
+    }
+    let run = m.run_from("raise_ud", &[]);
+    match run.death {
+        Some(d) if matches!(d.exit, Exit::Shutdown | Exit::InternalError { .. }) => {
+            Outcome::pass(d.to_string())
+        }
+        other => Outcome::fail(
+            "KVM_EXIT_SHUTDOWN (or an emulator internal error) as a verdict",
+            format!("{other:?}"),
+        ),
+    }
+}
+
+pub fn checks(_ctx: &Context) -> Vec<Check> {
+    vec![
+        Check::new(
+            "harness.guest-hang.reported",
+            None,
+            "a guest spinning forever ends as a Timeout verdict",
+            "api.rst 4.10 KVM_RUN: a pending signal makes KVM_RUN return -EINTR",
+            hang,
+        ),
+        Check::new(
+            "harness.guest-unexpected-exception.reported",
+            None,
+            "an exception outside a guarded RDMSR/WRMSR is reported with its vector and RIP",
+            "SDM vol. 3A 6.12 (exception delivery through the IDT); guest/code.rs common handler",
+            unexpected_exception,
+        ),
+        Check::new(
+            "harness.guest-triple-fault.reported",
+            None,
+            "a triple fault ends as KVM_EXIT_SHUTDOWN, reported, not a crash",
+            "SDM vol. 3A 6.15 (#DF, shutdown); api.rst 5 KVM_EXIT_SHUTDOWN",
+            triple_fault,
+        ),
+    ]
+}
