@@ -17,12 +17,238 @@ struct FileRaw {
 #[serde(deny_unknown_fields)]
 struct MsrRaw {
     index: u32,
+    /// A range: `count` members at index, index + stride, ...; `{i}` in name and id is replaced
+    /// by the member number.
+    count: Option<u32>,
+    stride: Option<u32>,
     name: String,
     id: String,
     cite: String,
     volatile: Option<VolatileRaw>,
     gate: Option<GateRaw>,
     host_read_may_fail: Option<String>,
+    reset: Option<ResetRaw>,
+    #[serde(default)]
+    write: Vec<WriteRaw>,
+    reserved: Option<ReservedRaw>,
+    read_fails: Option<PathRaw>,
+    backends: Option<BackendsRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRaw {
+    value: u64,
+    cite: String,
+    #[serde(default)]
+    when: Vec<ResetWhenRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetWhenRaw {
+    backend: String,
+    value: u64,
+    cite: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteRaw {
+    name: String,
+    value: u64,
+    path: Option<String>,
+    #[serde(default = "same")]
+    outcome: String,
+    cite: String,
+    #[serde(default)]
+    when: Vec<WhenRaw>,
+}
+
+fn same() -> String {
+    "same".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhenRaw {
+    backend: Option<String>,
+    guest_vendor: Option<String>,
+    path: Option<String>,
+    outcome: String,
+    cite: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservedRaw {
+    mask: u64,
+    base: Option<u64>,
+    cite: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathRaw {
+    path: Option<String>,
+    cite: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendsRaw {
+    only: Vec<String>,
+    cite: String,
+}
+
+fn parse_backend(s: &str) -> std::result::Result<Backend, String> {
+    match s {
+        "vmx" => Ok(Backend::Vmx),
+        "svm" => Ok(Backend::Svm),
+        "pvm" => Ok(Backend::Pvm),
+        o => Err(format!("backend {o:?}: expected vmx, svm or pvm")),
+    }
+}
+
+fn parse_path(s: &str) -> std::result::Result<AccessPath, String> {
+    match s {
+        "host" => Ok(AccessPath::Host),
+        "guest" => Ok(AccessPath::Guest),
+        o => Err(format!("path {o:?}: expected host or guest")),
+    }
+}
+
+fn parse_vendor(s: &str) -> std::result::Result<GuestVendor, String> {
+    match s {
+        "intel" => Ok(GuestVendor::Intel),
+        "amd" => Ok(GuestVendor::Amd),
+        o => Err(format!("guest_vendor {o:?}: expected intel or amd")),
+    }
+}
+
+fn parse_outcome(s: &str) -> std::result::Result<WriteOutcome, String> {
+    Ok(match s {
+        "same" => WriteOutcome::Same,
+        "low32" => WriteOutcome::Low32,
+        "canonical" => WriteOutcome::Canonical,
+        "ignored" => WriteOutcome::Ignored,
+        "reads-zero" => WriteOutcome::ReadsZero,
+        "rejected" => WriteOutcome::Rejected,
+        o => {
+            return Err(format!(
+                "outcome {o:?}: expected same, low32, canonical, ignored, reads-zero or rejected"
+            ))
+        }
+    })
+}
+
+fn cited(what: &str, cite: &str) -> std::result::Result<(), String> {
+    if cite.trim().is_empty() {
+        Err(format!("{what}.cite is empty: every rule names its source"))
+    } else {
+        Ok(())
+    }
+}
+
+type Rules = (
+    Option<ResetRule>,
+    Vec<WriteRule>,
+    Option<ReservedRule>,
+    Option<PathRule>,
+    Option<(Vec<Backend>, String)>,
+);
+
+fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
+    let reset = match m.reset.take() {
+        None => None,
+        Some(r) => {
+            cited("reset", &r.cite)?;
+            let mut by_backend = Vec::new();
+            for w in r.when {
+                cited("reset.when", &w.cite)?;
+                by_backend.push((parse_backend(&w.backend)?, w.value, w.cite));
+            }
+            Some(ResetRule {
+                value: r.value,
+                cite: r.cite,
+                by_backend,
+            })
+        }
+    };
+    let mut writes = Vec::new();
+    for w in std::mem::take(&mut m.write) {
+        cited(&format!("write {:?}", w.name), &w.cite)?;
+        if w.name.is_empty()
+            || !w
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(format!(
+                "write name {:?} must be lowercase letters, digits and '-'",
+                w.name
+            ));
+        }
+        if writes.iter().any(|x: &WriteRule| x.name == w.name) {
+            return Err(format!("write name {:?} used twice", w.name));
+        }
+        let mut when = Vec::new();
+        for c in w.when {
+            cited(&format!("write {:?} when", w.name), &c.cite)?;
+            when.push(When {
+                backend: c.backend.as_deref().map(parse_backend).transpose()?,
+                guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
+                path: c.path.as_deref().map(parse_path).transpose()?,
+                outcome: parse_outcome(&c.outcome)?,
+                cite: c.cite,
+            });
+        }
+        writes.push(WriteRule {
+            name: w.name,
+            value: w.value,
+            path: w.path.as_deref().map(parse_path).transpose()?,
+            outcome: parse_outcome(&w.outcome)?,
+            cite: w.cite,
+            when,
+        });
+    }
+    let reserved = match m.reserved.take() {
+        None => None,
+        Some(r) => {
+            cited("reserved", &r.cite)?;
+            if r.mask == 0 {
+                return Err("reserved.mask is 0".into());
+            }
+            Some(ReservedRule {
+                mask: r.mask,
+                base: r.base,
+                cite: r.cite,
+            })
+        }
+    };
+    let read_fails = match m.read_fails.take() {
+        None => None,
+        Some(r) => {
+            cited("read_fails", &r.cite)?;
+            Some(PathRule {
+                path: r.path.as_deref().map(parse_path).transpose()?,
+                cite: r.cite,
+            })
+        }
+    };
+    let backends = match m.backends.take() {
+        None => None,
+        Some(b) => {
+            cited("backends", &b.cite)?;
+            let list = b
+                .only
+                .iter()
+                .map(|s| parse_backend(s))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Some((list, b.cite))
+        }
+    };
+    Ok((reset, writes, reserved, read_fails, backends))
 }
 
 #[derive(Deserialize)]
@@ -62,7 +288,13 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
     let mut out = Vec::new();
     for m in raw.msr {
         let line = line_of(text, m.span().start);
-        let m = m.into_inner();
+        let mut m = m.into_inner();
+        let rules = parse_rules(&mut m).map_err(|msg| {
+            err(
+                Some(line),
+                format!("MSR {:#x} ({}): {msg}", m.index, m.name),
+            )
+        })?;
         let e = |msg: String| {
             err(
                 Some(line),
@@ -72,9 +304,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
         if m.cite.trim().is_empty() {
             return Err(e("`cite` is empty: every entry names its source".into()));
         }
-        if m.id.is_empty()
-            || !m
-                .id
+        let plain_id = m.id.replace("{i}", "0");
+        if plain_id.is_empty()
+            || !plain_id
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
@@ -152,16 +384,35 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 })
             }
         };
-        out.push(MsrInfo {
-            index: m.index,
-            name: m.name,
-            id: m.id,
-            cite: m.cite,
-            volatile,
-            gate,
-            host_read_may_fail: m.host_read_may_fail,
-            source: (file.to_path_buf(), line),
-        });
+        let (reset, writes, reserved, read_fails, backends) = rules;
+        let count = m.count.unwrap_or(1);
+        let stride = m.stride.unwrap_or(1);
+        if count == 0 || stride == 0 {
+            return Err(e("count and stride must be at least 1".into()));
+        }
+        if count > 1 && !(m.name.contains("{i}") && m.id.contains("{i}")) {
+            return Err(e("a range (count > 1) needs {i} in both name and id".into()));
+        }
+        for i in 0..count {
+            let Some(index) = m.index.checked_add(i * stride) else {
+                return Err(e("the range runs past index 0xffffffff".into()));
+            };
+            out.push(MsrInfo {
+                index,
+                name: m.name.replace("{i}", &i.to_string()),
+                id: m.id.replace("{i}", &i.to_string()),
+                cite: m.cite.clone(),
+                volatile: volatile.clone(),
+                gate: gate.clone(),
+                host_read_may_fail: m.host_read_may_fail.clone(),
+                reset: reset.clone(),
+                writes: writes.clone(),
+                reserved: reserved.clone(),
+                read_fails: read_fails.clone(),
+                backends: backends.clone(),
+                source: (file.to_path_buf(), line),
+            });
+        }
     }
     Ok(out)
 }
@@ -313,6 +564,68 @@ gate = { cpuid = ["RDTSCP", "RDPID"], host = "exempt", cite = "x86.c" }
             e.contains("b.toml:2") && e.contains("duplicate index 0x10") && e.contains("a.toml:1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ranges_expand_to_their_members() {
+        let m = parse("[[msr]]\nindex = 0x400\ncount = 3\nstride = 4\nname = \"IA32_MC{i}_CTL\"\nid = \"mc{i}-ctl\"\ncite = \"SDM\"\n").unwrap();
+        let got: Vec<(u32, &str)> = m.iter().map(|x| (x.index, x.id.as_str())).collect();
+        assert_eq!(
+            got,
+            [(0x400, "mc0-ctl"), (0x404, "mc1-ctl"), (0x408, "mc2-ctl")]
+        );
+    }
+
+    #[test]
+    fn write_rules_pick_the_first_matching_condition() {
+        let m = parse(
+            r#"
+[[msr]]
+index = 0x175
+name = "IA32_SYSENTER_ESP"
+id = "sysenter-esp"
+cite = "SDM"
+[[msr.write]]
+name = "high"
+value = 0x123456789abc
+cite = "x86.c"
+when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.c" }]
+"#,
+        )
+        .unwrap();
+        let w = &m[0].writes[0];
+        let rc = |backend, v| RuleContext {
+            backend,
+            guest_vendor: Some(v),
+            path: AccessPath::Guest,
+        };
+        assert_eq!(
+            w.outcome_for(rc(Backend::Svm, GuestVendor::Amd)).0,
+            WriteOutcome::Low32
+        );
+        assert_eq!(
+            w.outcome_for(rc(Backend::Svm, GuestVendor::Intel)).0,
+            WriteOutcome::Same
+        );
+        assert_eq!(
+            w.outcome_for(rc(Backend::Vmx, GuestVendor::Amd)).0,
+            WriteOutcome::Same
+        );
+        assert!(w.vendor_dependent());
+    }
+
+    #[rstest]
+    #[case::uncited_write("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"v\", value = 1, cite = \"\" }]\n", "write \"v\".cite")]
+    #[case::bad_outcome("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"v\", value = 1, outcome = \"maybe\", cite = \"c\" }]\n", "maybe")]
+    #[case::range_without_placeholder(
+        "[[msr]]\nindex = 1\ncount = 2\nname = \"A\"\nid = \"a\"\ncite = \"x\"\n",
+        "{i}"
+    )]
+    #[case::bad_backend("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nbackends = { only = [\"tcg\"], cite = \"c\" }\n", "tcg")]
+    fn rejects_bad_rules(#[case] text: &str, #[case] what: &str) {
+        let e = err_text(text);
+        assert!(e.starts_with("t.toml:1"), "{e}");
+        assert!(e.contains(what), "{e}");
     }
 
     #[test]

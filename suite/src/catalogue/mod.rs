@@ -7,6 +7,7 @@ mod load;
 pub use load::{load_dir, parse_file};
 
 use crate::kvm::cpuid::{self, CpuidTable};
+pub use crate::kvm::facts::Backend;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -72,8 +73,135 @@ pub struct MsrInfo {
     pub gate: Option<Gate>,
     /// Why a host read on a fresh vCPU may fail, if it may.
     pub host_read_may_fail: Option<String>,
+    /// Value after vCPU creation.
+    pub reset: Option<ResetRule>,
+    /// Values written, one check each per path, with the documented outcome.
+    pub writes: Vec<WriteRule>,
+    /// Bits that must be rejected, walked one at a time.
+    pub reserved: Option<ReservedRule>,
+    /// Reads that must fail (write-only MSRs).
+    pub read_fails: Option<PathRule>,
+    /// Backends that implement the MSR at all (None: every backend).
+    pub backends: Option<(Vec<Backend>, String)>,
     /// Where the entry was read from, for messages.
     pub source: (PathBuf, usize),
+}
+
+/// Which access path a rule is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessPath {
+    Host,
+    Guest,
+}
+
+/// Which guest vendor class a rule is about (KVM's guest_cpuid_is_intel/amd_compatible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestVendor {
+    Intel,
+    Amd,
+}
+
+/// What a write does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteOutcome {
+    /// Accepted; reads back the value written.
+    Same,
+    /// Accepted; reads back the low 32 bits.
+    Low32,
+    /// Accepted; reads back the value made canonical at the host's address width (48 or 57).
+    Canonical,
+    /// Accepted; the MSR keeps its previous value.
+    Ignored,
+    /// Accepted; reads back 0.
+    ReadsZero,
+    /// Rejected: the host write fails, the guest gets #GP.
+    Rejected,
+}
+
+/// Conditions under which a different outcome applies; all given fields must match.
+#[derive(Clone, Debug, Serialize)]
+pub struct When {
+    pub backend: Option<Backend>,
+    pub guest_vendor: Option<GuestVendor>,
+    pub path: Option<AccessPath>,
+    pub outcome: WriteOutcome,
+    pub cite: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteRule {
+    /// Short name used in the check id (`host.<msr>.write.<name>`).
+    pub name: String,
+    pub value: u64,
+    /// Only this path writes (None: both).
+    pub path: Option<AccessPath>,
+    pub outcome: WriteOutcome,
+    pub cite: String,
+    pub when: Vec<When>,
+}
+
+/// The facts a rule's conditions are evaluated against.
+#[derive(Clone, Copy, Debug)]
+pub struct RuleContext {
+    pub backend: Backend,
+    pub guest_vendor: Option<GuestVendor>,
+    pub path: AccessPath,
+}
+
+impl WriteRule {
+    /// The outcome and its citation under `rc` (first matching `when`, else the default).
+    pub fn outcome_for(&self, rc: RuleContext) -> (WriteOutcome, &str) {
+        for w in &self.when {
+            let ok = w.backend.is_none_or(|b| b == rc.backend)
+                && w.guest_vendor.is_none_or(|v| Some(v) == rc.guest_vendor)
+                && w.path.is_none_or(|p| p == rc.path);
+            if ok {
+                return (w.outcome, &w.cite);
+            }
+        }
+        (self.outcome, &self.cite)
+    }
+
+    /// Whether the outcome depends on the guest's vendor (then both vendors are exercised).
+    pub fn vendor_dependent(&self) -> bool {
+        self.when.iter().any(|w| w.guest_vendor.is_some())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ResetRule {
+    pub value: u64,
+    pub cite: String,
+    /// Per-backend values that differ, with their own citation.
+    pub by_backend: Vec<(Backend, u64, String)>,
+}
+
+impl ResetRule {
+    pub fn value_for(&self, backend: Backend) -> (u64, &str) {
+        self.by_backend
+            .iter()
+            .find(|(b, _, _)| *b == backend)
+            .map(|(_, v, c)| (*v, c.as_str()))
+            .unwrap_or((self.value, &self.cite))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReservedRule {
+    pub mask: u64,
+    /// The value each reserved bit is set on top of (default: the reset value, else 0).
+    pub base: Option<u64>,
+    pub cite: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathRule {
+    /// None: both paths.
+    pub path: Option<AccessPath>,
+    pub cite: String,
 }
 
 /// Whether a gate is open for a vCPU.
