@@ -57,6 +57,7 @@ struct ResetWhenRaw {
 struct WriteRaw {
     name: String,
     value: u64,
+    before: Option<u64>,
     path: Option<String>,
     #[serde(default = "same")]
     outcome: String,
@@ -206,6 +207,7 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
         writes.push(WriteRule {
             name: w.name,
             value: w.value,
+            before: w.before,
             path: w.path.as_deref().map(parse_path).transpose()?,
             outcome: parse_outcome(&w.outcome)?,
             cite: w.cite,

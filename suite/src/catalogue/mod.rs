@@ -136,6 +136,8 @@ pub struct WriteRule {
     /// Short name used in the check id (`host.<msr>.write.<name>`).
     pub name: String,
     pub value: u64,
+    /// A value the host writes first, so the rule does not depend on the reset value.
+    pub before: Option<u64>,
     /// Only this path writes (None: both).
     pub path: Option<AccessPath>,
     pub outcome: WriteOutcome,

@@ -34,6 +34,11 @@ impl Context {
         )
     }
 
+    /// A machine whose vCPU gets `cpuid` (read back afterwards: see `Vcpu::effective_cpuid`).
+    pub fn machine_with_cpuid(&self, cpuid: crate::kvm::CpuidTable) -> crate::Result<Machine> {
+        Machine::new(&self.sys, &MachineConfig::with_cpuid(cpuid))
+    }
+
     /// A machine whose vCPU never saw KVM_SET_CPUID2.
     pub fn bare_machine(&self) -> crate::Result<Machine> {
         let mut c = MachineConfig::with_cpuid(self.facts.supported_cpuid.clone());

@@ -3,6 +3,7 @@
 //! feeds `cargo test` (one named test each), `kvm-msr report` and the fuzzer's oracles.
 
 pub mod batch;
+pub mod catalogued;
 pub mod context;
 pub mod features;
 pub mod harness;
@@ -101,6 +102,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(features::checks(ctx));
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
+    v.extend(catalogued::checks(ctx));
     v
 }
 

@@ -138,6 +138,9 @@ pub struct HostFacts {
     pub supported_cpuid_vendor: Vendor,
     /// Names of known CPUID features KVM_GET_SUPPORTED_CPUID reports.
     pub supported_cpuid_features: Vec<String>,
+    /// The host kernel runs 5-level paging (cpuinfo flag `la57`): KVM canonicalizes MSR
+    /// addresses at 57 bits instead of 48.
+    pub host_la57: bool,
     #[serde(skip)]
     pub supported_cpuid: CpuidTable,
 }
@@ -251,6 +254,13 @@ impl HostFacts {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            host_la57: std::fs::read_to_string("/proc/cpuinfo")
+                .map(|c| {
+                    c.lines().any(|l| {
+                        l.starts_with("flags") && l.split_whitespace().any(|f| f == "la57")
+                    })
+                })
+                .unwrap_or(false),
             supported_cpuid,
         })
     }

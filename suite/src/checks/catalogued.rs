@@ -1,0 +1,714 @@
+//! Checks generated from the catalogue's rules, for every catalogued MSR this backend has:
+//! reset values, documented writes from each path (and what the other path then sees), reserved
+//! bits walked one at a time, write-only reads, and the CPUID gate with its bit cleared.
+
+use super::{hex, Check, Context, Outcome};
+use crate::catalogue::{
+    AccessPath, GateCondition, GateState, GuestVendor, HostWhenClosed, MsrInfo, RuleContext,
+    WriteOutcome, WriteRule,
+};
+use crate::guest::{GuestOp, OpOutcome};
+use crate::kvm::cpuid::{self, Vendor};
+use crate::machine::Machine;
+use crate::msr_index::IA32_MCG_CAP;
+
+fn info(ctx: &Context, index: u32) -> &MsrInfo {
+    ctx.catalogue
+        .get(index)
+        .expect("checks are generated from catalogue entries")
+}
+
+/// Skip when this backend does not implement the MSR at all.
+fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
+    let (list, cite) = m.backends.as_ref()?;
+    (!list.contains(&ctx.facts.backend)).then(|| {
+        let names: Vec<&str> = list.iter().map(|b| b.name()).collect();
+        Outcome::skip(format!(
+            "{} exists only on {} ({cite})",
+            m.name,
+            names.join(", ")
+        ))
+    })
+}
+
+fn vendor_class(v: Vendor) -> Option<GuestVendor> {
+    if v.is_intel_compatible() {
+        Some(GuestVendor::Intel)
+    } else if v.is_amd_compatible() {
+        Some(GuestVendor::Amd)
+    } else {
+        None
+    }
+}
+
+/// A machine with KVM's supported CPUID, optionally with another guest vendor.
+fn machine(ctx: &Context, vendor: Option<GuestVendor>) -> crate::Result<Machine> {
+    let mut t = ctx.facts.supported_cpuid.clone();
+    match vendor {
+        Some(GuestVendor::Intel) => t.set_vendor(Vendor::Intel),
+        Some(GuestVendor::Amd) => t.set_vendor(Vendor::Amd),
+        None => {}
+    }
+    ctx.machine_with_cpuid(t)
+}
+
+fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
+    let g = m.gate.as_ref()?;
+    Some(g.state(
+        mach.vcpu.effective_cpuid.as_ref(),
+        mach.vcpu.get_msr(IA32_MCG_CAP),
+    ))
+}
+
+/// Guest checks need the gate open on the vCPU they run on.
+fn guest_gate_closed(m: &MsrInfo, mach: &Machine) -> Option<Outcome> {
+    (gate_state(m, mach) == Some(GateState::Closed)).then(|| {
+        let g = m.gate.as_ref().expect("gate");
+        Outcome::skip(format!(
+            "the guest may not access {} on this vCPU: gate {} closed in the effective CPUID/state ({}); see guest.{}.gate-closed",
+            m.name,
+            g.describe(),
+            g.cite,
+            m.id
+        ))
+    })
+}
+
+fn canonical(v: u64, la57: bool) -> u64 {
+    let bits = if la57 { 57 } else { 48 };
+    (((v << (64 - bits)) as i64) >> (64 - bits)) as u64
+}
+
+/// The value a read returns after writing `value` over `before` with `outcome`; None: rejected.
+fn expected_after(outcome: WriteOutcome, value: u64, before: u64, la57: bool) -> Option<u64> {
+    match outcome {
+        WriteOutcome::Same => Some(value),
+        WriteOutcome::Low32 => Some(value & 0xffff_ffff),
+        WriteOutcome::Canonical => Some(canonical(value, la57)),
+        WriteOutcome::Ignored => Some(before),
+        WriteOutcome::ReadsZero => Some(0),
+        WriteOutcome::Rejected => None,
+    }
+}
+
+fn reset_host(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let rule = m.reset.as_ref().expect("reset rule");
+    let (want, cite) = rule.value_for(ctx.facts.backend);
+    let mach = match machine(ctx, None) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    let got = mach.vcpu.get_msr(index);
+    // A closed gate changes what the host reads (semantics §1.6).
+    let want = match (gate_state(m, &mach), m.gate.as_ref().map(|g| g.host)) {
+        (Some(GateState::Closed), Some(HostWhenClosed::AdvertisedZero))
+            if ctx.facts.is_advertised(index) =>
+        {
+            Some(0)
+        }
+        (Some(GateState::Closed), Some(HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails)) => {
+            None
+        }
+        _ => Some(want),
+    };
+    if got == want {
+        Outcome::pass(format!("reads {got:x?}"))
+    } else {
+        Outcome::fail(format!("{want:x?} ({cite})"), format!("{got:x?}"))
+    }
+}
+
+fn reset_guest(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let rule = m.reset.as_ref().expect("reset rule");
+    let (want, cite) = rule.value_for(ctx.facts.backend);
+    let mut mach = match machine(ctx, None) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some(o) = guest_gate_closed(m, &mach) {
+        return o;
+    }
+    if m.read_fails
+        .as_ref()
+        .is_some_and(|r| r.path != Some(AccessPath::Host))
+    {
+        return Outcome::skip("write-only: the guest cannot read it (see guest.<msr>.read-fails)");
+    }
+    let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    match run.outcomes[0] {
+        OpOutcome::Read(v) if v == want => Outcome::pass(format!("guest reads {}", hex(v))),
+        o => Outcome::fail(format!("guest reads {} ({cite})", hex(want)), o.to_string()),
+    }
+}
+
+fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestVendor>) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let mut mach = match machine(ctx, vendor) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    let guest_vendor = mach
+        .vcpu
+        .effective_cpuid
+        .as_ref()
+        .and_then(|c| vendor_class(c.vendor()));
+    let rc = RuleContext {
+        backend: ctx.facts.backend,
+        guest_vendor,
+        path: AccessPath::Host,
+    };
+    let (outcome, cite) = rule.outcome_for(rc);
+    let gate = gate_state(m, &mach);
+    if gate == Some(GateState::Closed)
+        && m.gate
+            .as_ref()
+            .is_some_and(|g| g.host != HostWhenClosed::Exempt)
+    {
+        return Outcome::skip(format!(
+            "gate closed for this vCPU and host writes follow it ({})",
+            m.gate.as_ref().unwrap().cite
+        ));
+    }
+    if let Some(b) = rule.before {
+        if !mach.vcpu.set_msr(index, b) {
+            return Outcome::fail(format!("the host sets up {} first", hex(b)), "rejected");
+        }
+    }
+    let before = mach.vcpu.get_msr(index);
+    let accepted = mach.vcpu.set_msr(index, rule.value);
+    let after = mach.vcpu.get_msr(index);
+    let want = expected_after(
+        outcome,
+        rule.value,
+        before.unwrap_or(0),
+        ctx.facts.host_la57,
+    );
+    let written = format!("host writes {}", hex(rule.value));
+    if m.read_fails.is_some() {
+        // Write-only: acceptance is all there is to see.
+        return match (want.is_some(), accepted) {
+            (true, true) => Outcome::pass(format!("{written}: accepted (write-only)")),
+            (false, false) => Outcome::pass(format!("{written}: rejected (write-only)")),
+            (w, a) => Outcome::fail(
+                format!(
+                    "{written}: {} ({cite})",
+                    if w { "accepted" } else { "rejected" }
+                ),
+                format!("accepted={a}"),
+            ),
+        };
+    }
+    match want {
+        None if !accepted && after == before => {
+            return Outcome::pass(format!("{written}: rejected, value stays {before:x?}"))
+        }
+        None => {
+            return Outcome::fail(
+                format!("{written}: rejected and the value unchanged ({cite})"),
+                format!("accepted={accepted}, read {before:x?} -> {after:x?}"),
+            )
+        }
+        Some(w) if accepted && after == Some(w) => {}
+        Some(w) => {
+            return Outcome::fail(
+                format!("{written}: accepted, reads back {} ({cite})", hex(w)),
+                format!("accepted={accepted}, reads {after:x?}"),
+            )
+        }
+    }
+    // The other path sees it.
+    if gate == Some(GateState::Closed) || m.read_fails.is_some() {
+        return Outcome::pass(format!(
+            "{written}: reads back {after:x?} (guest view not checked: the guest may not read it)"
+        ));
+    }
+    let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    match (run.outcomes[0], after) {
+        (OpOutcome::Read(g), Some(a)) if g == a => {
+            Outcome::pass(format!("{written}: host and guest read {}", hex(a)))
+        }
+        (o, a) => Outcome::fail(
+            format!("the guest reads what the host wrote: {a:x?}"),
+            o.to_string(),
+        ),
+    }
+}
+
+fn write_guest(
+    ctx: &Context,
+    index: u32,
+    rule: &WriteRule,
+    vendor: Option<GuestVendor>,
+) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let mut mach = match machine(ctx, vendor) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some(o) = guest_gate_closed(m, &mach) {
+        return o;
+    }
+    let guest_vendor = mach
+        .vcpu
+        .effective_cpuid
+        .as_ref()
+        .and_then(|c| vendor_class(c.vendor()));
+    let rc = RuleContext {
+        backend: ctx.facts.backend,
+        guest_vendor,
+        path: AccessPath::Guest,
+    };
+    let (outcome, cite) = rule.outcome_for(rc);
+    let readable = m.read_fails.is_none();
+    if let Some(b) = rule.before {
+        if !mach.vcpu.set_msr(index, b) {
+            return Outcome::fail(format!("the host sets up {} first", hex(b)), "rejected");
+        }
+    }
+    let before = mach.vcpu.get_msr(index);
+    let mut ops = vec![GuestOp::Wrmsr(index, rule.value)];
+    if readable {
+        ops.push(GuestOp::Rdmsr(index));
+    }
+    let run = mach.run_ops(&ops);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    let host_after = mach.vcpu.get_msr(index);
+    let written = format!("guest writes {}", hex(rule.value));
+    let want = expected_after(
+        outcome,
+        rule.value,
+        before.unwrap_or(0),
+        ctx.facts.host_la57,
+    );
+    let guest_read = if readable {
+        Some(run.outcomes[1])
+    } else {
+        None
+    };
+    match want {
+        None => {
+            if run.outcomes[0].is_gp() && host_after == before {
+                Outcome::pass(format!("{written}: #GP, value stays {before:x?}"))
+            } else {
+                Outcome::fail(
+                    format!("{written}: #GP and the value unchanged ({cite})"),
+                    format!(
+                        "{}, host reads {before:x?} -> {host_after:x?}",
+                        run.outcomes[0]
+                    ),
+                )
+            }
+        }
+        Some(w) => {
+            let guest_ok = guest_read.is_none_or(|r| r == OpOutcome::Read(w));
+            let host_ok = !readable || host_after == Some(w);
+            if run.outcomes[0] == OpOutcome::Wrote && guest_ok && host_ok {
+                Outcome::pass(format!("{written}: guest and host read {}", hex(w)))
+            } else {
+                Outcome::fail(
+                    format!(
+                        "{written}: accepted; guest and host read {} ({cite})",
+                        hex(w)
+                    ),
+                    format!(
+                        "write {}, guest read {}, host reads {host_after:x?}",
+                        run.outcomes[0],
+                        guest_read.map(|r| r.to_string()).unwrap_or("-".into())
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn reserved_base(ctx: &Context, m: &MsrInfo) -> u64 {
+    let r = m.reserved.as_ref().expect("reserved rule");
+    r.base.unwrap_or_else(|| {
+        m.reset
+            .as_ref()
+            .map(|x| x.value_for(ctx.facts.backend).0)
+            .unwrap_or(0)
+    })
+}
+
+fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64).filter(move |b| mask & (1 << b) != 0)
+}
+
+fn reserved_host(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let r = m.reserved.as_ref().expect("reserved rule");
+    let base = reserved_base(ctx, m);
+    let mach = match machine(ctx, None) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if !mach.vcpu.set_msr(index, base) {
+        return Outcome::fail(format!("the base value {} accepted", hex(base)), "rejected");
+    }
+    let mut accepted = Vec::new();
+    for b in bits(r.mask) {
+        if mach.vcpu.set_msr(index, base | (1 << b)) {
+            accepted.push(b);
+            mach.vcpu.set_msr(index, base);
+        }
+    }
+    let n = r.mask.count_ones();
+    if accepted.is_empty() {
+        Outcome::pass(format!(
+            "all {n} reserved bits rejected one at a time on top of {}",
+            hex(base)
+        ))
+    } else {
+        Outcome::fail(
+            format!(
+                "each of the {n} bits of {} rejected ({})",
+                hex(r.mask),
+                r.cite
+            ),
+            format!("accepted bits {accepted:?}"),
+        )
+    }
+}
+
+fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let r = m.reserved.as_ref().expect("reserved rule");
+    let base = reserved_base(ctx, m);
+    let mut mach = match machine(ctx, None) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some(o) = guest_gate_closed(m, &mach) {
+        return o;
+    }
+    let walked: Vec<u32> = bits(r.mask).collect();
+    let mut ops = vec![GuestOp::Wrmsr(index, base)];
+    for b in &walked {
+        ops.push(GuestOp::Wrmsr(index, base | (1 << b)));
+        ops.push(GuestOp::Wrmsr(index, base)); // restore if the bit was (wrongly) accepted
+    }
+    let run = mach.run_ops(&ops);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    if run.outcomes[0] != OpOutcome::Wrote {
+        return Outcome::fail(
+            format!("the base value {} accepted", hex(base)),
+            run.outcomes[0].to_string(),
+        );
+    }
+    let accepted: Vec<String> = walked
+        .iter()
+        .zip(run.outcomes[1..].chunks(2))
+        .filter(|(_, o)| !o[0].is_gp())
+        .map(|(b, o)| format!("bit {b}: {}", o[0]))
+        .collect();
+    if accepted.is_empty() {
+        Outcome::pass(format!(
+            "#GP for each of the {} reserved bits",
+            walked.len()
+        ))
+    } else {
+        Outcome::fail(
+            format!("#GP for each bit of {} ({})", hex(r.mask), r.cite),
+            accepted.join(", "),
+        )
+    }
+}
+
+fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let mut mach = match machine(ctx, None) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    match path {
+        AccessPath::Host => match mach.vcpu.get_msrs(&[index]).result {
+            Ok(0) => Outcome::pass("host read not processed"),
+            r => Outcome::fail("Ok(0): the host read fails", format!("{r:?}")),
+        },
+        AccessPath::Guest => {
+            let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
+            match (run.death, run.outcomes[0]) {
+                (None, o) if o.is_gp() => Outcome::pass("guest RDMSR #GP"),
+                (None, o) => Outcome::fail("guest RDMSR #GP", o.to_string()),
+                (Some(d), _) => Outcome::fail("the guest program to complete", d.to_string()),
+            }
+        }
+    }
+}
+
+/// Clear the gate's CPUID bits (or use the default MCG_CAP) and check both paths.
+fn gate_closed(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let g = m.gate.as_ref().expect("gate rule");
+    let mut t = ctx.facts.supported_cpuid.clone();
+    if let GateCondition::AnyCpuid(names) = &g.condition {
+        for n in names {
+            t.set(cpuid::feature(n).expect("validated name"), false);
+        }
+    }
+    let mut mach = match ctx.machine_with_cpuid(t) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if gate_state(m, &mach) == Some(GateState::Open) {
+        return Outcome::skip(format!(
+            "could not close gate {}: it is still open in the effective CPUID/state",
+            g.describe()
+        ));
+    }
+    let value = m.writes.first().map(|w| w.value).unwrap_or(0);
+    let host = mach.vcpu.get_msr(index);
+    let run = mach.run_ops(&[GuestOp::Rdmsr(index), GuestOp::Wrmsr(index, value)]);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    let unsupported = g.host == HostWhenClosed::AdvertisedZero;
+    let ignored = ctx.facts.ignore_msrs() && unsupported;
+    let (rd, wr) = (run.outcomes[0], run.outcomes[1]);
+    let guest_ok = if ignored {
+        rd == OpOutcome::Read(0) && wr == OpOutcome::Wrote
+    } else {
+        rd.is_gp() && wr.is_gp()
+    };
+    let host_ok = match g.host {
+        _ if m.read_fails.is_some() => true, // write-only: no host read to judge
+        HostWhenClosed::Exempt => host.is_some(),
+        HostWhenClosed::AdvertisedZero
+            if ctx.facts.is_advertised(index) || ctx.facts.ignore_msrs() =>
+        {
+            host == Some(0)
+        }
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails => host.is_none(),
+    };
+    let actual = format!(
+        "guest RDMSR {rd}, WRMSR {} {wr}; host read {host:x?}",
+        hex(value)
+    );
+    if guest_ok && host_ok {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            format!(
+                "guest {} ; host {:?}{} ({})",
+                if ignored {
+                    "reads 0 and writes are dropped (ignore_msrs=Y)"
+                } else {
+                    "RDMSR and WRMSR #GP"
+                },
+                g.host,
+                if unsupported && ctx.facts.is_advertised(index) {
+                    " (advertised: reads 0)"
+                } else {
+                    ""
+                },
+                g.cite
+            ),
+            actual,
+        )
+    }
+}
+
+fn coverage(ctx: &Context) -> Outcome {
+    let missing: Vec<String> = ctx
+        .facts
+        .msr_index_list
+        .iter()
+        .chain(&ctx.facts.msr_feature_index_list)
+        .filter(|i| ctx.catalogue.get(**i).is_none())
+        .map(|i| format!("{i:#x}"))
+        .collect();
+    if missing.is_empty() {
+        Outcome::pass(format!(
+            "all {} listed MSRs catalogued",
+            ctx.facts.msr_index_list.len() + ctx.facts.msr_feature_index_list.len()
+        ))
+    } else {
+        Outcome::fail(
+            "every MSR this KVM lists is in fixtures/catalogue",
+            format!("not catalogued: {}", missing.join(", ")),
+        )
+    }
+}
+
+pub fn checks(ctx: &Context) -> Vec<Check> {
+    let mut v = vec![Check::new(
+        "catalogue.covers-host-lists",
+        None,
+        "every MSR in this host's index and feature lists has a catalogue entry",
+        "api.rst 4.3 (the lists); fixtures/catalogue/README.md",
+        coverage,
+    )];
+    for m in ctx.catalogue.msrs.values() {
+        let (index, id, name) = (m.index, m.id.clone(), m.name.clone());
+        if let Some(r) = &m.reset {
+            let cite = format!("{}; {}", r.cite, m.cite);
+            v.push(Check::new(
+                format!("host.{id}.reset"),
+                Some(index),
+                format!("{name}: a fresh vCPU's host read is the reset value"),
+                cite.clone(),
+                move |c| reset_host(c, index),
+            ));
+            v.push(Check::new(
+                format!("guest.{id}.reset"),
+                Some(index),
+                format!("{name}: a fresh vCPU's guest RDMSR is the reset value"),
+                cite,
+                move |c| reset_guest(c, index),
+            ));
+        }
+        for (k, w) in m.writes.iter().enumerate() {
+            let vendors: Vec<Option<GuestVendor>> = if w.vendor_dependent() {
+                vec![Some(GuestVendor::Intel), Some(GuestVendor::Amd)]
+            } else {
+                vec![None]
+            };
+            for vendor in vendors {
+                let suffix = match vendor {
+                    Some(GuestVendor::Intel) => ".intel-guest",
+                    Some(GuestVendor::Amd) => ".amd-guest",
+                    None => "",
+                };
+                let cite = std::iter::once(w.cite.as_str())
+                    .chain(w.when.iter().map(|x| x.cite.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                for path in [AccessPath::Host, AccessPath::Guest] {
+                    if w.path.is_some_and(|p| p != path) {
+                        continue;
+                    }
+                    let (fam, verb) = match path {
+                        AccessPath::Host => ("host", "KVM_SET_MSRS"),
+                        AccessPath::Guest => ("guest", "WRMSR"),
+                    };
+                    v.push(Check::new(
+                        format!("{fam}.{id}.write.{}{suffix}", w.name),
+                        Some(index),
+                        format!("{name}: {verb} of {:#x} ({}) has the documented outcome, seen from both paths", w.value, w.name),
+                        cite.clone(),
+                        move |c| {
+                            let rule = &info(c, index).writes[k];
+                            match path {
+                                AccessPath::Host => write_host(c, index, rule, vendor),
+                                AccessPath::Guest => write_guest(c, index, rule, vendor),
+                            }
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &m.reserved {
+            v.push(Check::new(
+                format!("host.{id}.reserved-bits"),
+                Some(index),
+                format!(
+                    "{name}: KVM_SET_MSRS rejects each reserved bit ({:#x}) alone",
+                    r.mask
+                ),
+                r.cite.clone(),
+                move |c| reserved_host(c, index),
+            ));
+            v.push(Check::new(
+                format!("guest.{id}.reserved-bits"),
+                Some(index),
+                format!(
+                    "{name}: WRMSR of each reserved bit ({:#x}) alone #GPs",
+                    r.mask
+                ),
+                r.cite.clone(),
+                move |c| reserved_guest(c, index),
+            ));
+        }
+        if let Some(r) = &m.read_fails {
+            for path in [AccessPath::Host, AccessPath::Guest] {
+                if r.path.is_some_and(|p| p != path) {
+                    continue;
+                }
+                let fam = if path == AccessPath::Host {
+                    "host"
+                } else {
+                    "guest"
+                };
+                v.push(Check::new(
+                    format!("{fam}.{id}.read-fails"),
+                    Some(index),
+                    format!("{name}: reads fail (write-only)"),
+                    r.cite.clone(),
+                    move |c| read_fails(c, index, path),
+                ));
+            }
+        }
+        if let Some(g) = &m.gate {
+            v.push(Check::new(
+                format!("guest.{id}.gate-closed"),
+                Some(index),
+                format!("{name}: with {} absent the guest faults and the host follows the documented exemption", g.describe()),
+                g.cite.clone(),
+                move |c| gate_closed(c, index),
+            ));
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sign_extends_at_the_host_width() {
+        assert_eq!(
+            canonical(0x0000_8000_0000_0000, false),
+            0xffff_8000_0000_0000
+        );
+        assert_eq!(
+            canonical(0x0000_7fff_ffff_ffff, false),
+            0x0000_7fff_ffff_ffff
+        );
+        assert_eq!(
+            canonical(0xaaaa_aaaa_aaaa_aaaa, false),
+            0xffff_aaaa_aaaa_aaaa
+        );
+        assert_eq!(
+            canonical(0x0100_0000_0000_0000, true),
+            0xff00_0000_0000_0000
+        );
+    }
+}
