@@ -1,6 +1,7 @@
 //! `kvm-msr`: run the conformance checks against this host's KVM and report.
 
 use clap::{Parser, Subcommand};
+use kvm_msr_suite::catalogue::{render, Catalogue};
 use kvm_msr_suite::checks::{self, Context};
 use kvm_msr_suite::report::{Format, Report};
 use kvm_msr_suite::runner::{run_check, select, CheckResult};
@@ -37,6 +38,41 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Print the MSR catalogue: what each MSR does under KVM, with sources. Needs no /dev/kvm.
+    List {
+        /// Only MSRs whose index, name or id contains this text (repeatable).
+        filter: Vec<String>,
+        /// Omit the source of each rule.
+        #[arg(long)]
+        brief: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn list(filter: Vec<String>, brief: bool, json: bool) -> ExitCode {
+    let cat = match Catalogue::load_default() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let entries = render::select(&cat, &filter);
+    if entries.is_empty() {
+        eprintln!("kvm-msr: no catalogued MSR matches {filter:?}");
+        return ExitCode::from(2);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("catalogue serializes")
+        );
+    } else {
+        print!("{}", render::text(&entries, !brief));
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_all(ctx: &Context, selected: &[&checks::Check], jobs: usize) -> Vec<CheckResult> {
@@ -125,5 +161,10 @@ fn main() -> ExitCode {
             list,
             jobs,
         } => report(format, filter, list, jobs),
+        Command::List {
+            filter,
+            brief,
+            json,
+        } => list(filter, brief, json),
     }
 }

@@ -3,6 +3,7 @@
 //! the file and line.
 
 mod load;
+pub mod render;
 
 pub use load::{load_dir, parse_file};
 

@@ -2,6 +2,7 @@
 
 mod json;
 mod ktap;
+pub mod matrix;
 mod table;
 
 use crate::kvm::facts::HostFacts;
@@ -33,7 +34,10 @@ impl Counts {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// One line per check.
     Table,
+    /// One block per MSR with every check about it (the MSR x check matrix).
+    Matrix,
     Json,
     Ktap,
 }
@@ -67,6 +71,7 @@ impl Report {
     pub fn render(&self, format: Format) -> String {
         match format {
             Format::Table => table::render(self),
+            Format::Matrix => matrix::render(self),
             Format::Json => json::render(self),
             Format::Ktap => ktap::render(self),
         }
