@@ -33,6 +33,19 @@ struct MsrRaw {
     reserved: Option<ReservedRaw>,
     read_fails: Option<PathRaw>,
     backends: Option<BackendsRaw>,
+    requires: Option<RequiresRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequiresRaw {
+    #[serde(default)]
+    caps: Vec<String>,
+    #[serde(default)]
+    kvm_params: Vec<String>,
+    #[serde(default)]
+    listed: bool,
+    cite: String,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +170,7 @@ type Rules = (
     Option<ReservedRule>,
     Option<PathRule>,
     Option<(Vec<Backend>, String)>,
+    Option<Requirement>,
 );
 
 fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
@@ -250,7 +264,34 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             Some((list, b.cite))
         }
     };
-    Ok((reset, writes, reserved, read_fails, backends))
+    let requires = match m.requires.take() {
+        None => None,
+        Some(r) => {
+            cited("requires", &r.cite)?;
+            for c in &r.caps {
+                if !crate::kvm::facts::MSR_CAPS.iter().any(|(n, _)| n == c) {
+                    return Err(format!(
+                        "requires.caps names {c:?}, which kvm/facts.rs MSR_CAPS does not know"
+                    ));
+                }
+            }
+            for p in &r.kvm_params {
+                if !crate::kvm::facts::KVM_PARAMS.contains(&p.as_str()) {
+                    return Err(format!("requires.kvm_params names {p:?}, which kvm/facts.rs KVM_PARAMS does not read"));
+                }
+            }
+            if r.caps.is_empty() && r.kvm_params.is_empty() && !r.listed {
+                return Err("requires names nothing (caps, kvm_params or listed = true)".into());
+            }
+            Some(Requirement {
+                caps: r.caps,
+                kvm_params: r.kvm_params,
+                listed: r.listed,
+                cite: r.cite,
+            })
+        }
+    };
+    Ok((reset, writes, reserved, read_fails, backends, requires))
 }
 
 #[derive(Deserialize)]
@@ -386,7 +427,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 })
             }
         };
-        let (reset, writes, reserved, read_fails, backends) = rules;
+        let (reset, writes, reserved, read_fails, backends, requires) = rules;
         let count = m.count.unwrap_or(1);
         let stride = m.stride.unwrap_or(1);
         if count == 0 || stride == 0 {
@@ -412,6 +453,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 reserved: reserved.clone(),
                 read_fails: read_fails.clone(),
                 backends: backends.clone(),
+                requires: requires.clone(),
                 source: (file.to_path_buf(), line),
             });
         }

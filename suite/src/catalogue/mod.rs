@@ -84,8 +84,23 @@ pub struct MsrInfo {
     pub read_fails: Option<PathRule>,
     /// Backends that implement the MSR at all (None: every backend).
     pub backends: Option<(Vec<Backend>, String)>,
+    /// Capabilities, kvm parameters or host support the MSR needs.
+    pub requires: Option<Requirement>,
     /// Where the entry was read from, for messages.
     pub source: (PathBuf, usize),
+}
+
+/// What must hold on the host for KVM to implement an MSR at all.
+#[derive(Clone, Debug, Serialize)]
+pub struct Requirement {
+    /// KVM_CHECK_EXTENSION names (see kvm/facts.rs MSR_CAPS) that must be non-zero.
+    pub caps: Vec<String>,
+    /// kvm module parameters that must be enabled (e.g. enable_pmu).
+    pub kvm_params: Vec<String>,
+    /// KVM lists the MSR in KVM_GET_MSR_INDEX_LIST or KVM_GET_MSR_FEATURE_INDEX_LIST on this host
+    /// (KVM lists such MSRs only when the host supports them: x86.c kvm_probe_msr_to_save).
+    pub listed: bool,
+    pub cite: String,
 }
 
 /// Which access path a rule is about.

@@ -60,6 +60,18 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
                 src(c)
             ));
         }
+        if let Some(r) = &m.requires {
+            let mut need: Vec<String> = r.caps.clone();
+            need.extend(r.kvm_params.iter().map(|p| format!("kvm.{p}=Y")));
+            if r.listed {
+                need.push("listed by this host's KVM".into());
+            }
+            out.push_str(&format!(
+                "    requires: {}{}\n",
+                need.join(", "),
+                src(&r.cite)
+            ));
+        }
         if let Some(g) = &m.gate {
             out.push_str(&format!(
                 "    gate: {}; host while closed: {:?}{}\n",

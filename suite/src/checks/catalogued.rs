@@ -18,15 +18,42 @@ fn info(ctx: &Context, index: u32) -> &MsrInfo {
         .expect("checks are generated from catalogue entries")
 }
 
-/// Skip when this backend does not implement the MSR at all.
+/// Skip, naming what is missing, when this host's KVM does not implement the MSR at all.
 fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
-    let (list, cite) = m.backends.as_ref()?;
-    (!list.contains(&ctx.facts.backend)).then(|| {
-        let names: Vec<&str> = list.iter().map(|b| b.name()).collect();
+    if let Some((list, cite)) = &m.backends {
+        if !list.contains(&ctx.facts.backend) {
+            let names: Vec<&str> = list.iter().map(|b| b.name()).collect();
+            return Some(Outcome::skip(format!(
+                "{} exists only on {} ({cite})",
+                m.name,
+                names.join(", ")
+            )));
+        }
+    }
+    let r = m.requires.as_ref()?;
+    let mut missing = Vec::new();
+    for c in &r.caps {
+        if ctx.facts.cap(c) <= 0 {
+            missing.push(format!("{c} is absent"));
+        }
+    }
+    for p in &r.kvm_params {
+        if !matches!(
+            ctx.facts.kvm_params.get(p).map(String::as_str),
+            Some("Y" | "y" | "1")
+        ) {
+            missing.push(format!("kvm.{p} is not enabled"));
+        }
+    }
+    if r.listed && !ctx.facts.is_advertised(m.index) && !ctx.facts.is_feature_msr(m.index) {
+        missing.push("KVM does not list it on this host (the host lacks the feature)".into());
+    }
+    (!missing.is_empty()).then(|| {
         Outcome::skip(format!(
-            "{} exists only on {} ({cite})",
+            "{} needs: {} ({})",
             m.name,
-            names.join(", ")
+            missing.join("; "),
+            r.cite
         ))
     })
 }
