@@ -2,6 +2,7 @@
 //! Their semantics live in the catalogue; these are only names for numbers.
 
 pub const IA32_TSC: u32 = 0x10;
+pub const IA32_APIC_BASE: u32 = 0x1b;
 pub const IA32_MCG_CAP: u32 = 0x179;
 pub const IA32_MCG_STATUS: u32 = 0x17a;
 pub const IA32_PAT: u32 = 0x277;

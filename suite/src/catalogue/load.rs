@@ -34,6 +34,8 @@ struct MsrRaw {
     read_fails: Option<PathRaw>,
     backends: Option<BackendsRaw>,
     requires: Option<RequiresRaw>,
+    #[serde(default)]
+    setup: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +430,13 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
             }
         };
         let (reset, writes, reserved, read_fails, backends, requires) = rules;
+        let mut setup = Vec::new();
+        for st in &m.setup {
+            setup.push(match st.as_str() {
+                "x2apic-mode" => Setup::X2apicMode,
+                other => return Err(e(format!("setup {other:?}: expected x2apic-mode"))),
+            });
+        }
         let count = m.count.unwrap_or(1);
         let stride = m.stride.unwrap_or(1);
         if count == 0 || stride == 0 {
@@ -454,6 +463,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 read_fails: read_fails.clone(),
                 backends: backends.clone(),
                 requires: requires.clone(),
+                setup: setup.clone(),
                 source: (file.to_path_buf(), line),
             });
         }

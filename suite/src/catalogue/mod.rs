@@ -86,8 +86,19 @@ pub struct MsrInfo {
     pub backends: Option<(Vec<Backend>, String)>,
     /// Capabilities, kvm parameters or host support the MSR needs.
     pub requires: Option<Requirement>,
+    /// State the host puts the vCPU in before every check of this MSR.
+    pub setup: Vec<Setup>,
     /// Where the entry was read from, for messages.
     pub source: (PathBuf, usize),
+}
+
+/// A state the host establishes before a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setup {
+    /// IA32_APIC_BASE = 0xfee00d00 (enabled, x2APIC, BSP): the x2APIC registers exist as MSRs
+    /// only in x2APIC mode (SDM vol. 3A 12.12.1; lapic.c kvm_x2apic_msr_read).
+    X2apicMode,
 }
 
 /// What must hold on the host for KVM to implement an MSR at all.

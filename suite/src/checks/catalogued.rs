@@ -4,7 +4,7 @@
 
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::{
-    AccessPath, GateCondition, GateState, GuestVendor, HostWhenClosed, MsrInfo, RuleContext,
+    AccessPath, GateCondition, GateState, GuestVendor, HostWhenClosed, MsrInfo, RuleContext, Setup,
     WriteOutcome, WriteRule,
 };
 use crate::guest::{GuestOp, OpOutcome};
@@ -68,15 +68,36 @@ fn vendor_class(v: Vendor) -> Option<GuestVendor> {
     }
 }
 
-/// A machine with KVM's supported CPUID, optionally with another guest vendor.
-fn machine(ctx: &Context, vendor: Option<GuestVendor>) -> crate::Result<Machine> {
+/// A machine with KVM's supported CPUID, optionally with another guest vendor, in the state the
+/// MSR's `setup` asks for.
+fn machine_for(ctx: &Context, m: &MsrInfo, vendor: Option<GuestVendor>) -> crate::Result<Machine> {
     let mut t = ctx.facts.supported_cpuid.clone();
     match vendor {
         Some(GuestVendor::Intel) => t.set_vendor(Vendor::Intel),
         Some(GuestVendor::Amd) => t.set_vendor(Vendor::Amd),
         None => {}
     }
-    ctx.machine_with_cpuid(t)
+    let mach = ctx.machine_with_cpuid(t)?;
+    apply_setup(&mach, m)?;
+    Ok(mach)
+}
+
+fn apply_setup(mach: &Machine, m: &MsrInfo) -> crate::Result<()> {
+    for s in &m.setup {
+        match s {
+            Setup::X2apicMode => {
+                if !mach
+                    .vcpu
+                    .set_msr(crate::msr_index::IA32_APIC_BASE, 0xfee0_0d00)
+                {
+                    return Err(crate::Error::Usage(
+                        "setup x2apic-mode: KVM_SET_MSRS of IA32_APIC_BASE = 0xfee00d00 was rejected".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
@@ -125,7 +146,7 @@ fn reset_host(ctx: &Context, index: u32) -> Outcome {
     }
     let rule = m.reset.as_ref().expect("reset rule");
     let (want, cite) = rule.value_for(ctx.facts.backend);
-    let mach = match machine(ctx, None) {
+    let mach = match machine_for(ctx, m, None) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -156,7 +177,7 @@ fn reset_guest(ctx: &Context, index: u32) -> Outcome {
     }
     let rule = m.reset.as_ref().expect("reset rule");
     let (want, cite) = rule.value_for(ctx.facts.backend);
-    let mut mach = match machine(ctx, None) {
+    let mut mach = match machine_for(ctx, m, None) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -184,7 +205,7 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
     }
-    let mut mach = match machine(ctx, vendor) {
+    let mut mach = match machine_for(ctx, m, vendor) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -288,7 +309,7 @@ fn write_guest(
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
     }
-    let mut mach = match machine(ctx, vendor) {
+    let mut mach = match machine_for(ctx, m, vendor) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -391,7 +412,7 @@ fn reserved_host(ctx: &Context, index: u32) -> Outcome {
     }
     let r = m.reserved.as_ref().expect("reserved rule");
     let base = reserved_base(ctx, m);
-    let mach = match machine(ctx, None) {
+    let mach = match machine_for(ctx, m, None) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -430,7 +451,7 @@ fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
     }
     let r = m.reserved.as_ref().expect("reserved rule");
     let base = reserved_base(ctx, m);
-    let mut mach = match machine(ctx, None) {
+    let mut mach = match machine_for(ctx, m, None) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -477,7 +498,7 @@ fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
     }
-    let mut mach = match machine(ctx, None) {
+    let mut mach = match machine_for(ctx, m, None) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -510,7 +531,10 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
             t.set(cpuid::feature(n).expect("validated name"), false);
         }
     }
-    let mut mach = match ctx.machine_with_cpuid(t) {
+    let mut mach = match ctx
+        .machine_with_cpuid(t)
+        .and_then(|x| apply_setup(&x, m).map(|()| x))
+    {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
