@@ -11,6 +11,24 @@ use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use std::fmt;
 use std::time::Duration;
 
+thread_local! {
+    static FORCE_EMULATION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with every guest MSR program this thread runs going through KVM's instruction
+/// emulator (the forced-emulation prefix; needs kvm.force_emulation_prefix). Scoped to the
+/// call, so the same check code serves both the direct and the emulated path.
+pub fn with_forced_emulation<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE_EMULATION.set(self.0);
+        }
+    }
+    let _reset = Reset(FORCE_EMULATION.replace(true));
+    f()
+}
+
 /// How to build a machine.
 #[derive(Clone, Debug)]
 pub struct MachineConfig {
@@ -96,9 +114,15 @@ impl Machine {
         self.runs > 0
     }
 
-    /// Run `ops` in the guest, in order, and collect one outcome per op.
+    /// Run `ops` in the guest, in order, and collect one outcome per op. Inside
+    /// [`with_forced_emulation`] every RDMSR/WRMSR carries KVM's forced-emulation prefix.
     pub fn run_ops(&mut self, ops: &[GuestOp]) -> GuestRun {
-        self.run_from("interpreter", ops)
+        let entry = if FORCE_EMULATION.get() {
+            "interpreter_fep"
+        } else {
+            "interpreter"
+        };
+        self.run_from(entry, ops)
     }
 
     /// Run the runtime from `label` (the interpreter, or one of the deliberate-misbehaviour

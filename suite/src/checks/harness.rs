@@ -2,7 +2,7 @@
 //! exception nothing expects, or triple-faults becomes a verdict with the exit details.
 
 use super::{Check, Context, Outcome};
-use crate::guest::GuestOp;
+use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::Exit;
 use std::time::Duration;
 
@@ -65,6 +65,34 @@ fn triple_fault(ctx: &Context) -> Outcome {
     }
 }
 
+/// With the prefix ignored, `ud2` of KVM_FEP raises #UD at the prefix: the interpreter must record
+/// it for each op and carry on, which proves the prefixed program's fixups.
+fn fep_prefix_without_emulation(ctx: &Context) -> Outcome {
+    if ctx.facts.force_emulation_prefix() {
+        return Outcome::skip("kvm.force_emulation_prefix is enabled: the prefix is emulated, not a #UD (the guest-fep.* checks cover it)");
+    }
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let ops = [
+        GuestOp::Rdmsr(0x277),
+        GuestOp::Wrmsr(0x277, 0x0007_0406_0007_0406),
+        GuestOp::Rdmsr(0x277),
+    ];
+    let run = crate::machine::with_forced_emulation(|| m.run_ops(&ops));
+    if let Some(d) = run.death {
+        return Outcome::fail("three #UD outcomes, the program completing", d.to_string());
+    }
+    let ud = |o: &OpOutcome| matches!(o, OpOutcome::Fault { vector: 6, .. });
+    if run.outcomes.iter().all(ud) {
+        Outcome::pass("each prefixed RDMSR/WRMSR raised #UD at the prefix and the program went on")
+    } else {
+        let got: Vec<String> = run.outcomes.iter().map(|o| o.to_string()).collect();
+        Outcome::fail("#UD for each of the 3 prefixed ops", got.join(", "))
+    }
+}
+
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
@@ -86,7 +114,14 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             None,
             "a triple fault ends as KVM_EXIT_SHUTDOWN, reported, not a crash",
             "SDM vol. 3A 6.15 (#DF, shutdown); api.rst 5 KVM_EXIT_SHUTDOWN",
-            triple_fault,
+                        triple_fault,
+        ),
+        Check::new(
+            "harness.fep-prefix-faults-when-not-emulated",
+            None,
+            "with kvm.force_emulation_prefix=0 the prefixed interpreter records #UD per op and continues",
+            "x86.c handle_ud (the prefix is honoured only with force_emulation_prefix); SDM vol. 2B UD2",
+            fep_prefix_without_emulation,
         ),
     ]
 }

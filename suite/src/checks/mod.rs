@@ -103,7 +103,34 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
     v.extend(catalogued::checks(ctx));
+    let emulated: Vec<Check> = v
+        .iter()
+        .filter(|c| c.id.starts_with("guest."))
+        .map(forced_emulation_variant)
+        .collect();
+    v.extend(emulated);
     v
+}
+
+/// The same guest check with every RDMSR/WRMSR through KVM's instruction emulator
+/// (`guest-fep.*`). It runs only where kvm.force_emulation_prefix makes KVM honour the prefix.
+fn forced_emulation_variant(c: &Check) -> Check {
+    let inner = c.run.clone();
+    Check {
+        id: c.id.replacen("guest.", "guest-fep.", 1),
+        msr: c.msr,
+        summary: format!("{} (through KVM's instruction emulator)", c.summary),
+        cite: format!("{}; x86.c handle_ud: kvm.force_emulation_prefix makes KVM emulate the instruction after ud2; .ascii \"kvm\"", c.cite),
+        run: std::sync::Arc::new(move |ctx: &Context| {
+            if !ctx.facts.force_emulation_prefix() {
+                return Outcome::skip(format!(
+                    "kvm.force_emulation_prefix is {}: KVM ignores the forced-emulation prefix (load kvm with force_emulation_prefix=1)",
+                    ctx.facts.kvm_params.get("force_emulation_prefix").map(String::as_str).unwrap_or("absent")
+                ));
+            }
+            crate::machine::with_forced_emulation(|| inner(ctx))
+        }),
+    }
 }
 
 /// Format an MSR value for messages.

@@ -15,6 +15,9 @@ pub struct Line {
     /// Intel syntax as iced-x86 prints it (see the disassembly test), with branch targets written
     /// as label names.
     pub text: String,
+    /// Bytes that are not one instruction (the forced-emulation prefix); the disassembly test
+    /// checks them separately.
+    pub data: bool,
 }
 
 enum Fixup {
@@ -108,6 +111,19 @@ impl Asm {
             addr: self.here(),
             bytes: bytes.to_vec(),
             text: text.to_string(),
+            data: false,
+        });
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
+    /// Raw bytes that are not an instruction of their own, with what they are.
+    pub fn data(&mut self, bytes: &[u8], text: &str) -> &mut Self {
+        self.lines.push(Line {
+            addr: self.here(),
+            bytes: bytes.to_vec(),
+            text: text.to_string(),
+            data: true,
         });
         self.bytes.extend_from_slice(bytes);
         self

@@ -47,7 +47,8 @@ pub fn runtime(base: u64) -> Code {
     let mut a = Asm::new(base);
     exception_stubs(&mut a);
     common_handler(&mut a);
-    interpreter(&mut a);
+    interpreter(&mut a, &PLAIN);
+    interpreter(&mut a, &FEP);
     misbehaviour(&mut a);
     a.finish()
 }
@@ -123,41 +124,89 @@ fn common_handler(a: &mut Asm) {
     a.br8(0xeb, "unexpected_stop", "jmp unexpected_stop");
 }
 
-fn interpreter(a: &mut Asm) {
+/// KVM's forced-emulation prefix: `ud2; .ascii "kvm"` (x86.c kvm_emulate_prefix). With
+/// kvm.force_emulation_prefix set, KVM emulates the instruction after it in its instruction
+/// emulator (handle_ud).
+pub const KVM_FEP: [u8; 5] = [0x0f, 0x0b, 0x6b, 0x76, 0x6d];
+
+/// Label names of one interpreter variant.
+struct Variant {
+    fep: bool,
+    entry: &'static str,
+    write: &'static str,
+    rdmsr: &'static str,
+    wrmsr: &'static str,
+    next: &'static str,
+    done: &'static str,
+}
+
+const PLAIN: Variant = Variant {
+    fep: false,
+    entry: "interpreter",
+    write: "write",
+    rdmsr: "guarded_rdmsr",
+    wrmsr: "guarded_wrmsr",
+    next: "next",
+    done: "done",
+};
+
+/// The same interpreter with every guarded RDMSR/WRMSR behind KVM_FEP. A fault is reported at
+/// the prefix (KVM selftests' KVM_ASM_SAFE_FEP puts its fault label before KVM_FEP), so r10
+/// points at the prefix and r11 after the instruction.
+const FEP: Variant = Variant {
+    fep: true,
+    entry: "interpreter_fep",
+    write: "write_fep",
+    rdmsr: "guarded_rdmsr_fep",
+    wrmsr: "guarded_wrmsr_fep",
+    next: "next_fep",
+    done: "done_fep",
+};
+
+fn guarded(a: &mut Asm, v: &Variant, label: &'static str, insn: [u8; 2], text: &str) {
+    // r10 -> the guarded bytes (the prefix, if any); r11 -> after the instruction.
+    let len = 2 + if v.fep { KVM_FEP.len() as u8 } else { 0 };
+    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]");
+    a.i(
+        &[0x4c, 0x8d, 0x1d, len, 0, 0, 0],
+        &format!("lea r11,[rip+{len}]"),
+    );
+    a.label(label);
+    if v.fep {
+        a.data(&KVM_FEP, "kvm forced-emulation prefix: ud2; .ascii \"kvm\"");
+    }
+    a.i(&insn, text);
+}
+
+fn interpreter(a: &mut Asm, v: &Variant) {
     // rsi = first record. Record: +0 op (0 end, 1 rdmsr, 2 wrmsr), +4 index, +8 value to write,
     // +0x10 value read, +0x18 outcome (bit 0 continued, bit 1 faulted), +0x19 vector, +0x1c error.
-    a.label("interpreter");
+    a.label(v.entry);
     a.i(&[0x8b, 0x06], "mov eax,[rsi]");
     a.i(&[0x85, 0xc0], "test eax,eax");
-    a.br8(0x74, "done", "je done");
+    a.br8(0x74, v.done, &format!("je {}", v.done));
     a.i(&[0x8b, 0x4e, 0x04], "mov ecx,[rsi+4]");
     a.i(&[0x83, 0xf8, 0x01], "cmp eax,1");
-    a.br8(0x75, "write", "jne write");
+    a.br8(0x75, v.write, &format!("jne {}", v.write));
     a.i(&[0x31, 0xc0], "xor eax,eax"); // a faulting read leaves 0
     a.i(&[0x31, 0xd2], "xor edx,edx");
-    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]"); // -> rdmsr
-    a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]"); // -> after rdmsr
-    a.label("guarded_rdmsr");
-    a.i(&[0x0f, 0x32], "rdmsr");
+    guarded(a, v, v.rdmsr, [0x0f, 0x32], "rdmsr");
     a.i(&[0x48, 0xc1, 0xe2, 0x20], "shl rdx,0x20");
     a.i(&[0x48, 0x09, 0xd0], "or rax,rdx");
     a.i(&[0x48, 0x89, 0x46, 0x10], "mov [rsi+0x10],rax");
-    a.br8(0xeb, "next", "jmp next");
-    a.label("write");
+    a.br8(0xeb, v.next, &format!("jmp {}", v.next));
+    a.label(v.write);
     a.i(&[0x8b, 0x46, 0x08], "mov eax,[rsi+8]");
     a.i(&[0x8b, 0x56, 0x0c], "mov edx,[rsi+0xc]");
-    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]"); // -> wrmsr
-    a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]"); // -> after wrmsr
-    a.label("guarded_wrmsr");
-    a.i(&[0x0f, 0x30], "wrmsr");
-    a.label("next");
+    guarded(a, v, v.wrmsr, [0x0f, 0x30], "wrmsr");
+    a.label(v.next);
     a.i(&[0x80, 0x4e, 0x18, 0x01], "or byte ptr [rsi+0x18],1");
     a.i(&[0x48, 0x83, 0xc6, 0x20], "add rsi,0x20");
-    a.br8(0xeb, "interpreter", "jmp interpreter");
-    a.label("done");
+    a.br8(0xeb, v.entry, &format!("jmp {}", v.entry));
+    a.label(v.done);
     a.i(&[0xe6, PORT_DONE as u8], &format!("out {PORT_DONE:#x},al"));
     a.i(&[0xf4], "hlt");
-    a.br8(0xeb, "done", "jmp done");
+    a.br8(0xeb, v.done, &format!("jmp {}", v.done));
 }
 
 #[cfg(test)]
@@ -186,7 +235,7 @@ mod tests {
         let code = runtime(0x1_0000);
         let mut fmt = formatter();
         let mut mismatches = Vec::new();
-        for line in &code.lines {
+        for line in code.lines.iter().filter(|l| !l.data) {
             let mut dec = Decoder::with_ip(64, &line.bytes, line.addr, DecoderOptions::NONE);
             let ins = dec.decode();
             let mut text = String::new();
@@ -213,7 +262,12 @@ mod tests {
     #[test]
     fn rip_relative_leas_point_at_the_guarded_instructions() {
         let code = runtime(0x1_0000);
-        for (guard, lea_r10) in [("guarded_rdmsr", 2), ("guarded_wrmsr", 2)] {
+        for (guard, lea_r10, len) in [
+            ("guarded_rdmsr", 2, 2),
+            ("guarded_wrmsr", 2, 2),
+            ("guarded_rdmsr_fep", 2, 7),
+            ("guarded_wrmsr_fep", 2, 7),
+        ] {
             let g = code.label(guard);
             // The two LEAs right before the guarded instruction: r10 -> it, r11 -> after it.
             let idx = code.lines.iter().position(|l| l.addr == g).unwrap();
@@ -224,7 +278,7 @@ mod tests {
                 (l.addr + l.bytes.len() as u64).wrapping_add_signed(d.into())
             };
             assert_eq!(target(r10), g, "{guard}: r10");
-            assert_eq!(target(r11), g + 2, "{guard}: r11");
+            assert_eq!(target(r11), g + len, "{guard}: r11");
         }
     }
 
@@ -234,7 +288,7 @@ mod tests {
         use iced_x86::{InstructionInfoFactory, OpKind, Register};
         let code = runtime(0x1_0000);
         let mut info = InstructionInfoFactory::new();
-        for line in &code.lines {
+        for line in code.lines.iter().filter(|l| !l.data) {
             let ins = Decoder::with_ip(64, &line.bytes, line.addr, DecoderOptions::NONE).decode();
             assert_ne!(ins.mnemonic(), iced_x86::Mnemonic::Int3, "{}", line.text);
             for r in info.info(&ins).used_registers() {
@@ -247,6 +301,25 @@ mod tests {
                 );
             }
             let _ = OpKind::Register;
+        }
+    }
+
+    /// Bytes that are not an instruction of their own are only ever the forced-emulation prefix,
+    /// directly before the RDMSR/WRMSR it applies to.
+    #[test]
+    fn data_lines_are_fep_prefixes_before_msr_instructions() {
+        let code = runtime(0x1_0000);
+        let data: Vec<usize> = (0..code.lines.len())
+            .filter(|&i| code.lines[i].data)
+            .collect();
+        assert_eq!(data.len(), 2);
+        for i in data {
+            assert_eq!(code.lines[i].bytes, KVM_FEP);
+            assert!(
+                matches!(code.lines[i + 1].bytes[..], [0x0f, 0x32] | [0x0f, 0x30]),
+                "{}",
+                code.lines[i + 1].text
+            );
         }
     }
 
