@@ -310,6 +310,8 @@ struct GateRaw {
     cpuid: Option<Vec<String>>,
     mcg_cap_bit: Option<u8>,
     host_only: Option<bool>,
+    /// Any of these KVM PV feature bits, when KVM_CAP_ENFORCE_PV_FEATURE_CPUID is enabled.
+    pv_feature: Option<Vec<String>>,
     /// "exempt", "advertised-zero" or "fails".
     host: String,
     cite: String,
@@ -383,14 +385,24 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
             Some(g) => {
                 let conds = usize::from(g.cpuid.is_some())
                     + usize::from(g.mcg_cap_bit.is_some())
-                    + usize::from(g.host_only == Some(true));
+                    + usize::from(g.host_only == Some(true))
+                    + usize::from(g.pv_feature.is_some());
                 if conds != 1 {
                     return Err(e(
-                        "gate needs exactly one of `cpuid`, `mcg_cap_bit`, `host_only = true`"
+                        "gate needs exactly one of `cpuid`, `pv_feature`, `mcg_cap_bit`, `host_only = true`"
                             .into(),
                     ));
                 }
-                let condition = if let Some(names) = g.cpuid {
+                let condition = if let Some(names) = g.pv_feature {
+                    let mut known = Vec::new();
+                    for n in &names {
+                        match crate::kvm::cpuid::feature(n) {
+                            Some(f) if f.leaf == 0x4000_0001 => known.push(f.name),
+                            _ => return Err(e(format!("gate.pv_feature names {n:?}, not a KVM_CPUID_FEATURES (0x40000001) bit in kvm/cpuid.rs"))),
+                        }
+                    }
+                    GateCondition::PvFeature(known)
+                } else if let Some(names) = g.cpuid {
                     let mut known = Vec::new();
                     for n in &names {
                         match crate::kvm::cpuid::feature(n) {

@@ -32,6 +32,9 @@ pub enum GateCondition {
     McgCapBit(u8),
     /// Guest accesses always fault; only the host may access it.
     HostOnly,
+    /// Any of these KVM_CPUID_FEATURES bits, enforced only once userspace enables
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID on the vCPU (cpuid.h guest_pv_has).
+    PvFeature(Vec<&'static str>),
 }
 
 /// What a host access does while the gate is closed.
@@ -242,7 +245,12 @@ pub enum GateState {
 
 impl Gate {
     /// Evaluate against the vCPU's effective CPUID and its MCG_CAP (`None` for a bare vCPU).
-    pub fn state(&self, cpuid: Option<&CpuidTable>, mcg_cap: Option<u64>) -> GateState {
+    pub fn state(
+        &self,
+        cpuid: Option<&CpuidTable>,
+        mcg_cap: Option<u64>,
+        pv_enforced: bool,
+    ) -> GateState {
         let open = match &self.condition {
             GateCondition::AnyCpuid(names) => cpuid.is_some_and(|c| {
                 names
@@ -251,6 +259,14 @@ impl Gate {
             }),
             GateCondition::McgCapBit(bit) => mcg_cap.is_some_and(|v| v & (1 << bit) != 0),
             GateCondition::HostOnly => false,
+            GateCondition::PvFeature(names) => {
+                !pv_enforced
+                    || cpuid.is_some_and(|c| {
+                        names
+                            .iter()
+                            .any(|n| cpuid::feature(n).is_some_and(|f| c.has(f)))
+                    })
+            }
         };
         if open {
             GateState::Open
@@ -264,6 +280,9 @@ impl Gate {
             GateCondition::AnyCpuid(n) => format!("CPUID {}", n.join(" or ")),
             GateCondition::McgCapBit(b) => format!("MCG_CAP bit {b}"),
             GateCondition::HostOnly => "host-only".into(),
+            GateCondition::PvFeature(n) => {
+                format!("KVM PV feature {} (when enforced)", n.join(" or "))
+            }
         }
     }
 }

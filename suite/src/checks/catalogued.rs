@@ -105,6 +105,7 @@ fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
     Some(g.state(
         mach.vcpu.effective_cpuid.as_ref(),
         mach.vcpu.get_msr(IA32_MCG_CAP),
+        mach.vcpu.pv_enforced,
     ))
 }
 
@@ -526,7 +527,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     }
     let g = m.gate.as_ref().expect("gate rule");
     let mut t = ctx.facts.supported_cpuid.clone();
-    if let GateCondition::AnyCpuid(names) = &g.condition {
+    if let GateCondition::AnyCpuid(names) | GateCondition::PvFeature(names) = &g.condition {
         for n in names {
             t.set(cpuid::feature(n).expect("validated name"), false);
         }
@@ -538,6 +539,19 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
+    if matches!(g.condition, GateCondition::PvFeature(_)) {
+        if ctx.facts.cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID") <= 0 {
+            return Outcome::skip(
+                "KVM_CAP_ENFORCE_PV_FEATURE_CPUID is absent: KVM never gates the PV MSRs",
+            );
+        }
+        if let Err(errno) = mach.vcpu.enforce_pv_cpuid() {
+            return Outcome::fail(
+                "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID) on the vCPU",
+                format!("errno {errno}"),
+            );
+        }
+    }
     if gate_state(m, &mach) == Some(GateState::Open) {
         return Outcome::skip(format!(
             "could not close gate {}: it is still open in the effective CPUID/state",

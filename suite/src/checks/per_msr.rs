@@ -121,9 +121,12 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
     let info = ctx.catalogue.get(index);
     with_machine(ctx, false, |m| {
         let mcg_cap = m.vcpu.get_msr(IA32_MCG_CAP);
-        let gate = info
-            .and_then(|i| i.gate.as_ref())
-            .map(|g| (g, g.state(m.vcpu.effective_cpuid.as_ref(), mcg_cap)));
+        let gate = info.and_then(|i| i.gate.as_ref()).map(|g| {
+            (
+                g,
+                g.state(m.vcpu.effective_cpuid.as_ref(), mcg_cap, m.vcpu.pv_enforced),
+            )
+        });
         let before = m.vcpu.get_msr(index);
         let run = m.run_ops(&[GuestOp::Rdmsr(index)]);
         let after = m.vcpu.get_msr(index);

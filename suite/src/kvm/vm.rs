@@ -120,6 +120,7 @@ impl Vm {
             id,
             effective_cpuid: None,
             set_cpuid_errno: None,
+            pv_enforced: false,
             watchdog: None,
         };
         if let CpuidPolicy::Table(t) = cpuid {
@@ -140,6 +141,8 @@ pub struct Vcpu {
     pub effective_cpuid: Option<CpuidTable>,
     /// Errno of KVM_SET_CPUID2, if it failed.
     pub set_cpuid_errno: Option<i32>,
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID was enabled on this vCPU.
+    pub pv_enforced: bool,
     watchdog: Option<(i32, Watchdog)>,
 }
 
@@ -220,6 +223,14 @@ impl Vcpu {
         };
         wd.disarm();
         exit
+    }
+
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.x): from now on the KVM PV MSRs follow the
+    /// vCPU's KVM_CPUID_FEATURES bits.
+    pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), i32> {
+        self.enable_cap(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID, [1, 0, 0, 0])?;
+        self.pv_enforced = true;
+        Ok(())
     }
 
     /// KVM_ENABLE_CAP on the vCPU fd.
