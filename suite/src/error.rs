@@ -44,9 +44,7 @@ impl fmt::Display for Error {
             ),
             Error::KvmPermission { path, detail } => write!(
                 f,
-                "permission denied opening {} read/write ({detail}). Add your user to the group that \
-                 owns the device (usually 'kvm': `sudo usermod -aG kvm $USER`, then log in again), \
-                 or run as root.",
+                "permission denied opening {} read/write: {detail}.",
                 path.display()
             ),
             Error::KvmApiVersion { found } => write!(
@@ -60,7 +58,11 @@ impl fmt::Display for Error {
             Error::Ioctl { what, errno } => {
                 write!(f, "{what} failed: {} (errno {errno})", errno_text(*errno))
             }
-            Error::Fixture { file, line, message } => match line {
+            Error::Fixture {
+                file,
+                line,
+                message,
+            } => match line {
                 Some(l) => write!(f, "{}:{l}: {message}", file.display()),
                 None => write!(f, "{}: {message}", file.display()),
             },

@@ -1,93 +1,211 @@
-//! The command line's handling of bad input: clear messages, non-zero exits, no panics. These
-//! need no /dev/kvm.
+//! The command line's handling of bad input: clear messages, non-zero exits, no panics. Most
+//! need no /dev/kvm; those that do say why they skip.
 
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::process::Command;
+
+type Outcome = Result<Completion, Failed>;
 
 fn kvm_msr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvm-msr"))
 }
 
-#[test]
-fn missing_device_is_a_clear_skip_not_a_panic() {
+fn check(cond: bool, msg: impl std::fmt::Display) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Failed::from(msg.to_string()))
+    }
+}
+
+fn missing_device_is_a_clear_skip_not_a_panic() -> Outcome {
     let out = kvm_msr()
         .args(["report"])
         .env("KVM_MSR_DEVICE", "/nonexistent/kvm")
         .env_remove("KVM_MSR_REQUIRE_KVM")
-        .output()
-        .unwrap();
+        .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("KVM is not available on this host"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    check(
+        out.status.code() == Some(4),
+        format!("exit {:?}: {err}", out.status.code()),
+    )?;
+    check(err.contains("KVM is not available on this host"), &err)?;
+    check(!err.contains("panicked"), &err)?;
+    Ok(Completion::Completed)
 }
 
-#[test]
-fn missing_device_fails_when_kvm_is_required() {
+fn missing_device_fails_when_kvm_is_required() -> Outcome {
     let out = kvm_msr()
         .args(["report", "--format", "ktap"])
         .env("KVM_MSR_DEVICE", "/nonexistent/kvm")
         .env("KVM_MSR_REQUIRE_KVM", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+        .output()?;
+    check(
+        out.status.code() == Some(1),
+        format!("exit {:?}", out.status.code()),
+    )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.starts_with("KTAP version 1\n1..0\n# SKIP"),
-        "{stdout}"
-    );
+    check(stdout.starts_with("KTAP version 1\n1..0\n# SKIP"), &stdout)?;
+    Ok(Completion::Completed)
 }
 
-#[test]
-fn a_device_without_permission_says_what_to_do() {
-    // Only meaningful for a non-root user; root opens anything, so make an unreadable node the
-    // only way we can: a directory is not openable read/write either (EISDIR), which must give
-    // a clean error too.
+fn unopenable_device_is_an_error_not_a_panic() -> Outcome {
+    // A directory cannot be opened read/write (EISDIR): any open failure must be a clean error.
     let out = kvm_msr()
         .args(["report"])
         .env("KVM_MSR_DEVICE", "/")
-        .output()
-        .unwrap();
+        .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(err.starts_with("kvm-msr: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    check(out.status.code() != Some(0), "exit 0")?;
+    check(err.starts_with("kvm-msr: "), &err)?;
+    check(!err.contains("panicked"), &err)?;
+    Ok(Completion::Completed)
 }
 
-#[test]
-fn unknown_format_is_a_usage_error() {
-    let out = kvm_msr()
-        .args(["report", "--format", "xml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'xml'"));
-}
-
-#[test]
-fn malformed_fixture_names_file_and_line() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        // Fixtures load after KVM opens; without KVM the run stops earlier (covered above).
-        eprintln!("skip: needs /dev/kvm to reach fixture loading");
-        return;
+/// As an unprivileged user (root drops to nobody with setpriv), /dev/kvm's mode decides.
+fn permission_denied_names_mode_group_and_remedy() -> Outcome {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(Completion::ignored_with(
+            "needs root to run the binary as an unprivileged user",
+        ));
     }
+    let dev = std::path::Path::new("/dev/kvm");
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !dev.exists() || !setpriv.exists() {
+        return Ok(Completion::ignored_with(
+            "needs /dev/kvm and /usr/bin/setpriv",
+        ));
+    }
+    if std::fs::metadata(dev)?.mode() & 0o006 == 0o006 {
+        return Ok(Completion::ignored_with(
+            "/dev/kvm is world read/write: nobody can open it",
+        ));
+    }
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_kvm-msr"),
+            "report",
+        ])
+        .env_remove("KVM_MSR_REQUIRE_KVM")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.contains("kvm-msr:") {
+        return Ok(Completion::ignored_with(format!(
+            "the binary does not run as nobody here: {err}"
+        )));
+    }
+    check(
+        out.status.code() == Some(4),
+        format!("exit {:?}: {err}", out.status.code()),
+    )?;
+    check(
+        err.contains("permission denied opening /dev/kvm read/write: mode "),
+        &err,
+    )?;
+    check(err.contains("or run as root"), &err)?;
+    Ok(Completion::Completed)
+}
+
+fn unknown_format_is_a_usage_error() -> Outcome {
+    let out = kvm_msr().args(["report", "--format", "xml"]).output()?;
+    check(
+        out.status.code() == Some(2),
+        format!("exit {:?}", out.status.code()),
+    )?;
+    check(
+        String::from_utf8_lossy(&out.stderr).contains("invalid value 'xml'"),
+        "no mention of the bad value",
+    )?;
+    Ok(Completion::Completed)
+}
+
+fn malformed_fixture_names_file_and_line() -> Outcome {
+    // `list` loads the catalogue without /dev/kvm.
     let dir = std::env::temp_dir().join(format!("kvm-msr-bad-fixtures-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("catalogue")).unwrap();
-    std::fs::create_dir_all(dir.join("deviations")).unwrap();
+    std::fs::create_dir_all(dir.join("catalogue"))?;
     std::fs::write(
         dir.join("catalogue/x.toml"),
         "[[msr]]\nindex = 0x10\nname = \"TSC\"\nid = \"tsc\"\ncite = \"SDM\"\nbogus = 1\n",
-    )
-    .unwrap();
+    )?;
     let out = kvm_msr()
-        .args(["report"])
+        .args(["list"])
         .env("KVM_MSR_FIXTURES", &dir)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+        .output()?;
+    std::fs::remove_dir_all(&dir)?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
+    check(
+        out.status.code() == Some(2),
+        format!("exit {:?}: {err}", out.status.code()),
+    )?;
+    check(
         err.contains("x.toml:6") && err.contains("unknown field `bogus`"),
-        "{err}"
-    );
+        &err,
+    )?;
+    Ok(Completion::Completed)
+}
+
+fn list_filters_and_needs_no_kvm() -> Outcome {
+    let out = kvm_msr()
+        .args(["list", "--brief", "0x277"])
+        .env("KVM_MSR_DEVICE", "/nonexistent/kvm")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(0),
+        format!("exit {:?}", out.status.code()),
+    )?;
+    check(
+        text.contains("IA32_PAT") && text.ends_with("1 MSRs\n"),
+        &text,
+    )?;
+    let none = kvm_msr().args(["list", "no-such-msr"]).output()?;
+    check(
+        none.status.code() == Some(2),
+        "an empty selection is exit 2",
+    )?;
+    Ok(Completion::Completed)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let tests: Vec<(&str, fn() -> Outcome)> = vec![
+        (
+            "missing_device_is_a_clear_skip_not_a_panic",
+            missing_device_is_a_clear_skip_not_a_panic,
+        ),
+        (
+            "missing_device_fails_when_kvm_is_required",
+            missing_device_fails_when_kvm_is_required,
+        ),
+        (
+            "unopenable_device_is_an_error_not_a_panic",
+            unopenable_device_is_an_error_not_a_panic,
+        ),
+        (
+            "permission_denied_names_mode_group_and_remedy",
+            permission_denied_names_mode_group_and_remedy,
+        ),
+        (
+            "unknown_format_is_a_usage_error",
+            unknown_format_is_a_usage_error,
+        ),
+        (
+            "malformed_fixture_names_file_and_line",
+            malformed_fixture_names_file_and_line,
+        ),
+        (
+            "list_filters_and_needs_no_kvm",
+            list_filters_and_needs_no_kvm,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| Trial::ignorable_test(name, f))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }

@@ -33,14 +33,24 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
+/// What the user lacks and what to do, from the device's mode and group.
 fn permission_detail(path: &Path) -> String {
     match std::fs::metadata(path) {
         Ok(m) => {
+            let mode = m.mode() & 0o777;
             let group = group_name(m.gid()).unwrap_or_else(|| format!("gid {}", m.gid()));
-            format!(
-                "mode {:o}, group '{group}'; read and write permission is needed",
-                m.mode() & 0o777
-            )
+            if mode & 0o060 == 0o060 {
+                format!(
+                    "mode {mode:o}, group '{group}': add your user to group '{group}' \
+                     (`sudo usermod -aG {group} $USER`, then log in again) or run as root"
+                )
+            } else {
+                format!(
+                    "mode {mode:o}, group '{group}' gives the group no read/write access: have the \
+                     device made mode 0660 with group 'kvm' (the usual udev rule) and join that \
+                     group, or run as root"
+                )
+            }
         }
         Err(e) => e.to_string(),
     }
