@@ -5,6 +5,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::process::Command;
 
 type Outcome = Result<Completion, Failed>;
+type Test = (&'static str, fn() -> Outcome);
 
 fn kvm_msr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvm-msr"))
@@ -173,7 +174,7 @@ fn list_filters_and_needs_no_kvm() -> Outcome {
 
 fn main() {
     let args = Arguments::from_args();
-    let tests: Vec<(&str, fn() -> Outcome)> = vec![
+    let tests: Vec<Test> = vec![
         (
             "missing_device_is_a_clear_skip_not_a_panic",
             missing_device_is_a_clear_skip_not_a_panic,
