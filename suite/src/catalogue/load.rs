@@ -62,7 +62,9 @@ struct ResetRaw {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResetWhenRaw {
-    backend: String,
+    backend: Option<String>,
+    /// A quirk name (STUFF_FEATURE_MSRS, MISC_ENABLE_NO_MWAIT): the value with it disabled.
+    quirk_disabled: Option<String>,
     value: u64,
     cite: String,
 }
@@ -181,14 +183,27 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
         Some(r) => {
             cited("reset", &r.cite)?;
             let mut by_backend = Vec::new();
+            let mut quirk_off = Vec::new();
             for w in r.when {
                 cited("reset.when", &w.cite)?;
-                by_backend.push((parse_backend(&w.backend)?, w.value, w.cite));
+                match (w.backend, w.quirk_disabled) {
+                    (Some(b), None) => by_backend.push((parse_backend(&b)?, w.value, w.cite)),
+                    (None, Some(q)) => {
+                        let quirk = Quirk::parse(&q).ok_or_else(|| format!("reset.when.quirk_disabled {q:?}: expected STUFF_FEATURE_MSRS or MISC_ENABLE_NO_MWAIT"))?;
+                        quirk_off.push((quirk, w.value, w.cite));
+                    }
+                    _ => {
+                        return Err(
+                            "reset.when needs exactly one of `backend`, `quirk_disabled`".into(),
+                        )
+                    }
+                }
             }
             Some(ResetRule {
                 value: r.value,
                 cite: r.cite,
                 by_backend,
+                quirk_off,
             })
         }
     };

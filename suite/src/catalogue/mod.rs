@@ -209,15 +209,56 @@ pub struct ResetRule {
     pub cite: String,
     /// Per-backend values that differ, with their own citation.
     pub by_backend: Vec<(Backend, u64, String)>,
+    /// Values with a KVM quirk disabled (KVM_CAP_DISABLE_QUIRKS2), with their citation.
+    pub quirk_off: Vec<(Quirk, u64, String)>,
 }
 
 impl ResetRule {
-    pub fn value_for(&self, backend: Backend) -> (u64, &str) {
+    /// The reset value on `backend` with the quirks in `quirks_off` disabled.
+    pub fn value_for(&self, backend: Backend, quirks_off: u64) -> (u64, &str) {
+        if let Some((_, v, c)) = self
+            .quirk_off
+            .iter()
+            .find(|(q, _, _)| quirks_off & q.bit() != 0)
+        {
+            return (*v, c);
+        }
         self.by_backend
             .iter()
             .find(|(b, _, _)| *b == backend)
             .map(|(_, v, c)| (*v, c.as_str()))
             .unwrap_or((self.value, &self.cite))
+    }
+}
+
+/// KVM quirks that change MSR behaviour (api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Quirk {
+    /// KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT (bit 4).
+    MiscEnableNoMwait,
+    /// KVM_X86_QUIRK_STUFF_FEATURE_MSRS (bit 8).
+    StuffFeatureMsrs,
+}
+
+impl Quirk {
+    pub fn bit(self) -> u64 {
+        match self {
+            Quirk::MiscEnableNoMwait => u64::from(kvm_bindings::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT),
+            Quirk::StuffFeatureMsrs => u64::from(kvm_bindings::KVM_X86_QUIRK_STUFF_FEATURE_MSRS),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quirk::MiscEnableNoMwait => "MISC_ENABLE_NO_MWAIT",
+            Quirk::StuffFeatureMsrs => "STUFF_FEATURE_MSRS",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Quirk> {
+        [Quirk::MiscEnableNoMwait, Quirk::StuffFeatureMsrs]
+            .into_iter()
+            .find(|q| q.name() == s)
     }
 }
 

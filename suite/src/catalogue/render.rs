@@ -85,6 +85,9 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
             for (b, v, _) in &r.by_backend {
                 s.push_str(&format!(" ({}: {v:#x})", b.name()));
             }
+            for (q, v, _) in &r.quirk_off {
+                s.push_str(&format!(" ({} disabled: {v:#x})", q.name()));
+            }
             out.push_str(&format!("    reset: {s}{}\n", src(&r.cite)));
         }
         for w in &m.writes {

@@ -71,13 +71,23 @@ fn vendor_class(v: Vendor) -> Option<GuestVendor> {
 /// A machine with KVM's supported CPUID, optionally with another guest vendor, in the state the
 /// MSR's `setup` asks for.
 fn machine_for(ctx: &Context, m: &MsrInfo, vendor: Option<GuestVendor>) -> crate::Result<Machine> {
+    machine_quirks(ctx, m, vendor, 0)
+}
+
+/// `machine_for` on a VM with the quirks in `quirks_off` disabled.
+fn machine_quirks(
+    ctx: &Context,
+    m: &MsrInfo,
+    vendor: Option<GuestVendor>,
+    quirks_off: u64,
+) -> crate::Result<Machine> {
     let mut t = ctx.facts.supported_cpuid.clone();
     match vendor {
         Some(GuestVendor::Intel) => t.set_vendor(Vendor::Intel),
         Some(GuestVendor::Amd) => t.set_vendor(Vendor::Amd),
         None => {}
     }
-    let mach = ctx.machine_with_cpuid(t)?;
+    let mach = ctx.machine_with(t, quirks_off)?;
     apply_setup(&mach, m)?;
     Ok(mach)
 }
@@ -140,14 +150,23 @@ fn expected_after(outcome: WriteOutcome, value: u64, before: u64, la57: bool) ->
     }
 }
 
-fn reset_host(ctx: &Context, index: u32) -> Outcome {
+/// Skip when KVM cannot disable the quirks in `quirks_off` (KVM_CAP_DISABLE_QUIRKS2 returns the
+/// supported mask, api.rst 7.31).
+fn quirks_unsupported(ctx: &Context, quirks_off: u64) -> Option<Outcome> {
+    let supported = ctx.facts.cap("KVM_CAP_DISABLE_QUIRKS2").max(0) as u64;
+    (quirks_off & !supported != 0).then(|| {
+        Outcome::skip(format!("KVM_CAP_DISABLE_QUIRKS2 cannot disable quirk mask {quirks_off:#x} (supported {supported:#x})"))
+    })
+}
+
+fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
     let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
+    if let Some(o) = not_on_backend(ctx, m).or_else(|| quirks_unsupported(ctx, quirks_off)) {
         return o;
     }
     let rule = m.reset.as_ref().expect("reset rule");
-    let (want, cite) = rule.value_for(ctx.facts.backend);
-    let mach = match machine_for(ctx, m, None) {
+    let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
+    let mach = match machine_quirks(ctx, m, None, quirks_off) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -171,14 +190,14 @@ fn reset_host(ctx: &Context, index: u32) -> Outcome {
     }
 }
 
-fn reset_guest(ctx: &Context, index: u32) -> Outcome {
+fn reset_guest(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
     let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
+    if let Some(o) = not_on_backend(ctx, m).or_else(|| quirks_unsupported(ctx, quirks_off)) {
         return o;
     }
     let rule = m.reset.as_ref().expect("reset rule");
-    let (want, cite) = rule.value_for(ctx.facts.backend);
-    let mut mach = match machine_for(ctx, m, None) {
+    let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
+    let mut mach = match machine_quirks(ctx, m, None, quirks_off) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -397,7 +416,7 @@ fn reserved_base(ctx: &Context, m: &MsrInfo) -> u64 {
     r.base.unwrap_or_else(|| {
         m.reset
             .as_ref()
-            .map(|x| x.value_for(ctx.facts.backend).0)
+            .map(|x| x.value_for(ctx.facts.backend, 0).0)
             .unwrap_or(0)
     })
 }
@@ -649,15 +668,21 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
                 Some(index),
                 format!("{name}: a fresh vCPU's host read is the reset value"),
                 cite.clone(),
-                move |c| reset_host(c, index),
+                move |c| reset_host(c, index, 0),
             ));
             v.push(Check::new(
                 format!("guest.{id}.reset"),
                 Some(index),
                 format!("{name}: a fresh vCPU's guest RDMSR is the reset value"),
                 cite,
-                move |c| reset_guest(c, index),
+                move |c| reset_guest(c, index, 0),
             ));
+            for (q, _, qcite) in &r.quirk_off {
+                let (bit, qn) = (q.bit(), q.name().to_ascii_lowercase().replace('_', "-"));
+                let cite = format!("api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2; {qcite}");
+                v.push(Check::new(format!("host.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the host reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite.clone(), move |c| reset_host(c, index, bit)));
+                v.push(Check::new(format!("guest.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the guest reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite, move |c| reset_guest(c, index, bit)));
+            }
         }
         for (k, w) in m.writes.iter().enumerate() {
             let vendors: Vec<Option<GuestVendor>> = if w.vendor_dependent() {

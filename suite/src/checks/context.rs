@@ -36,7 +36,18 @@ impl Context {
 
     /// A machine whose vCPU gets `cpuid` (read back afterwards: see `Vcpu::effective_cpuid`).
     pub fn machine_with_cpuid(&self, cpuid: crate::kvm::CpuidTable) -> crate::Result<Machine> {
-        Machine::new(&self.sys, &MachineConfig::with_cpuid(cpuid))
+        self.machine_with(cpuid, 0)
+    }
+
+    /// ... and with the KVM quirks in `quirks_off` disabled (KVM_CAP_DISABLE_QUIRKS2).
+    pub fn machine_with(
+        &self,
+        cpuid: crate::kvm::CpuidTable,
+        quirks_off: u64,
+    ) -> crate::Result<Machine> {
+        let mut c = MachineConfig::with_cpuid(cpuid);
+        c.vm.quirks_disabled = quirks_off;
+        Machine::new(&self.sys, &c)
     }
 
     /// A machine whose vCPU never saw KVM_SET_CPUID2.

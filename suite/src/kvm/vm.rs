@@ -20,6 +20,8 @@ pub struct VmConfig {
     /// An in-kernel local APIC (as QEMU and the selftests use): the MSR semantics of APIC_BASE,
     /// TSC_DEADLINE, the x2APIC range and the PV EOI/async-PF MSRs depend on it.
     pub irqchip: Irqchip,
+    /// KVM quirks to disable with KVM_CAP_DISABLE_QUIRKS2 before any vCPU (api.rst 7.31).
+    pub quirks_disabled: u64,
 }
 
 /// Which interrupt controllers KVM emulates.
@@ -39,6 +41,7 @@ impl Default for VmConfig {
         VmConfig {
             mem_size: 4 << 20,
             irqchip: Irqchip::Split,
+            quirks_disabled: 0,
         }
     }
 }
@@ -91,6 +94,15 @@ impl Vm {
                 fd.enable_cap(&cap)
                     .map_err(|e| Error::ioctl("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
             }
+        }
+        if config.quirks_disabled != 0 {
+            let cap = kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2,
+                args: [config.quirks_disabled, 0, 0, 0],
+                ..Default::default()
+            };
+            fd.enable_cap(&cap)
+                .map_err(|e| Error::ioctl("KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2)", e))?;
         }
         Ok(Vm {
             fd,
