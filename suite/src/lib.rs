@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod checks;
 pub mod deviations;
 pub mod error;
+pub mod features;
 pub mod fixtures;
 pub mod fuzzing;
 pub mod guest;

@@ -172,6 +172,37 @@ fn list_filters_and_needs_no_kvm() -> Outcome {
     Ok(Completion::Completed)
 }
 
+fn diff_exit_codes_follow_the_verdict() -> Outcome {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/probe-minimal.json");
+    let same = kvm_msr().args(["diff", data, data]).output()?;
+    check(
+        same.status.code() == Some(0),
+        format!("identical probes: exit {:?}", same.status.code()),
+    )?;
+    // The target loses an index-list MSR: not compatible.
+    let mut b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data)?)?;
+    b["host"]["msr_index_list"] = serde_json::json!([0x277]);
+    let path = std::env::temp_dir().join(format!("kvm-msr-probe-b-{}.json", std::process::id()));
+    std::fs::write(&path, b.to_string())?;
+    let out = kvm_msr().arg("diff").arg(data).arg(&path).output()?;
+    std::fs::remove_file(&path)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(1),
+        format!("exit {:?}: {text}", out.status.code()),
+    )?;
+    check(text.contains("BLOCKS index list: 0x10"), &text)?;
+    let bad = kvm_msr()
+        .args(["diff", data, "/nonexistent.json"])
+        .output()?;
+    check(bad.status.code() == Some(2), "a missing file is exit 2")?;
+    check(
+        String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.json"),
+        "names the file",
+    )?;
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -202,6 +233,10 @@ fn main() {
         (
             "list_filters_and_needs_no_kvm",
             list_filters_and_needs_no_kvm,
+        ),
+        (
+            "diff_exit_codes_follow_the_verdict",
+            diff_exit_codes_follow_the_verdict,
         ),
     ];
     let trials = tests

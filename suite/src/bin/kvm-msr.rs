@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use kvm_msr_suite::catalogue::{render, Catalogue};
 use kvm_msr_suite::checks::{self, Context};
+use kvm_msr_suite::features::decode::DecodeTables;
+use kvm_msr_suite::features::probe::Probe;
 use kvm_msr_suite::report::{Format, Report};
 use kvm_msr_suite::runner::{run_check, select, CheckResult};
 use std::process::ExitCode;
@@ -38,6 +40,21 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Print this host's MSR surface: lists, capabilities, parameters, and every feature MSR
+    /// decoded into named fields.
+    Probe {
+        /// JSON (input for `kvm-msr diff`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two `probe --json` files. Exit status: 0 a guest started on A can move to B
+    /// without losing an MSR feature it could see, 1 it cannot, 2 bad input.
+    Diff {
+        /// Probe of the migration source.
+        a: std::path::PathBuf,
+        /// Probe of the migration target.
+        b: std::path::PathBuf,
+    },
     /// Print the MSR catalogue: what each MSR does under KVM, with sources. Needs no /dev/kvm.
     List {
         /// Only MSRs whose index, name or id contains this text (repeatable).
@@ -49,6 +66,65 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn probe(json: bool) -> ExitCode {
+    let (ctx, tables) = match (Context::load(), DecodeTables::load_default()) {
+        (Ok(c), Ok(t)) => (c, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kvm-msr: {e}");
+            return ExitCode::from(if e.is_kvm_unavailable() { 4 } else { 2 });
+        }
+    };
+    match Probe::gather(&ctx, &tables) {
+        Ok(p) => {
+            print!("{}", if json { p.to_json() } else { p.to_text() });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_probe(path: &std::path::Path) -> Result<Probe, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let p: Probe = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}: not a `kvm-msr probe --json` file: {e}",
+            path.display(),
+            e.line()
+        )
+    })?;
+    if p.schema != kvm_msr_suite::features::probe::SCHEMA {
+        return Err(format!(
+            "{}: schema {:?}, expected {:?}",
+            path.display(),
+            p.schema,
+            kvm_msr_suite::features::probe::SCHEMA
+        ));
+    }
+    Ok(p)
+}
+
+fn diff(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
+    let probes = read_probe(a).and_then(|pa| read_probe(b).map(|pb| (pa, pb)));
+    let tables = DecodeTables::load_default().map_err(|e| e.to_string());
+    match (probes, tables) {
+        (Ok((pa, pb)), Ok(t)) => {
+            let d = kvm_msr_suite::features::diff::diff(&pa, &pb, &t);
+            print!(
+                "{}",
+                d.to_text(&a.display().to_string(), &b.display().to_string())
+            );
+            ExitCode::from(if d.compatible() { 0 } else { 1 })
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kvm-msr: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn list(filter: Vec<String>, brief: bool, json: bool) -> ExitCode {
@@ -166,5 +242,7 @@ fn main() -> ExitCode {
             brief,
             json,
         } => list(filter, brief, json),
+        Command::Probe { json } => probe(json),
+        Command::Diff { a, b } => diff(&a, &b),
     }
 }
