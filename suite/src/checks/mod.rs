@@ -8,6 +8,7 @@ pub mod context;
 pub mod features;
 pub mod harness;
 pub mod lists;
+pub mod negotiation;
 pub mod per_msr;
 pub mod save_restore;
 
@@ -103,6 +104,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
     v.extend(catalogued::checks(ctx));
+    v.extend(negotiation::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))

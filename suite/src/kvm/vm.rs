@@ -165,7 +165,7 @@ impl AsRawFd for Vcpu {
 }
 
 impl Vcpu {
-    /// KVM_GET_CPUID2 (api.rst 4.120), or None if it fails.
+    /// KVM_GET_CPUID2 (api.rst), or None if it fails.
     pub fn read_cpuid(&self) -> Option<CpuidTable> {
         self.fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)

@@ -1,0 +1,291 @@
+//! Feature-MSR negotiation between userspace, KVM and the guest (api.rst 4.3, 4.18, 7.31;
+//! x86.c kvm_get_feature_msr, do_set_msr, kvm_is_immutable_feature_msr).
+
+use super::{hex, Check, Context, Outcome};
+use crate::catalogue::{GateState, HostWhenClosed};
+use crate::guest::{GuestOp, OpOutcome};
+use crate::kvm::cpuid;
+use crate::machine::Machine;
+use crate::msr_index::IA32_MCG_CAP;
+
+const UCODE_REV: u32 = 0x8b;
+const PLATFORM_INFO: u32 = 0xce;
+const QUIRK_STUFF: u64 = kvm_bindings::KVM_X86_QUIRK_STUFF_FEATURE_MSRS as u64;
+
+/// Feature MSRs KVM stuffs into a new vCPU under KVM_X86_QUIRK_STUFF_FEATURE_MSRS with the
+/// system value (api.rst 7.31; x86.c kvm_arch_vcpu_create). UCODE_REV gets a vendor default
+/// instead and the VMX MSRs the nested configuration.
+const STUFFED_WITH_SYSTEM_VALUE: &[u32] = &[0x10a, 0x345, PLATFORM_INFO];
+
+fn system_value(ctx: &Context, index: u32) -> Option<u64> {
+    ctx.facts
+        .feature_values
+        .iter()
+        .find(|f| f.index == index)
+        .and_then(|f| f.value)
+}
+
+fn gate(ctx: &Context, m: &Machine, index: u32) -> Option<(GateState, HostWhenClosed)> {
+    let g = ctx.catalogue.get(index)?.gate.as_ref()?;
+    Some((
+        g.state(
+            m.vcpu.effective_cpuid.as_ref(),
+            m.vcpu.get_msr(IA32_MCG_CAP),
+            m.vcpu.pv_enforced,
+        ),
+        g.host,
+    ))
+}
+
+fn vcpu_matches_system(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
+    let supported = ctx.facts.cap("KVM_CAP_DISABLE_QUIRKS2").max(0) as u64;
+    if quirks_off & !supported != 0 {
+        return Outcome::skip(
+            "KVM_CAP_DISABLE_QUIRKS2 cannot disable KVM_X86_QUIRK_STUFF_FEATURE_MSRS here",
+        );
+    }
+    let Some(sys) = system_value(ctx, index) else {
+        return Outcome::fail(
+            "the system-level value readable",
+            "KVM_GET_MSRS on /dev/kvm did not process it",
+        );
+    };
+    let m = match ctx.machine_with(ctx.facts.supported_cpuid.clone(), quirks_off) {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let got = m.vcpu.get_msr(index);
+    let (want, why) = match gate(ctx, &m, index) {
+        Some((GateState::Closed, HostWhenClosed::AdvertisedZero)) => {
+            (Some(0), "the enumerating CPUID bit is absent from the vCPU's effective CPUID, so a host read returns 0 (x86.c kvm_do_msr_access)".to_string())
+        }
+        _ if quirks_off != 0 => (Some(0), "with the quirk disabled the vCPU's feature MSRs start at 0 (api.rst 7.31)".to_string()),
+        _ => (Some(sys), format!("the system value {} (api.rst 7.31 KVM_X86_QUIRK_STUFF_FEATURE_MSRS)", hex(sys))),
+    };
+    if got == want {
+        Outcome::pass(format!("vCPU reads {got:x?}: {why}"))
+    } else {
+        Outcome::fail(format!("{want:x?}: {why}"), format!("{got:x?}"))
+    }
+}
+
+/// After KVM_RUN a different value is refused and the same value accepted; UCODE_REV stays
+/// writable (x86.c do_set_msr, kvm_is_immutable_feature_msr).
+fn immutable_after_run(ctx: &Context, index: u32) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some((GateState::Closed, h)) = gate(ctx, &m, index) {
+        if h != HostWhenClosed::Exempt {
+            return Outcome::skip("the enumerating CPUID bit is absent from the vCPU's effective CPUID: host writes of non-zero values fail before and after KVM_RUN alike, so immutability cannot be told apart");
+        }
+    }
+    let Some(cur) = m.vcpu.get_msr(index) else {
+        return Outcome::fail("the vCPU value readable", "read failed");
+    };
+    // A different value that is valid before the first run: 0 if the current value is not 0
+    // (every feature MSR accepts clearing what it offers), else the system value.
+    let other = if cur != 0 {
+        0
+    } else {
+        system_value(ctx, index).unwrap_or(0)
+    };
+    if other == cur {
+        return Outcome::skip(format!(
+            "no second valid value: current and system value are both {}",
+            hex(cur)
+        ));
+    }
+    if !m.vcpu.set_msr(index, other) || !m.vcpu.set_msr(index, cur) {
+        return Outcome::fail(
+            format!(
+                "before KVM_RUN both {} and {} are accepted",
+                hex(other),
+                hex(cur)
+            ),
+            "a write was refused",
+        );
+    }
+    let run = m.run_ops(&[]);
+    if let Some(d) = run.death {
+        return Outcome::fail("KVM_RUN of an empty guest program", d.to_string());
+    }
+    let same = m.vcpu.set_msr(index, cur);
+    let different = m.vcpu.set_msr(index, other);
+    let back = m.vcpu.get_msr(index);
+    let mutable = index == UCODE_REV;
+    let ok = same && (different == mutable) && back == Some(if mutable { other } else { cur });
+    let actual = format!(
+        "same value accepted={same}, {} accepted={different}, reads {back:x?}",
+        hex(other)
+    );
+    if ok {
+        Outcome::pass(actual)
+    } else if mutable {
+        Outcome::fail(
+            format!(
+                "UCODE_REV stays writable after KVM_RUN: {} accepted",
+                hex(other)
+            ),
+            actual,
+        )
+    } else {
+        Outcome::fail(
+            format!(
+                "after KVM_RUN: {} refused, the same value {} accepted",
+                hex(other),
+                hex(cur)
+            ),
+            actual,
+        )
+    }
+}
+
+/// The guest reads exactly what userspace set (api.rst 4.19; semantics §3.4).
+fn guest_reads_what_userspace_set(ctx: &Context, index: u32) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some((GateState::Closed, _)) = gate(ctx, &m, index) {
+        return Outcome::skip("the enumerating CPUID bit is absent from the vCPU's effective CPUID: the guest may not read it (see guest.<msr>.gate-closed)");
+    }
+    let Some(cur) = m.vcpu.get_msr(index) else {
+        return Outcome::fail("the vCPU value readable", "read failed");
+    };
+    let set = if cur != 0 {
+        0
+    } else {
+        system_value(ctx, index).unwrap_or(0)
+    };
+    if !m.vcpu.set_msr(index, set) {
+        return Outcome::fail(
+            format!("KVM_SET_MSRS of {} accepted before KVM_RUN", hex(set)),
+            "refused",
+        );
+    }
+    let run = m.run_ops(&[GuestOp::Rdmsr(index)]);
+    match (run.death, run.outcomes[0]) {
+        (None, OpOutcome::Read(v)) if v == set => {
+            Outcome::pass(format!("userspace set {}, the guest read it", hex(set)))
+        }
+        (None, o) => Outcome::fail(format!("the guest reads {}", hex(set)), o.to_string()),
+        (Some(d), _) => Outcome::fail("the guest program to complete", d.to_string()),
+    }
+}
+
+/// KVM_CAP_MSR_PLATFORM_INFO: args[0] = 0 makes guest reads of PLATFORM_INFO #GP, 1 allows
+/// them (api.rst 7.x KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common MSR_PLATFORM_INFO).
+fn platform_info_cap(ctx: &Context, allow: bool) -> Outcome {
+    if ctx.facts.cap("KVM_CAP_MSR_PLATFORM_INFO") <= 0 {
+        return Outcome::skip("KVM_CAP_MSR_PLATFORM_INFO is absent");
+    }
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Err(errno) = m.vm.enable_cap(
+        kvm_bindings::KVM_CAP_MSR_PLATFORM_INFO,
+        [u64::from(allow), 0, 0, 0],
+    ) {
+        return Outcome::fail(
+            "KVM_ENABLE_CAP(KVM_CAP_MSR_PLATFORM_INFO) accepted",
+            format!("errno {errno}"),
+        );
+    }
+    let host = m.vcpu.get_msr(PLATFORM_INFO);
+    let run = m.run_ops(&[GuestOp::Rdmsr(PLATFORM_INFO)]);
+    let guest = match run.death {
+        Some(d) => return Outcome::fail("the guest program to complete", d.to_string()),
+        None => run.outcomes[0],
+    };
+    let guest_ok = if allow {
+        guest == OpOutcome::Read(host.unwrap_or(u64::MAX))
+    } else {
+        guest.is_gp()
+    };
+    let actual = format!("guest {guest}, host {host:x?}");
+    if guest_ok && host.is_some() {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            format!(
+                "guest {}, host read unaffected",
+                if allow { "reads the host value" } else { "#GP" }
+            ),
+            actual,
+        )
+    }
+}
+
+/// The enumerating CPUID bits KVM reports survive KVM_SET_CPUID2: KVM_GET_CPUID2 returns the
+/// table userspace set (api.rst KVM_GET_CPUID2), apart from the runtime bits KVM updates itself
+/// (OSXSAVE, APIC, OSPKE, MWAIT: cpuid.c kvm_update_cpuid_runtime).
+fn cpuid_bit_kept(ctx: &Context, name: &'static str) -> Outcome {
+    let f = cpuid::feature(name).expect("known feature");
+    if !ctx.facts.supported_cpuid.has(f) {
+        return Outcome::skip(format!("KVM_GET_SUPPORTED_CPUID does not report {name}"));
+    }
+    let m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some(errno) = m.vcpu.set_cpuid_errno {
+        return Outcome::fail(
+            "KVM_SET_CPUID2 with KVM's supported CPUID accepted",
+            format!("errno {errno}"),
+        );
+    }
+    match m.vcpu.effective_cpuid.as_ref().map(|c| c.has(f)) {
+        Some(true) => Outcome::pass(format!("{name} set, and KVM_GET_CPUID2 still has it")),
+        Some(false) => Outcome::fail(
+            format!(
+                "KVM_GET_CPUID2 keeps {name}, which userspace set from KVM_GET_SUPPORTED_CPUID"
+            ),
+            format!("{name} cleared"),
+        ),
+        None => Outcome::fail("KVM_GET_CPUID2 to succeed", "it failed"),
+    }
+}
+
+pub fn checks(ctx: &Context) -> Vec<Check> {
+    let mut v = Vec::new();
+    for &index in &ctx.facts.msr_feature_index_list {
+        let id = ctx.catalogue.slug(index);
+        let name = ctx.catalogue.name(index);
+        if STUFFED_WITH_SYSTEM_VALUE.contains(&index) {
+            v.push(Check::new(format!("feature.{id}.vcpu-matches-system"), Some(index), format!("{name}: a new vCPU holds the system value (STUFF_FEATURE_MSRS quirk)"), "api.rst 7.31 KVM_X86_QUIRK_STUFF_FEATURE_MSRS; x86.c kvm_arch_vcpu_create; selftests feature_msrs_test", move |c| vcpu_matches_system(c, index, 0)));
+            v.push(Check::new(
+                format!("feature.{id}.vcpu-zero-without-quirk"),
+                Some(index),
+                format!(
+                    "{name}: a new vCPU holds 0 with KVM_X86_QUIRK_STUFF_FEATURE_MSRS disabled"
+                ),
+                "api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_STUFF_FEATURE_MSRS",
+                move |c| vcpu_matches_system(c, index, QUIRK_STUFF),
+            ));
+            v.push(Check::new(
+                format!("guest.{id}.reads-what-userspace-set"),
+                Some(index),
+                format!("{name}: the guest reads exactly the value userspace set"),
+                "api.rst 4.19 KVM_SET_MSRS; x86.c kvm_get_msr_common returns the vCPU's value",
+                move |c| guest_reads_what_userspace_set(c, index),
+            ));
+        }
+        v.push(Check::new(
+            format!("feature.{id}.immutable-after-run"),
+            Some(index),
+            format!("{name}: after KVM_RUN, KVM_SET_MSRS refuses a different value and accepts the same one (UCODE_REV stays writable)"),
+            "x86.c do_set_msr: kvm_vcpu_has_run && kvm_is_immutable_feature_msr -> -EINVAL unless the value is unchanged; UCODE_REV is excluded",
+            move |c| immutable_after_run(c, index),
+        ));
+    }
+    v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
+    v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
+    for (name, _) in crate::features::probe::ENUMERATING_BITS {
+        let n: &'static str = name;
+        v.push(Check::new(format!("cpuid.{}.kept-by-set-cpuid2", n.to_ascii_lowercase().replace('_', "-")), None, format!("CPUID {n}, reported by KVM_GET_SUPPORTED_CPUID, is still set after KVM_SET_CPUID2"), "api.rst KVM_SET_CPUID2 / KVM_GET_CPUID2; cpuid.c kvm_update_cpuid_runtime changes only runtime bits (OSXSAVE, APIC, OSPKE, MWAIT)", move |c| cpuid_bit_kept(c, n)));
+    }
+    v
+}
