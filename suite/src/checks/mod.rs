@@ -11,6 +11,7 @@ pub mod lists;
 pub mod negotiation;
 pub mod per_msr;
 pub mod save_restore;
+pub mod tsc;
 
 pub use context::Context;
 
@@ -105,6 +106,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(save_restore::checks(ctx));
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));
+    v.extend(tsc::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))
