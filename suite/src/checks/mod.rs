@@ -10,6 +10,7 @@ pub mod harness;
 pub mod lists;
 pub mod negotiation;
 pub mod per_msr;
+pub mod pv;
 pub mod save_restore;
 pub mod tsc;
 
@@ -107,6 +108,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));
     v.extend(tsc::checks(ctx));
+    v.extend(pv::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))

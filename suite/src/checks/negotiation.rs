@@ -249,6 +249,130 @@ fn cpuid_bit_kept(ctx: &Context, name: &'static str) -> Outcome {
     }
 }
 
+/// What the guest's own CPUID instruction returns for an enumerating bit equals the vCPU's
+/// CPUID as KVM_GET_CPUID2 reports it: KVM_SET_CPUID2 "defines the vcpu responses to the cpuid
+/// instruction" (api.rst KVM_SET_CPUID2; x86.c/cpuid.c kvm_emulate_cpuid).
+fn guest_cpuid_matches(ctx: &Context, name: &'static str) -> Outcome {
+    let f = cpuid::feature(name).expect("known feature");
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let Some(eff) = m.vcpu.effective_cpuid.clone() else {
+        return Outcome::fail("KVM_GET_CPUID2 to succeed", "it failed");
+    };
+    let run = m.run_ops(&[GuestOp::Cpuid(f.leaf, f.subleaf)]);
+    let regs = match (run.death, run.outcomes[0]) {
+        (None, OpOutcome::Cpuid(r)) => r,
+        (None, o) => return Outcome::fail("the guest executes CPUID", o.to_string()),
+        (Some(d), _) => return Outcome::fail("the guest program to complete", d.to_string()),
+    };
+    let reg = match f.reg {
+        cpuid::Reg::Eax => regs[0],
+        cpuid::Reg::Ebx => regs[1],
+        cpuid::Reg::Ecx => regs[2],
+        cpuid::Reg::Edx => regs[3],
+    };
+    let (guest, kvm) = (reg & (1 << f.bit) != 0, eff.has(f));
+    if guest == kvm {
+        Outcome::pass(format!(
+            "the guest sees {name}={guest}, as KVM_GET_CPUID2 says"
+        ))
+    } else {
+        Outcome::fail(
+            format!("the guest's CPUID shows {name}={kvm} (KVM_GET_CPUID2)"),
+            format!("the guest sees {name}={guest}"),
+        )
+    }
+}
+
+/// A Linux guest's detection (arch/x86/kernel/cpu/common.c x86_read_arch_cap_msr): read
+/// IA32_ARCH_CAPABILITIES only if CPUID.7.0:EDX[29] says it exists. Whatever the guest sees, its
+/// conclusion must be consistent: an enumerated MSR is readable.
+fn linux_arch_cap_detection(ctx: &Context) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let run = m.run_ops(&[GuestOp::Cpuid(7, 0), GuestOp::Rdmsr(0x10a)]);
+    let (regs, rd) = match (run.death, run.outcomes[0], run.outcomes[1]) {
+        (None, OpOutcome::Cpuid(r), rd) => (r, rd),
+        (None, o, _) => return Outcome::fail("the guest executes CPUID", o.to_string()),
+        (Some(d), _, _) => return Outcome::fail("the guest program to complete", d.to_string()),
+    };
+    let enumerated = regs[3] & (1 << 29) != 0;
+    match (enumerated, rd) {
+        (true, OpOutcome::Read(v)) => Outcome::pass(format!("CPUID enumerates ARCH_CAPABILITIES; a Linux guest reads {}", hex(v))),
+        (true, o) => Outcome::fail("an enumerated IA32_ARCH_CAPABILITIES is readable", format!("CPUID.7.0:EDX[29]=1 but RDMSR: {o}")),
+        (false, o) => Outcome::pass(format!("CPUID.7.0:EDX[29]=0: a Linux guest assumes ARCH_CAPABILITIES = 0 and never reads it (an RDMSR would give: {o})")),
+    }
+}
+
+/// Differential: each of a few supported bits, cleared on one vCPU and left set on another, shows
+/// up exactly so in KVM_GET_CPUID2 and in each guest's own CPUID (api.rst KVM_SET_CPUID2
+/// defines the vCPU's responses to CPUID; cpuid.c kvm_emulate_cpuid).
+fn guest_cpuid_follows_set_cpuid2(ctx: &Context) -> Outcome {
+    let bits: Vec<cpuid::Feature> = [
+        "TSC_ADJUST",
+        "SSBD",
+        "X2APIC",
+        "HYPERVISOR",
+        "NX",
+        "AMD_IBPB",
+    ]
+    .iter()
+    .filter_map(|n| cpuid::feature(n))
+    .filter(|f| ctx.facts.supported_cpuid.has(*f))
+    .collect();
+    if bits.is_empty() {
+        return Outcome::skip(
+            "KVM_GET_SUPPORTED_CPUID reports none of the bits this check toggles",
+        );
+    }
+    let mut wrong = Vec::new();
+    for f in &bits {
+        for on in [true, false] {
+            let mut t = ctx.facts.supported_cpuid.clone();
+            t.set(*f, on);
+            let mut m = match ctx.machine_with_cpuid(t) {
+                Ok(m) => m,
+                Err(e) => return Outcome::harness(e),
+            };
+            let kvm = m.vcpu.effective_cpuid.as_ref().is_some_and(|c| c.has(*f));
+            let run = m.run_ops(&[GuestOp::Cpuid(f.leaf, f.subleaf)]);
+            let regs = match (run.death, run.outcomes[0]) {
+                (None, OpOutcome::Cpuid(r)) => r,
+                (None, o) => return Outcome::fail("the guest executes CPUID", o.to_string()),
+                (Some(d), _) => {
+                    return Outcome::fail("the guest program to complete", d.to_string())
+                }
+            };
+            let guest = regs[f.reg as usize] & (1 << f.bit) != 0;
+            if kvm != on || guest != on {
+                wrong.push(format!(
+                    "{}={on}: KVM_GET_CPUID2 {kvm}, guest {guest}",
+                    f.name
+                ));
+            }
+        }
+    }
+    let names: Vec<&str> = bits.iter().map(|f| f.name).collect();
+    if wrong.is_empty() {
+        Outcome::pass(format!(
+            "{} each followed KVM_SET_CPUID2, set and cleared",
+            names.join(", ")
+        ))
+    } else {
+        Outcome::fail(
+            format!(
+                "each of {} reads as userspace set it, in KVM_GET_CPUID2 and in the guest",
+                names.join(", ")
+            ),
+            wrong.join("; "),
+        )
+    }
+}
+
 pub fn checks(ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
     for &index in &ctx.facts.msr_feature_index_list {
@@ -283,6 +407,18 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     }
     v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
     v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
+    v.push(Check::new(
+        "guest.cpuid.follows-set-cpuid2",
+        None,
+        "a CPUID bit set on one vCPU and cleared on another reads so in each guest",
+        "api.rst KVM_SET_CPUID2 (defines the vCPU's responses to CPUID); cpuid.c kvm_emulate_cpuid",
+        guest_cpuid_follows_set_cpuid2,
+    ));
+    v.push(Check::new("guest.arch-capabilities.linux-detection", Some(0x10a), "a guest following Linux's x86_read_arch_cap_msr (CPUID bit, then RDMSR) reaches a consistent conclusion", "arch/x86/kernel/cpu/common.c x86_read_arch_cap_msr; SDM vol. 2A CPUID.7.0:EDX[29]", linux_arch_cap_detection));
+    for (name, _) in crate::features::probe::ENUMERATING_BITS {
+        let n: &'static str = name;
+        v.push(Check::new(format!("guest.cpuid.{}.matches-kvm-get-cpuid2", n.to_ascii_lowercase().replace('_', "-")), None, format!("the guest's CPUID instruction shows {n} exactly as KVM_GET_CPUID2 reports it"), "api.rst KVM_SET_CPUID2 (defines the vCPU's responses to CPUID); cpuid.c kvm_emulate_cpuid", move |c| guest_cpuid_matches(c, n)));
+    }
     for (name, _) in crate::features::probe::ENUMERATING_BITS {
         let n: &'static str = name;
         v.push(Check::new(format!("cpuid.{}.kept-by-set-cpuid2", n.to_ascii_lowercase().replace('_', "-")), None, format!("CPUID {n}, reported by KVM_GET_SUPPORTED_CPUID, is still set after KVM_SET_CPUID2"), "api.rst KVM_SET_CPUID2 / KVM_GET_CPUID2; cpuid.c kvm_update_cpuid_runtime changes only runtime bits (OSXSAVE, APIC, OSPKE, MWAIT)", move |c| cpuid_bit_kept(c, n)));

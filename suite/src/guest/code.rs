@@ -138,6 +138,8 @@ struct Variant {
     wrmsr: &'static str,
     next: &'static str,
     done: &'static str,
+    cpuid: &'static str,
+    cpuid_insn: &'static str,
 }
 
 const PLAIN: Variant = Variant {
@@ -148,6 +150,8 @@ const PLAIN: Variant = Variant {
     wrmsr: "guarded_wrmsr",
     next: "next",
     done: "done",
+    cpuid: "cpuid_op",
+    cpuid_insn: "guarded_cpuid",
 };
 
 /// The same interpreter with every guarded RDMSR/WRMSR behind KVM_FEP. A fault is reported at
@@ -161,6 +165,8 @@ const FEP: Variant = Variant {
     wrmsr: "guarded_wrmsr_fep",
     next: "next_fep",
     done: "done_fep",
+    cpuid: "cpuid_op_fep",
+    cpuid_insn: "guarded_cpuid_fep",
 };
 
 fn guarded(a: &mut Asm, v: &Variant, label: &'static str, insn: [u8; 2], text: &str) {
@@ -186,6 +192,8 @@ fn interpreter(a: &mut Asm, v: &Variant) {
     a.i(&[0x85, 0xc0], "test eax,eax");
     a.br8(0x74, v.done, &format!("je {}", v.done));
     a.i(&[0x8b, 0x4e, 0x04], "mov ecx,[rsi+4]");
+    a.i(&[0x83, 0xf8, 0x03], "cmp eax,3");
+    a.br8(0x74, v.cpuid, &format!("je {}", v.cpuid));
     a.i(&[0x83, 0xf8, 0x01], "cmp eax,1");
     a.br8(0x75, v.write, &format!("jne {}", v.write));
     a.i(&[0x31, 0xc0], "xor eax,eax"); // a faulting read leaves 0
@@ -199,10 +207,24 @@ fn interpreter(a: &mut Asm, v: &Variant) {
     a.i(&[0x8b, 0x46, 0x08], "mov eax,[rsi+8]");
     a.i(&[0x8b, 0x56, 0x0c], "mov edx,[rsi+0xc]");
     guarded(a, v, v.wrmsr, [0x0f, 0x30], "wrmsr");
+    a.br8(0xeb, v.next, &format!("jmp {}", v.next));
+    // CPUID: leaf in the index field, subleaf in the low half of the value; EAX, EBX, ECX, EDX
+    // land in bytes 8..0x18 of the record. Guarded too: CPUID faulting may make it #GP.
+    a.label(v.cpuid);
+    a.i(&[0x8b, 0x46, 0x04], "mov eax,[rsi+4]");
+    a.i(&[0x8b, 0x4e, 0x08], "mov ecx,[rsi+8]");
+    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]");
+    a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]");
+    a.label(v.cpuid_insn);
+    a.i(&[0x0f, 0xa2], "cpuid");
+    a.i(&[0x89, 0x46, 0x08], "mov [rsi+8],eax");
+    a.i(&[0x89, 0x5e, 0x0c], "mov [rsi+0xc],ebx");
+    a.i(&[0x89, 0x4e, 0x10], "mov [rsi+0x10],ecx");
+    a.i(&[0x89, 0x56, 0x14], "mov [rsi+0x14],edx");
     a.label(v.next);
     a.i(&[0x80, 0x4e, 0x18, 0x01], "or byte ptr [rsi+0x18],1");
     a.i(&[0x48, 0x83, 0xc6, 0x20], "add rsi,0x20");
-    a.br8(0xeb, v.entry, &format!("jmp {}", v.entry));
+    a.br32(&[0xe9], v.entry, &format!("jmp {}", v.entry));
     a.label(v.done);
     a.i(&[0xe6, PORT_DONE as u8], &format!("out {PORT_DONE:#x},al"));
     a.i(&[0xf4], "hlt");

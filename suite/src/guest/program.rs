@@ -16,18 +16,22 @@ pub const MAX_OPS: usize = OPS_MAX_BYTES / RECORD_SIZE - 1;
 const OP_END: u32 = 0;
 const OP_RDMSR: u32 = 1;
 const OP_WRMSR: u32 = 2;
+const OP_CPUID: u32 = 3;
 
 /// One guest MSR access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestOp {
     Rdmsr(u32),
     Wrmsr(u32, u64),
+    /// CPUID with EAX = leaf, ECX = subleaf (what the guest itself sees).
+    Cpuid(u32, u32),
 }
 
 impl GuestOp {
     pub fn index(self) -> u32 {
         match self {
             GuestOp::Rdmsr(i) | GuestOp::Wrmsr(i, _) => i,
+            GuestOp::Cpuid(leaf, _) => leaf,
         }
     }
 }
@@ -37,6 +41,7 @@ impl fmt::Display for GuestOp {
         match self {
             GuestOp::Rdmsr(i) => write!(f, "RDMSR {i:#x}"),
             GuestOp::Wrmsr(i, v) => write!(f, "WRMSR {i:#x} <- {v:#x}"),
+            GuestOp::Cpuid(l, s) => write!(f, "CPUID {l:#x}.{s}"),
         }
     }
 }
@@ -48,6 +53,8 @@ pub enum OpOutcome {
     Read(u64),
     /// WRMSR completed.
     Wrote,
+    /// CPUID completed: EAX, EBX, ECX, EDX.
+    Cpuid([u32; 4]),
     /// The instruction raised an exception.
     Fault { vector: u8, error_code: u32 },
     /// The guest stopped before reaching it.
@@ -65,6 +72,7 @@ impl fmt::Display for OpOutcome {
         match self {
             OpOutcome::Read(v) => write!(f, "read {v:#x}"),
             OpOutcome::Wrote => write!(f, "written"),
+            OpOutcome::Cpuid(r) => write!(f, "cpuid {r:#x?}"),
             OpOutcome::Fault { vector, error_code } => {
                 write!(f, "{}({error_code:#x})", vector_name(*vector))
             }
@@ -86,6 +94,7 @@ pub fn write_program(mem: &mut GuestMemory, ops: &[GuestOp]) {
         let (code, index, value) = match *op {
             GuestOp::Rdmsr(i) => (OP_RDMSR, i, 0),
             GuestOp::Wrmsr(i, v) => (OP_WRMSR, i, v),
+            GuestOp::Cpuid(leaf, sub) => (OP_CPUID, leaf, u64::from(sub)),
         };
         r[0..4].copy_from_slice(&code.to_le_bytes());
         r[4..8].copy_from_slice(&index.to_le_bytes());
@@ -115,9 +124,13 @@ pub fn read_results(mem: &GuestMemory, ops: &[GuestOp]) -> Vec<OpOutcome> {
                     error_code,
                 }
             } else {
+                let word = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().unwrap());
                 match op {
                     GuestOp::Rdmsr(_) => OpOutcome::Read(value),
                     GuestOp::Wrmsr(..) => OpOutcome::Wrote,
+                    GuestOp::Cpuid(..) => {
+                        OpOutcome::Cpuid([word(8), word(0xc), word(0x10), word(0x14)])
+                    }
                 }
             }
         })
