@@ -373,6 +373,66 @@ fn guest_cpuid_follows_set_cpuid2(ctx: &Context) -> Outcome {
     }
 }
 
+/// With KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, MISC_ENABLE bit 18 (ENABLE_MWAIT) is no
+/// longer plain storage: changing it needs guest SSE3, and CPUID.1:ECX.MONITOR follows it
+/// (api.rst 7.31; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE, cpuid.c
+/// kvm_update_cpuid_runtime).
+fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
+    const MISC_ENABLE: u32 = 0x1a0;
+    const MWAIT_EN: u64 = 1 << 18;
+    let quirk = u64::from(kvm_bindings::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT);
+    if ctx.facts.cap("KVM_CAP_DISABLE_QUIRKS2").max(0) as u64 & quirk == 0 {
+        return Outcome::skip(
+            "KVM_CAP_DISABLE_QUIRKS2 cannot disable KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT here",
+        );
+    }
+    let sse3 = cpuid::feature("SSE3").expect("known");
+    let mut t = ctx.facts.supported_cpuid.clone();
+    t.set(sse3, true);
+    let mut m = match ctx.machine_with(t, quirk) {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if !m.vcpu.effective_cpuid.as_ref().is_some_and(|c| c.has(sse3)) {
+        return Outcome::skip(
+            "the vCPU's effective CPUID lacks SSE3, which changing ENABLE_MWAIT requires",
+        );
+    }
+    let Some(cur) = m.vcpu.get_msr(MISC_ENABLE) else {
+        return Outcome::fail("MISC_ENABLE readable", "read failed");
+    };
+    let run = m.run_ops(&[
+        GuestOp::Wrmsr(MISC_ENABLE, cur | MWAIT_EN),
+        GuestOp::Cpuid(1, 0),
+        GuestOp::Wrmsr(MISC_ENABLE, cur & !MWAIT_EN),
+        GuestOp::Cpuid(1, 0),
+    ]);
+    if let Some(d) = run.death {
+        return Outcome::fail("the guest program to complete", d.to_string());
+    }
+    let monitor = |o: OpOutcome| match o {
+        OpOutcome::Cpuid(r) => Some(r[2] & (1 << 3) != 0),
+        _ => None,
+    };
+    let o = &run.outcomes;
+    let actual = format!(
+        "set: {} then MONITOR {:?}; clear: {} then MONITOR {:?}",
+        o[0],
+        monitor(o[1]),
+        o[2],
+        monitor(o[3])
+    );
+    if o[0] == OpOutcome::Wrote
+        && o[2] == OpOutcome::Wrote
+        && monitor(o[1]) == Some(true)
+        && monitor(o[3]) == Some(false)
+    {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail("both writes accepted; CPUID.1:ECX.MONITOR set after setting bit 18 and clear after clearing it", actual)
+    }
+}
+
 pub fn checks(ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
     for &index in &ctx.facts.msr_feature_index_list {
@@ -407,6 +467,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     }
     v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
     v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
+    v.push(Check::new("guest.misc-enable.quirk-misc-enable-no-mwait-off.mwait-drives-cpuid", Some(0x1a0), "with KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, MISC_ENABLE bit 18 toggles the guest's CPUID.1:ECX.MONITOR", "api.rst 7.31 KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE; cpuid.c kvm_update_cpuid_runtime", misc_enable_mwait_drives_cpuid));
     v.push(Check::new(
         "guest.cpuid.follows-set-cpuid2",
         None,

@@ -37,6 +37,8 @@ macro_rules! feature {
 /// CPUID bits that gate MSRs (SDM vol. 2A CPUID; APM vol. 3 appendix E; KVM's
 /// arch/x86/include/asm/cpufeatures.h names).
 pub const FEATURES: &[Feature] = &[
+    feature!("SSE3", 0x1, 0, Ecx, 0),
+    feature!("MWAIT", 0x1, 0, Ecx, 3),
     feature!("MSR", 0x1, 0, Edx, 5),
     feature!("APIC", 0x1, 0, Edx, 9),
     feature!("SEP", 0x1, 0, Edx, 11),
