@@ -433,6 +433,54 @@ fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
     }
 }
 
+/// IA32_CORE_CAPABILITIES (0xcf) is not implemented by upstream KVM: no case in
+/// kvm_get_msr_common/kvm_set_msr_common, in no list, and setting CPUID.7.0:EDX[30] does not
+/// create it (the split-lock series that would have was never merged). So: not listed, a host
+/// read fails and a guest RDMSR #GPs even with the CPUID bit set -- unless kvm.ignore_msrs, under
+/// which both read 0 (x86.c kvm_do_msr_access).
+fn core_capabilities_unsupported(ctx: &Context) -> Outcome {
+    const CORE_CAPS: u32 = 0xcf;
+    if ctx.facts.is_advertised(CORE_CAPS) || ctx.facts.is_feature_msr(CORE_CAPS) {
+        return Outcome::fail(
+            "0xcf in neither MSR list (upstream never implements it)",
+            "listed by this host's KVM",
+        );
+    }
+    let f = cpuid::feature("CORE_CAPABILITIES").expect("known");
+    let mut t = ctx.facts.supported_cpuid.clone();
+    t.set(f, true);
+    let mut m = match ctx.machine_with_cpuid(t) {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    let bit_kept = m.vcpu.effective_cpuid.as_ref().is_some_and(|c| c.has(f));
+    let host = m.vcpu.get_msr(CORE_CAPS);
+    let run = m.run_ops(&[GuestOp::Rdmsr(CORE_CAPS)]);
+    let guest = match run.death {
+        Some(d) => return Outcome::fail("the guest program to complete", d.to_string()),
+        None => run.outcomes[0],
+    };
+    let ignored = ctx.facts.ignore_msrs();
+    let ok = if ignored {
+        host == Some(0) && guest == OpOutcome::Read(0)
+    } else {
+        host.is_none() && guest.is_gp()
+    };
+    let actual = format!("CPUID bit set (kept: {bit_kept}); host read {host:x?}; guest {guest}");
+    if ok {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            if ignored {
+                "host and guest read 0 (kvm.ignore_msrs=Y)"
+            } else {
+                "the host read fails and the guest #GPs, CPUID bit or not"
+            },
+            actual,
+        )
+    }
+}
+
 pub fn checks(ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
     for &index in &ctx.facts.msr_feature_index_list {
@@ -468,6 +516,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
     v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
     v.push(Check::new("guest.misc-enable.quirk-misc-enable-no-mwait-off.mwait-drives-cpuid", Some(0x1a0), "with KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, MISC_ENABLE bit 18 toggles the guest's CPUID.1:ECX.MONITOR", "api.rst 7.31 KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE; cpuid.c kvm_update_cpuid_runtime", misc_enable_mwait_drives_cpuid));
+    v.push(Check::new("feature.core-capabilities.not-implemented", Some(0xcf), "IA32_CORE_CAPABILITIES does not exist under KVM even with CPUID.7.0:EDX[30] set", "semantics §3.2: no MSR_IA32_CORE_CAPS case in x86.c kvm_get/set_msr_common, in no list; the emulation series (Xiaoyao Li, 2019-2020) was never merged; x86.c kvm_do_msr_access for ignore_msrs", core_capabilities_unsupported));
     v.push(Check::new(
         "guest.cpuid.follows-set-cpuid2",
         None,
