@@ -192,6 +192,22 @@ fn diff_exit_codes_follow_the_verdict() -> Outcome {
         format!("exit {:?}: {text}", out.status.code()),
     )?;
     check(text.contains("BLOCKS index list: 0x10"), &text)?;
+    // The target loses ARCH_CAPABILITIES.RDCL_NO (bit 0): not compatible, and the bit is named.
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data)?)?;
+    c["features"][0]["value"] = serde_json::json!(0x20);
+    let path = std::env::temp_dir().join(format!("kvm-msr-probe-c-{}.json", std::process::id()));
+    std::fs::write(&path, c.to_string())?;
+    let out = kvm_msr().arg("diff").arg(data).arg(&path).output()?;
+    std::fs::remove_file(&path)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(1),
+        format!("exit {:?}: {text}", out.status.code()),
+    )?;
+    check(
+        text.contains("BLOCKS feature IA32_ARCH_CAPABILITIES.RDCL_NO: 0x1 -> 0x0 (lost on B)"),
+        &text,
+    )?;
     let bad = kvm_msr()
         .args(["diff", data, "/nonexistent.json"])
         .output()?;

@@ -481,6 +481,125 @@ fn core_capabilities_unsupported(ctx: &Context) -> Outcome {
     }
 }
 
+/// How KVM judges a host write of a feature MSR (semantics §3.2; x86.c kvm_set_msr_common,
+/// vmx.c vmx_set_vmx_msr, svm.c svm_set_msr MSR_AMD64_DE_CFG).
+#[derive(Clone, Copy)]
+struct Offer {
+    index: u32,
+    /// The CPUID feature that must be set for host writes of non-zero values.
+    enumerating: Option<&'static str>,
+    /// Bits a subset may clear (the whole value, or only the allowed-1 half of a VMX control MSR).
+    clearable: u64,
+    /// Bits outside the offer KVM rejects (None: KVM does not check, e.g. ARCH_CAPABILITIES in 6.18).
+    checked: Option<u64>,
+    cite: &'static str,
+}
+
+const OFFERS: &[Offer] = &[
+    Offer { index: 0x10a, enumerating: Some("ARCH_CAPABILITIES"), clearable: u64::MAX, checked: None, cite: "x86.c kvm_set_msr_common MSR_IA32_ARCH_CAPABILITIES: any value once the guest has the CPUID bit (6.18)" },
+    Offer { index: 0x345, enumerating: Some("PDCM"), clearable: u64::MAX, checked: Some(u64::MAX), cite: "x86.c kvm_set_msr_common MSR_IA32_PERF_CAPABILITIES: data & ~kvm_caps.supported_perf_cap -> 1" },
+    Offer { index: 0xce, enumerating: None, clearable: u64::MAX, checked: None, cite: "x86.c kvm_set_msr_common MSR_PLATFORM_INFO: any host value before KVM_RUN" },
+    Offer { index: 0xc001_1029, enumerating: None, clearable: u64::MAX, checked: Some(u64::MAX), cite: "svm.c svm_set_msr MSR_AMD64_DE_CFG: data & ~supported_de_cfg -> 1" },
+    Offer { index: 0x48b, enumerating: Some("VMX"), clearable: 0xffff_ffff_0000_0000, checked: Some(0xffff_ffff_0000_0000), cite: "vmx.c vmx_set_vmx_msr / vmx_restore_control_msr: a value may only restrict KVM's allowed-1 settings" },
+    Offer { index: 0x48d, enumerating: Some("VMX"), clearable: 0xffff_ffff_0000_0000, checked: Some(0xffff_ffff_0000_0000), cite: "vmx.c vmx_restore_control_msr: allowed-1 bits must be a subset of KVM's" },
+    Offer { index: 0x48e, enumerating: Some("VMX"), clearable: 0xffff_ffff_0000_0000, checked: Some(0xffff_ffff_0000_0000), cite: "vmx.c vmx_restore_control_msr: allowed-1 bits must be a subset of KVM's" },
+    Offer { index: 0x48f, enumerating: Some("VMX"), clearable: 0xffff_ffff_0000_0000, checked: Some(0xffff_ffff_0000_0000), cite: "vmx.c vmx_restore_control_msr: allowed-1 bits must be a subset of KVM's" },
+    Offer { index: 0x490, enumerating: Some("VMX"), clearable: 0xffff_ffff_0000_0000, checked: Some(0xffff_ffff_0000_0000), cite: "vmx.c vmx_restore_control_msr: allowed-1 bits must be a subset of KVM's" },
+];
+
+/// A fresh machine whose CPUID has the enumerating bit, or why the gate stays closed.
+fn offer_machine(ctx: &Context, o: &Offer) -> Result<Machine, Outcome> {
+    let mut t = ctx.facts.supported_cpuid.clone();
+    if let Some(n) = o.enumerating {
+        t.set(cpuid::feature(n).expect("known feature"), true);
+    }
+    let m = ctx.machine_with_cpuid(t).map_err(Outcome::harness)?;
+    if let Some(n) = o.enumerating {
+        if !m
+            .vcpu
+            .effective_cpuid
+            .as_ref()
+            .is_some_and(|c| c.has(cpuid::feature(n).expect("known")))
+        {
+            return Err(Outcome::skip(format!("KVM did not keep CPUID {n} set on the vCPU, so host writes of non-zero values are refused by the gate (see cpuid.*.kept-by-set-cpuid2)")));
+        }
+    }
+    Ok(m)
+}
+
+fn host_accepts_offer(ctx: &Context, o: Offer) -> Outcome {
+    let Some(sys) = system_value(ctx, o.index) else {
+        return Outcome::fail(
+            "the system-level value readable",
+            "KVM_GET_MSRS on /dev/kvm did not process it",
+        );
+    };
+    let m = match offer_machine(ctx, &o) {
+        Ok(m) => m,
+        Err(out) => return out,
+    };
+    let mut refused = Vec::new();
+    let bits = sys & o.clearable;
+    for v in std::iter::once(sys).chain(
+        (0..64)
+            .filter(|b| bits & (1 << b) != 0)
+            .map(|b| sys & !(1u64 << b)),
+    ) {
+        if !(m.vcpu.set_msr(o.index, v) && m.vcpu.get_msr(o.index) == Some(v)) {
+            refused.push(hex(v));
+        }
+    }
+    if refused.is_empty() {
+        Outcome::pass(format!(
+            "the offer {} and its {} single-bit subsets were accepted and read back",
+            hex(sys),
+            bits.count_ones()
+        ))
+    } else {
+        Outcome::fail(
+            format!(
+                "the system value and every subset accepted before KVM_RUN ({})",
+                o.cite
+            ),
+            format!("refused or not read back: {}", refused.join(", ")),
+        )
+    }
+}
+
+fn host_rejects_beyond_offer(ctx: &Context, o: Offer) -> Outcome {
+    let Some(sys) = system_value(ctx, o.index) else {
+        return Outcome::fail(
+            "the system-level value readable",
+            "KVM_GET_MSRS on /dev/kvm did not process it",
+        );
+    };
+    let m = match offer_machine(ctx, &o) {
+        Ok(m) => m,
+        Err(out) => return out,
+    };
+    let beyond = o.checked.unwrap_or(0) & !sys;
+    let accepted: Vec<u32> = (0..64)
+        .filter(|b| beyond & (1 << b) != 0)
+        .filter(|b| {
+            let ok = m.vcpu.set_msr(o.index, sys | (1 << b));
+            m.vcpu.set_msr(o.index, sys);
+            ok
+        })
+        .collect();
+    if accepted.is_empty() {
+        Outcome::pass(format!(
+            "each of the {} bits outside the offer {} rejected alone",
+            beyond.count_ones(),
+            hex(sys)
+        ))
+    } else {
+        Outcome::fail(
+            format!("every bit outside the offer rejected ({})", o.cite),
+            format!("accepted bits {accepted:?}"),
+        )
+    }
+}
+
 pub fn checks(ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
     for &index in &ctx.facts.msr_feature_index_list {
@@ -516,6 +635,24 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
     v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
     v.push(Check::new("guest.misc-enable.quirk-misc-enable-no-mwait-off.mwait-drives-cpuid", Some(0x1a0), "with KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, MISC_ENABLE bit 18 toggles the guest's CPUID.1:ECX.MONITOR", "api.rst 7.31 KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE; cpuid.c kvm_update_cpuid_runtime", misc_enable_mwait_drives_cpuid));
+    for o in OFFERS
+        .iter()
+        .copied()
+        .filter(|o| ctx.facts.is_feature_msr(o.index))
+    {
+        let id = ctx.catalogue.slug(o.index);
+        let name = ctx.catalogue.name(o.index);
+        v.push(Check::new(format!("feature.{id}.host-accepts-offer"), Some(o.index), format!("{name}: before KVM_RUN the host may write the system value and each single-bit subset of it"), format!("api.rst 4.18 (feature MSRs are what KVM offers); {}", o.cite), move |c| host_accepts_offer(c, o)));
+        if o.checked.is_some() {
+            v.push(Check::new(
+                format!("feature.{id}.host-rejects-beyond-offer"),
+                Some(o.index),
+                format!("{name}: KVM_SET_MSRS refuses each bit outside KVM's offer"),
+                o.cite,
+                move |c| host_rejects_beyond_offer(c, o),
+            ));
+        }
+    }
     v.push(Check::new("feature.core-capabilities.not-implemented", Some(0xcf), "IA32_CORE_CAPABILITIES does not exist under KVM even with CPUID.7.0:EDX[30] set", "semantics §3.2: no MSR_IA32_CORE_CAPS case in x86.c kvm_get/set_msr_common, in no list; the emulation series (Xiaoyao Li, 2019-2020) was never merged; x86.c kvm_do_msr_access for ignore_msrs", core_capabilities_unsupported));
     v.push(Check::new(
         "guest.cpuid.follows-set-cpuid2",
