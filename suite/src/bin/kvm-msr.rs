@@ -43,11 +43,11 @@ enum Command {
     /// Print this host's MSR surface: lists, capabilities, parameters, and every feature MSR
     /// decoded into named fields.
     Probe {
-        /// JSON (input for `kvm-msr diff`) instead of text.
-        #[arg(long)]
-        json: bool,
+        /// text (default) or json (the input of `kvm-msr diff`).
+        #[arg(long, value_enum, default_value_t = ProbeFormat::Text)]
+        format: ProbeFormat,
     },
-    /// Compare two `probe --json` files. Exit status: 0 a guest started on A can move to B
+    /// Compare two `probe --format json` files. Exit status: 0 a guest started on A can move to B
     /// without losing an MSR feature it could see, 1 it cannot, 2 bad input.
     Diff {
         /// Probe of the migration source.
@@ -68,7 +68,14 @@ enum Command {
     },
 }
 
-fn probe(json: bool) -> ExitCode {
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProbeFormat {
+    Text,
+    Json,
+}
+
+fn probe(format: ProbeFormat) -> ExitCode {
+    let json = format == ProbeFormat::Json;
     let (ctx, tables) = match (Context::load(), DecodeTables::load_default()) {
         (Ok(c), Ok(t)) => (c, t),
         (Err(e), _) | (_, Err(e)) => {
@@ -92,7 +99,7 @@ fn read_probe(path: &std::path::Path) -> Result<Probe, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let p: Probe = serde_json::from_str(&text).map_err(|e| {
         format!(
-            "{}:{}: not a `kvm-msr probe --json` file: {e}",
+            "{}:{}: not a `kvm-msr probe --format json` file: {e}",
             path.display(),
             e.line()
         )
@@ -242,7 +249,7 @@ fn main() -> ExitCode {
             brief,
             json,
         } => list(filter, brief, json),
-        Command::Probe { json } => probe(json),
+        Command::Probe { format } => probe(format),
         Command::Diff { a, b } => diff(&a, &b),
     }
 }
