@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod guest;
 pub mod kvm;
 pub mod machine;
+pub mod model;
 pub mod msr_index;
 pub mod oracles;
 pub mod report;

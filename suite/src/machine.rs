@@ -67,10 +67,30 @@ impl fmt::Display for GuestDeath {
     }
 }
 
-/// The results of one program: one outcome per op, and why it stopped early if it did.
+/// A userspace MSR exit (api.rst: kvm_run KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrExit {
+    pub write: bool,
+    pub index: u32,
+    /// The value a WRMSR writes (0 for RDMSR).
+    pub data: u64,
+    /// KVM_MSR_EXIT_REASON_INVAL (1), _UNKNOWN (2) or _FILTER (4).
+    pub reason: u32,
+}
+
+/// How userspace completes an MSR exit: `error` injects #GP, else `data` is what RDMSR returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrReply {
+    pub error: bool,
+    pub data: u64,
+}
+
+/// The results of one program: one outcome per op, the MSR exits userspace handled, and why it
+/// stopped early if it did.
 #[derive(Clone, Debug)]
 pub struct GuestRun {
     pub outcomes: Vec<OpOutcome>,
+    pub msr_exits: Vec<MsrExit>,
     pub death: Option<GuestDeath>,
 }
 
@@ -126,44 +146,74 @@ impl Machine {
     }
 
     /// Run the runtime from `label` (the interpreter, or one of the deliberate-misbehaviour
-    /// entry points) with `ops` as the program.
+    /// entry points) with `ops` as the program. A userspace MSR exit stops the guest.
     pub fn run_from(&mut self, label: &str, ops: &[GuestOp]) -> GuestRun {
+        self.run_from_with(label, ops, None)
+    }
+
+    /// Run `ops`, completing every userspace MSR exit with `handler` and re-entering.
+    pub fn run_ops_with(&mut self, ops: &[GuestOp], handler: &mut dyn FnMut(&MsrExit) -> MsrReply) -> GuestRun {
+        let entry = if FORCE_EMULATION.get() { "interpreter_fep" } else { "interpreter" };
+        self.run_from_with(entry, ops, Some(handler))
+    }
+
+    fn run_from_with(
+        &mut self,
+        label: &str,
+        ops: &[GuestOp],
+        mut handler: Option<&mut dyn FnMut(&MsrExit) -> MsrReply>,
+    ) -> GuestRun {
         write_program(&mut self.vm.mem, ops);
         let entry = self.runtime.label(label);
+        let mut msr_exits = Vec::new();
         if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
             return GuestRun {
                 outcomes: vec![OpOutcome::NotReached; ops.len()],
-                death: Some(GuestDeath {
-                    exit: Exit::RunError { errno: e.errno() },
-                    detail: "KVM_SET_REGS failed".into(),
-                }),
+                msr_exits,
+                death: Some(GuestDeath { exit: Exit::RunError { errno: e.errno() }, detail: "KVM_SET_REGS failed".into() }),
             };
         }
         self.runs += 1;
-        let exit = self.vcpu.run(self.timeout);
-        let death = match &exit {
-            Exit::IoOut { port, .. } if *port == PORT_DONE => None,
-            Exit::IoOut { port, .. } if *port == PORT_UNEXPECTED => {
-                let vector = self.vm.mem.read_u64(MAILBOX) as u8;
-                let detail = format!(
-                    "unexpected {} error code {:#x} at RIP {:#x}",
-                    code::vector_name(vector),
-                    self.vm.mem.read_u64(MAILBOX + 8),
-                    self.vm.mem.read_u64(MAILBOX + 16)
-                );
-                Some(GuestDeath { exit, detail })
+        // Every op can exit at most once; anything beyond that is a loop, reported as a death.
+        let budget = 2 * ops.len() + 8;
+        let death = loop {
+            let exit = self.vcpu.run(self.timeout);
+            let msr = match exit {
+                Exit::RdMsr { index, reason } => Some(MsrExit { write: false, index, data: 0, reason }),
+                Exit::WrMsr { index, data, reason } => Some(MsrExit { write: true, index, data, reason }),
+                _ => None,
+            };
+            match (msr, handler.as_deref_mut()) {
+                (Some(m), Some(h)) if msr_exits.len() < budget => {
+                    msr_exits.push(m);
+                    let reply = h(&m);
+                    let run = self.vcpu.fd.get_kvm_run();
+                                        // The exit reason is KVM_EXIT_X86_RDMSR/WRMSR, so `msr` is the live union member;
+                    // userspace fills error and data before re-entering (api.rst).
+                    run.__bindgen_anon_1.msr.error = u8::from(reply.error);
+                    run.__bindgen_anon_1.msr.data = reply.data;
+                    continue;
+                }
+                _ => {}
             }
-            _ => {
-                let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                Some(GuestDeath {
-                    exit,
-                    detail: format!("RIP {rip:#x}"),
-                })
-            }
+            break match &exit {
+                Exit::IoOut { port, .. } if *port == PORT_DONE => None,
+                Exit::IoOut { port, .. } if *port == PORT_UNEXPECTED => {
+                    let vector = self.vm.mem.read_u64(MAILBOX) as u8;
+                    let detail = format!(
+                        "unexpected {} error code {:#x} at RIP {:#x}",
+                        code::vector_name(vector),
+                        self.vm.mem.read_u64(MAILBOX + 8),
+                        self.vm.mem.read_u64(MAILBOX + 16)
+                    );
+                    Some(GuestDeath { exit, detail })
+                }
+                _ => {
+                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") })
+                }
+            };
         };
-        GuestRun {
-            outcomes: read_results(&self.vm.mem, ops),
-            death,
-        }
+        GuestRun { outcomes: read_results(&self.vm.mem, ops), msr_exits, death }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod facts;
+pub mod filter;
 pub mod memory;
 pub mod raw;
 pub mod run;
