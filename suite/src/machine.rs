@@ -152,8 +152,16 @@ impl Machine {
     }
 
     /// Run `ops`, completing every userspace MSR exit with `handler` and re-entering.
-    pub fn run_ops_with(&mut self, ops: &[GuestOp], handler: &mut dyn FnMut(&MsrExit) -> MsrReply) -> GuestRun {
-        let entry = if FORCE_EMULATION.get() { "interpreter_fep" } else { "interpreter" };
+    pub fn run_ops_with(
+        &mut self,
+        ops: &[GuestOp],
+        handler: &mut dyn FnMut(&MsrExit) -> MsrReply,
+    ) -> GuestRun {
+        let entry = if FORCE_EMULATION.get() {
+            "interpreter_fep"
+        } else {
+            "interpreter"
+        };
         self.run_from_with(entry, ops, Some(handler))
     }
 
@@ -170,7 +178,10 @@ impl Machine {
             return GuestRun {
                 outcomes: vec![OpOutcome::NotReached; ops.len()],
                 msr_exits,
-                death: Some(GuestDeath { exit: Exit::RunError { errno: e.errno() }, detail: "KVM_SET_REGS failed".into() }),
+                death: Some(GuestDeath {
+                    exit: Exit::RunError { errno: e.errno() },
+                    detail: "KVM_SET_REGS failed".into(),
+                }),
             };
         }
         self.runs += 1;
@@ -179,8 +190,22 @@ impl Machine {
         let death = loop {
             let exit = self.vcpu.run(self.timeout);
             let msr = match exit {
-                Exit::RdMsr { index, reason } => Some(MsrExit { write: false, index, data: 0, reason }),
-                Exit::WrMsr { index, data, reason } => Some(MsrExit { write: true, index, data, reason }),
+                Exit::RdMsr { index, reason } => Some(MsrExit {
+                    write: false,
+                    index,
+                    data: 0,
+                    reason,
+                }),
+                Exit::WrMsr {
+                    index,
+                    data,
+                    reason,
+                } => Some(MsrExit {
+                    write: true,
+                    index,
+                    data,
+                    reason,
+                }),
                 _ => None,
             };
             match (msr, handler.as_deref_mut()) {
@@ -188,7 +213,7 @@ impl Machine {
                     msr_exits.push(m);
                     let reply = h(&m);
                     let run = self.vcpu.fd.get_kvm_run();
-                                        // The exit reason is KVM_EXIT_X86_RDMSR/WRMSR, so `msr` is the live union member;
+                    // The exit reason is KVM_EXIT_X86_RDMSR/WRMSR, so `msr` is the live union member;
                     // userspace fills error and data before re-entering (api.rst).
                     run.__bindgen_anon_1.msr.error = u8::from(reply.error);
                     run.__bindgen_anon_1.msr.data = reply.data;
@@ -210,10 +235,17 @@ impl Machine {
                 }
                 _ => {
                     let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                    Some(GuestDeath { exit, detail: format!("RIP {rip:#x}") })
+                    Some(GuestDeath {
+                        exit,
+                        detail: format!("RIP {rip:#x}"),
+                    })
                 }
             };
         };
-        GuestRun { outcomes: read_results(&self.vm.mem, ops), msr_exits, death }
+        GuestRun {
+            outcomes: read_results(&self.vm.mem, ops),
+            msr_exits,
+            death,
+        }
     }
 }

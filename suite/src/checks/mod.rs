@@ -5,7 +5,9 @@
 pub mod batch;
 pub mod catalogued;
 pub mod context;
+pub mod exits;
 pub mod features;
+pub mod filter;
 pub mod harness;
 pub mod lists;
 pub mod negotiation;
@@ -109,6 +111,8 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(negotiation::checks(ctx));
     v.extend(tsc::checks(ctx));
     v.extend(pv::checks(ctx));
+    v.extend(exits::checks(ctx));
+    v.extend(filter::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))

@@ -12,7 +12,10 @@ ioctl_iow_nr!(KVM_X86_SET_MSR_FILTER, KVMIO, 0xc6, kvm_msr_filter);
 /// Install `f` on the VM. Each range's bitmap is padded to what the kernel copies, so a short
 /// model bitmap never makes KVM read past the allocation.
 pub fn set_msr_filter(vm: &impl AsRawFd, f: &Filter) -> Result<(), i32> {
-    assert!(f.ranges.len() <= MAX_RANGES, "the ABI holds {MAX_RANGES} ranges");
+    assert!(
+        f.ranges.len() <= MAX_RANGES,
+        "the ABI holds {MAX_RANGES} ranges"
+    );
     let mut bitmaps: Vec<Vec<u8>> = f
         .ranges
         .iter()

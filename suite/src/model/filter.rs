@@ -65,17 +65,27 @@ impl Range {
                 bitmap[(off / 8) as usize] |= 1 << (off % 8);
             }
         }
-        Range { flags, base, nmsrs, bitmap }
+        Range {
+            flags,
+            base,
+            nmsrs,
+            bitmap,
+        }
     }
 
     fn bit(&self, off: u32) -> bool {
-        self.bitmap.get((off / 8) as usize).is_some_and(|b| b & (1 << (off % 8)) != 0)
+        self.bitmap
+            .get((off / 8) as usize)
+            .is_some_and(|b| b & (1 << (off % 8)) != 0)
     }
 }
 
 impl Filter {
     pub fn allow_all() -> Filter {
-        Filter { flags: 0, ranges: Vec::new() }
+        Filter {
+            flags: 0,
+            ranges: Vec::new(),
+        }
     }
 
     /// What KVM_X86_SET_MSR_FILTER returns: Ok, or the errno (EINVAL; E2BIG for more than 16
@@ -146,7 +156,12 @@ mod tests {
     #[case::x2apic_never_filtered(Some(Filter { flags: DEFAULT_DENY, ranges: vec![deny(0x800, 0x100, 3)] }), 0x808, Access::Read, true)]
     #[case::end_is_exclusive(Some(Filter { flags: 0, ranges: vec![deny(0x10, 4, 3)] }), 0x14, Access::Read, true)]
     #[case::u32_wraparound_range_matches_nothing(Some(Filter { flags: 0, ranges: vec![deny(0xffff_ff00, 0x200, 3)] }), 0xffff_ff10, Access::Read, true)]
-    fn decisions(#[case] f: Option<Filter>, #[case] index: u32, #[case] access: Access, #[case] want: bool) {
+    fn decisions(
+        #[case] f: Option<Filter>,
+        #[case] index: u32,
+        #[case] access: Access,
+        #[case] want: bool,
+    ) {
         assert_eq!(allowed(f.as_ref(), index, access), want);
     }
 
@@ -175,16 +190,29 @@ mod tests {
             let base = rng.next_u64() as u32 & 0xffff_f000;
             let n = 1 + rng.below(256) as u32;
             let all: Vec<u32> = (0..n).map(|i| base + i).collect();
-            let f = Filter { flags: DEFAULT_DENY, ranges: vec![Range::with_allowed(3, base, n, &all)] };
+            let f = Filter {
+                flags: DEFAULT_DENY,
+                ranges: vec![Range::with_allowed(3, base, n, &all)],
+            };
             assert_eq!(f.validate(), Ok(()));
             let probe = base.wrapping_add(rng.below(u64::from(n) * 2) as u32);
             let inside = probe.wrapping_sub(base) < n;
             let x2apic = (0x800..=0x8ff).contains(&probe);
-            assert_eq!(f.allows(probe, Access::Read), inside || x2apic, "base {base:#x} n {n} probe {probe:#x}");
+            assert_eq!(
+                f.allows(probe, Access::Read),
+                inside || x2apic,
+                "base {base:#x} n {n} probe {probe:#x}"
+            );
             let r1 = deny(0x1000, 8, 3);
             let r2 = Range::with_allowed(3, 0x2000, 8, &[0x2003]);
-            let a = Filter { flags: 0, ranges: vec![r1.clone(), r2.clone()] };
-            let b = Filter { flags: 0, ranges: vec![r2, r1] };
+            let a = Filter {
+                flags: 0,
+                ranges: vec![r1.clone(), r2.clone()],
+            };
+            let b = Filter {
+                flags: 0,
+                ranges: vec![r2, r1],
+            };
             let i = 0x1000 + rng.below(0x1010) as u32;
             assert_eq!(a.allows(i, Access::Write), b.allows(i, Access::Write));
         }
