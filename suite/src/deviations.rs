@@ -42,7 +42,7 @@ pub struct Deviations {
 
 impl Deviations {
     pub fn parse(file: &Path, text: &str) -> Result<Vec<Deviation>> {
-        let line_of = |off: usize| text[..off.min(text.len())].matches('\n').count() + 1;
+        let line_of = |off: usize| crate::fixtures::line_of(text, off);
         let raw: FileRaw = toml::from_str(text).map_err(|e| Error::Fixture {
             file: file.to_path_buf(),
             line: e.span().map(|s| line_of(s.start)),
@@ -73,23 +73,7 @@ impl Deviations {
 
     pub fn load_dir(dir: &Path) -> Result<Deviations> {
         let mut all = Vec::new();
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::Fixture {
-            file: dir.to_path_buf(),
-            line: None,
-            message: format!("cannot read deviations directory: {e}"),
-        })?;
-        let mut files: Vec<_> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| Error::Fixture {
-                file: f.clone(),
-                line: None,
-                message: e.to_string(),
-            })?;
+        for (f, text) in crate::fixtures::toml_files(dir, "deviations")? {
             all.extend(Self::parse(&f, &text)?);
         }
         Ok(Deviations { all })

@@ -332,9 +332,7 @@ struct GateRaw {
     cite: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
+use crate::fixtures::line_of;
 
 /// Parse one file. `text` is its contents; `file` names it in errors.
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
@@ -500,25 +498,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
 
 /// Load every `*.toml` in `dir` (sorted by name) and reject duplicate indices and ids.
 pub fn load_dir(dir: &Path) -> Result<Catalogue> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::Fixture {
-        file: dir.to_path_buf(),
-        line: None,
-        message: format!("cannot read the catalogue directory: {e}"),
-    })?;
-    let mut files: Vec<_> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
     let mut cat = Catalogue::default();
     let mut ids: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| Error::Fixture {
-            file: f.clone(),
-            line: None,
-            message: e.to_string(),
-        })?;
+    for (f, text) in crate::fixtures::toml_files(dir, "catalogue")? {
         for m in parse_file(&f, &text)? {
             if let Some(prev) = cat.msrs.get(&m.index) {
                 return Err(Error::Fixture {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toml::Spanned;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +78,7 @@ pub struct DecodeTables {
     pub registers: BTreeMap<u32, Register>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
+use crate::fixtures::line_of;
 
 impl DecodeTables {
     pub fn parse(file: &Path, text: &str) -> Result<Vec<(Register, usize)>> {
@@ -133,24 +131,8 @@ impl DecodeTables {
     }
 
     pub fn load_dir(dir: &Path) -> Result<DecodeTables> {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::Fixture {
-            file: dir.to_path_buf(),
-            line: None,
-            message: format!("cannot read decode tables: {e}"),
-        })?;
-        let mut files: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
         let mut t = DecodeTables::default();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| Error::Fixture {
-                file: f.clone(),
-                line: None,
-                message: e.to_string(),
-            })?;
+        for (f, text) in crate::fixtures::toml_files(dir, "decode tables")? {
             for (r, line) in Self::parse(&f, &text)? {
                 if t.registers.contains_key(&r.index) {
                     return Err(Error::Fixture {
