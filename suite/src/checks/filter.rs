@@ -2,16 +2,15 @@
 //! guest access, handled in the kernel, a FILTER exit, or #GP as the model predicts; host accesses
 //! never filtered; replacement, removal, invalid filters and limits (api.rst 4.97).
 
-use super::exits::{exit_machine, REASON_FILTER};
+use super::exits::exit_machine;
 use super::{Check, Context, Outcome};
-use crate::guest::{GuestOp, OpOutcome};
+use crate::guest::OpOutcome;
 use crate::kvm::filter::set_msr_filter;
-use crate::machine::{Machine, MsrReply};
-use crate::model::filter::{
-    self as model, Access, Filter, Range, DEFAULT_DENY, RANGE_READ, RANGE_WRITE,
-};
+use crate::machine::Machine;
+use crate::model::filter::{Access, Filter, Range, DEFAULT_DENY, RANGE_READ, RANGE_WRITE};
 use crate::model::rng::SplitMix64;
 use crate::msr_index::{IA32_PAT, MSR_KERNEL_GS_BASE, MSR_SYSCALL_MASK};
+use crate::oracles::filter::{access_matches_model, observe, Seen, REASON_FILTER};
 
 const API: &str =
     "api.rst 4.97 KVM_X86_SET_MSR_FILTER; x86.c kvm_msr_allowed, kvm_vm_ioctl_set_msr_filter";
@@ -20,49 +19,7 @@ const SUBJECTS: &[u32] = &[MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE, IA32_PAT, 0x1fc
 /// The seed of the randomized cases (printed in the check id and the result).
 pub const SEED: u64 = 0xf117_e5ee_d000_0001;
 
-/// What happened to one guest access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    Handled(OpOutcome),
-    FilterExit,
-    Gp,
-    Other(OpOutcome),
-}
-
-fn op(index: u32, access: Access) -> GuestOp {
-    match access {
-        Access::Read => GuestOp::Rdmsr(index),
-        // Write back the reset-time value so a handled write changes nothing observable.
-        Access::Write => GuestOp::Wrmsr(
-            index,
-            if index == IA32_PAT {
-                0x0007_0406_0007_0406
-            } else {
-                0
-            },
-        ),
-    }
-}
-
-fn observe(m: &mut Machine, index: u32, access: Access) -> Result<Seen, String> {
-    let run = m.run_ops_with(&[op(index, access)], &mut |_| MsrReply {
-        error: false,
-        data: 0,
-    });
-    if let Some(d) = run.death {
-        return Err(d.to_string());
-    }
-    let o = run.outcomes[0];
-    Ok(match run.msr_exits.as_slice() {
-        [e] if e.reason == REASON_FILTER && e.index == index => Seen::FilterExit,
-        [] if o.is_gp() => Seen::Gp,
-        [] => Seen::Handled(o),
-        _ => Seen::Other(o),
-    })
-}
-
-/// Compare one (filter, access) with the model. `exits`: FILTER exits enabled. The outer error
-/// is an outcome that ends the check (a skip or a harness failure).
+/// One (filter, access) through the shared oracle; a harness error ends the check.
 fn one_case(
     ctx: &Context,
     f: &Filter,
@@ -70,37 +27,16 @@ fn one_case(
     access: Access,
     exits: bool,
 ) -> Result<Result<String, String>, Outcome> {
-    let mask = if exits { REASON_FILTER } else { 0 };
-    let mut m = exit_machine(ctx, mask)?;
-    if let Err(e) = set_msr_filter(&m.vm.fd, f) {
-        return Ok(Err(format!("filter refused: errno {e}")));
-    }
-    let seen = match observe(&mut m, index, access) {
-        Ok(s) => s,
-        Err(d) => return Ok(Err(d)),
-    };
-    let want = if model::allowed(Some(f), index, access) {
-        let mut twin = exit_machine(ctx, mask)?;
-        match observe(&mut twin, index, access) {
-            Ok(s) => s,
-            Err(d) => return Ok(Err(format!("unfiltered twin: {d}"))),
-        }
-    } else if exits {
-        Seen::FilterExit
-    } else {
-        Seen::Gp
-    };
-    let same = match (seen, want) {
-        (Seen::Handled(OpOutcome::Read(_)), Seen::Handled(OpOutcome::Read(_))) => true,
-        (a, b) => a == b,
-    };
-    Ok(if same {
-        Ok(format!("{index:#x} {access:?}: {seen:?}"))
-    } else {
-        Err(format!(
-            "{index:#x} {access:?}: model {want:?}, KVM {seen:?}"
-        ))
-    })
+    access_matches_model(ctx, f, index, access, exits)
+        .map(|r| {
+            r.map_err(|v| {
+                format!(
+                    "{index:#x} {access:?}: model {}, KVM {}",
+                    v.expected, v.actual
+                )
+            })
+        })
+        .map_err(Outcome::harness)
 }
 
 fn cases_outcome(results: Vec<Result<String, String>>, what: &str) -> Outcome {

@@ -1,6 +1,8 @@
 //! Oracles: predicates over what KVM did that need no golden values. The checks call them with
 //! chosen inputs; the fuzzer calls them with generated ones.
 
+pub mod filter;
+
 use crate::catalogue::Catalogue;
 use crate::kvm::raw::MsrEntry;
 use crate::machine::Machine;
