@@ -148,3 +148,191 @@ pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
     v.sort();
     v
 }
+
+/// One guest access of the `guest` target.
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub struct GuestAccess {
+    pub index: IndexChoice,
+    /// None: RDMSR; Some: WRMSR of that value.
+    pub write: Option<ValueChoice>,
+}
+
+/// Input of the `guest` target: a guest program of RDMSR/WRMSR.
+#[derive(Clone, Debug, Arbitrary)]
+pub struct GuestInput {
+    pub ops: Vec<GuestAccess>,
+}
+
+/// Most ops one `guest` input runs (the emulator costs ~0.5 us per instruction on PVM).
+pub const MAX_GUEST_OPS: usize = 32;
+
+/// Run a guest program. Oracles: the guest never dies (every fault is a recorded exception, never
+/// an internal error, shutdown or hang), and after the program the host reads what the guest
+/// last read for every MSR the catalogue does not document as changing on its own.
+pub fn run_guest(ctx: &Context, input: &GuestInput) -> Result<(), Violation> {
+    use crate::guest::{GuestOp, OpOutcome};
+    let ops: Vec<GuestOp> = input
+        .ops
+        .iter()
+        .take(MAX_GUEST_OPS)
+        .map(|a| {
+            let i = a.index.resolve(ctx);
+            match a.write {
+                None => GuestOp::Rdmsr(i),
+                Some(v) => GuestOp::Wrmsr(i, v.resolve()),
+            }
+        })
+        .collect();
+    let mut m = ctx.machine().map_err(|e| Violation {
+        oracle: "harness",
+        msr: None,
+        expected: "a machine".into(),
+        actual: e.to_string(),
+    })?;
+    let run = m.run_ops(&ops);
+    if let Some(d) = run.death {
+        return Err(Violation {
+            oracle: "guest-alive",
+            msr: None,
+            expected: "the program to complete".into(),
+            actual: d.to_string(),
+        });
+    }
+    // The last access to each index, if it was a successful read, must equal the host's read.
+    let mut last: std::collections::BTreeMap<u32, (GuestOp, OpOutcome)> =
+        std::collections::BTreeMap::new();
+    for (op, o) in ops.iter().zip(&run.outcomes) {
+        last.insert(op.index(), (*op, *o));
+    }
+    for (index, (op, o)) in last {
+        let volatile = ctx
+            .catalogue
+            .get(index)
+            .is_some_and(|m| m.volatile.is_some());
+        if let (GuestOp::Rdmsr(_), OpOutcome::Read(g), false) = (op, o, volatile) {
+            let h = m.vcpu.get_msr(index);
+            if h != Some(g) {
+                return Err(Violation {
+                    oracle: "host-sees-guest-read",
+                    msr: Some(index),
+                    expected: format!("Some({g:#x}) (the guest's last read)"),
+                    actual: format!("{h:x?}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One range of a generated filter.
+#[derive(Clone, Debug, Arbitrary)]
+pub struct RangeChoice {
+    pub flags: u8,
+    pub base: IndexChoice,
+    pub nmsrs: u16,
+    pub bitmap_seed: u64,
+}
+
+/// Input of the `filter` target: a filter, whether FILTER exits are on, and guest accesses.
+#[derive(Clone, Debug, Arbitrary)]
+pub struct FilterInput {
+    pub default_deny: bool,
+    /// Extra bits in the filter flags (usually invalid).
+    pub flag_noise: u8,
+    pub ranges: Vec<RangeChoice>,
+    pub exits: bool,
+    pub accesses: Vec<(IndexChoice, bool)>,
+}
+
+impl FilterInput {
+    pub fn filter(&self, ctx: &Context) -> crate::model::filter::Filter {
+        use crate::model::filter::{bitmap_bytes, Filter, Range};
+        let ranges = self
+            .ranges
+            .iter()
+            .take(crate::model::filter::MAX_RANGES)
+            .map(|r| {
+                let nmsrs = u32::from(r.nmsrs) % 0x3100; // straddles the 0x3000 limit
+                let mut rng = crate::model::rng::SplitMix64::new(r.bitmap_seed);
+                let bitmap = (0..bitmap_bytes(nmsrs))
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                Range {
+                    flags: u32::from(r.flags % 8),
+                    base: r.base.resolve(ctx),
+                    nmsrs,
+                    bitmap,
+                }
+            })
+            .collect();
+        let noise = if self.flag_noise % 16 == 0 {
+            u32::from(self.flag_noise) << 1
+        } else {
+            0
+        };
+        Filter {
+            flags: u32::from(self.default_deny) | noise,
+            ranges,
+        }
+    }
+}
+
+/// Run a `FilterInput` through the filter oracle (validation and every access vs the model).
+pub fn run_filter(ctx: &Context, input: &FilterInput) -> Result<(), Violation> {
+    use crate::model::filter::Access;
+    let f = input.filter(ctx);
+    for (index, write) in input.accesses.iter().take(4) {
+        let access = if *write { Access::Write } else { Access::Read };
+        match crate::oracles::filter::access_matches_model(
+            ctx,
+            &f,
+            index.resolve(ctx),
+            access,
+            input.exits,
+        ) {
+            Ok(Ok(_)) => {}
+            Ok(Err(v)) => return Err(v),
+            Err(e) => {
+                return Err(Violation {
+                    oracle: "harness",
+                    msr: None,
+                    expected: "a machine".into(),
+                    actual: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fuzz targets, by name: decode a corpus or crash file and run it with its oracles.
+pub const TARGETS: &[&str] = &["set_batch", "guest", "filter"];
+
+/// Decode `bytes` as an input of `target` and describe it; then run it.
+pub fn replay(
+    ctx: &Context,
+    target: &str,
+    bytes: &[u8],
+) -> Result<(String, Result<(), Violation>), String> {
+    let u = || arbitrary::Unstructured::new(bytes);
+    match target {
+        "set_batch" => {
+            let i = SetBatchInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((format!("{i:#?}"), run_set_batch(ctx, &i)))
+        }
+        "guest" => {
+            let i = GuestInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((format!("{i:#?}"), run_guest(ctx, &i)))
+        }
+        "filter" => {
+            let i = FilterInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((
+                format!("{i:#?}\nfilter: {:#x?}", i.filter(ctx)),
+                run_filter(ctx, &i),
+            ))
+        }
+        other => Err(format!(
+            "unknown target {other:?}; expected one of {TARGETS:?}"
+        )),
+    }
+}

@@ -66,23 +66,23 @@ fn trials() -> Vec<Trial> {
 
 /// Seed inputs of the fuzz targets, replayed through the same executors and oracles.
 fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
-    fuzzing::corpus_files("set_batch")
-        .into_iter()
-        .map(|path| {
+    let mut v = Vec::new();
+    for target in fuzzing::TARGETS {
+        for path in fuzzing::corpus_files(target) {
             let ctx = Arc::clone(ctx);
             let name = format!(
-                "corpus.set_batch.{}",
+                "corpus.{target}.{}",
                 path.file_name().unwrap().to_string_lossy()
             );
-            Trial::test(name, move || {
+            v.push(Trial::test(name, move || {
                 let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let input = fuzzing::decode_set_batch(&bytes)
+                let (described, result) = fuzzing::replay(&ctx, target, &bytes)
                     .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
-                fuzzing::run_set_batch(&ctx, &input)
-                    .map_err(|v| Failed::from(format!("{v}\ninput: {input:?}")))
-            })
-        })
-        .collect()
+                result.map_err(|v| Failed::from(format!("{v}\ninput: {described}")))
+            }));
+        }
+    }
+    v
 }
 
 fn main() {

@@ -55,6 +55,14 @@ enum Command {
         /// Probe of the migration target.
         b: std::path::PathBuf,
     },
+    /// Decode a fuzzer input (corpus or crash file), print it readably and run it with its
+    /// oracles. Exit status: 0 no oracle violated, 1 violated, 2 bad input, 4 no /dev/kvm.
+    Replay {
+        file: std::path::PathBuf,
+        /// The fuzz target (set_batch, guest, filter); default: the directory the file is in.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Print the MSR catalogue: what each MSR does under KVM, with sources. Needs no /dev/kvm.
     List {
         /// Only MSRs whose index, name or id contains this text (repeatable).
@@ -130,6 +138,53 @@ fn diff(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("kvm-msr: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
+    use kvm_msr_suite::fuzzing::{self, TARGETS};
+    let target = target.or_else(|| {
+        file.ancestors()
+            .filter_map(|p| p.file_name()?.to_str())
+            .find(|n| TARGETS.contains(n))
+            .map(String::from)
+    });
+    let Some(target) = target else {
+        eprintln!("kvm-msr: cannot tell the fuzz target of {} from its path; pass --target (one of {TARGETS:?})", file.display());
+        return ExitCode::from(2);
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("kvm-msr: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = match Context::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            return ExitCode::from(if e.is_kvm_unavailable() { 4 } else { 2 });
+        }
+    };
+    match fuzzing::replay(&ctx, &target, &bytes) {
+        Err(e) => {
+            eprintln!("kvm-msr: {}: not a {target} input: {e}", file.display());
+            ExitCode::from(2)
+        }
+        Ok((described, result)) => {
+            println!("target {target}, {} bytes:\n{described}", bytes.len());
+            match result {
+                Ok(()) => {
+                    println!("no oracle violated");
+                    ExitCode::SUCCESS
+                }
+                Err(v) => {
+                    println!("{v}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }
@@ -250,6 +305,7 @@ fn main() -> ExitCode {
             json,
         } => list(filter, brief, json),
         Command::Probe { format } => probe(format),
+        Command::Replay { file, target } => replay(&file, target),
         Command::Diff { a, b } => diff(&a, &b),
     }
 }

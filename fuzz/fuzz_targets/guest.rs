@@ -1,0 +1,16 @@
+//! Guest RDMSR/WRMSR programs: the guest never dies, and the host reads what the guest last read. See kvm_msr_suite::fuzzing for the input and the oracles.
+#![no_main]
+
+use kvm_msr_suite::checks::Context;
+use kvm_msr_suite::fuzzing::{run_guest, GuestInput};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+static CTX: OnceLock<Context> = OnceLock::new();
+
+fuzz_target!(|input: GuestInput| {
+    let ctx = CTX.get_or_init(|| Context::load().unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}")));
+    if let Err(v) = run_guest(ctx, &input) {
+        panic!("{v}\ninput: {input:?}");
+    }
+});
