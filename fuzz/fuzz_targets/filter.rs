@@ -2,15 +2,22 @@
 #![no_main]
 
 use kvm_msr_suite::checks::Context;
+use kvm_msr_suite::fuzzing::Features;
 use kvm_msr_suite::fuzzing::{run_filter, FilterInput};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/feedback.rs"]
+mod feedback;
 use std::sync::OnceLock;
 
 static CTX: OnceLock<Context> = OnceLock::new();
 
 fuzz_target!(|input: FilterInput| {
     let ctx = CTX.get_or_init(|| Context::load().unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}")));
-    if let Err(v) = run_filter(ctx, &input) {
+    let mut feats = Features::default();
+    let result = run_filter(ctx, &input, &mut feats);
+    feedback::record(&feats);
+    if let Err(v) = result {
         panic!("{v}\ninput: {input:?}");
     }
 });

@@ -106,18 +106,73 @@ impl ValueChoice {
     }
 }
 
+/// Observable outcomes of one input as small integers: this kernel has no KCOV, so the fuzz
+/// targets feed these to libFuzzer (an extra-counters section) as coverage of KVM's behaviour
+/// classes -- operation, MSR class, result -- instead of coverage of the harness.
+#[derive(Clone, Debug, Default)]
+pub struct Features {
+    pub ids: Vec<u32>,
+}
+
+impl Features {
+    /// Record one feature made of `parts` (hashed with FNV-1a).
+    pub fn add(&mut self, parts: &[u32]) {
+        let mut h: u32 = 0x811c_9dc5;
+        for p in parts {
+            for b in p.to_le_bytes() {
+                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+            }
+        }
+        self.ids.push(h);
+    }
+}
+
+/// Feedback key of an MSR: the index itself for MSRs KVM lists or the catalogue knows (each has
+/// its own behaviour), a coarse range class for everything else.
+pub fn msr_class(ctx: &Context, index: u32) -> u32 {
+    if ctx.facts.is_advertised(index)
+        || ctx.facts.is_feature_msr(index)
+        || ctx.catalogue.get(index).is_some()
+    {
+        return 0x100 | index;
+    }
+    if ctx.facts.is_advertised(index) {
+        0
+    } else if ctx.facts.is_feature_msr(index) {
+        1
+    } else if ctx.catalogue.get(index).is_some() {
+        2
+    } else {
+        match index {
+            0x800..=0x8ff => 3,
+            0x4000_0000..=0x4000_0fff => 4,
+            0x4b56_4d00..=0x4b56_4dff => 5,
+            0xc000_0000..=0xc000_1fff => 6,
+            0xc001_0000..=0xc001_1fff => 7,
+            _ => 8,
+        }
+    }
+}
+
 /// Most entries one input may hold (KVM accepts at most 255 per call).
 pub const MAX_BATCH: usize = 64;
 
 /// Run a `SetBatchInput`: the batch on one fresh machine, one by one on an identical twin.
-pub fn run_set_batch(ctx: &Context, input: &SetBatchInput) -> Result<(), Violation> {
+pub fn run_set_batch(
+    ctx: &Context,
+    input: &SetBatchInput,
+    feats: &mut Features,
+) -> Result<(), Violation> {
     let entries: Vec<MsrEntry> = input
         .entries
         .iter()
         .take(MAX_BATCH)
-        .map(|e| MsrEntry {
-            index: e.index.resolve(ctx),
-            data: e.value.resolve(),
+        .map(|e| {
+            let index = e.index.resolve(ctx);
+            MsrEntry {
+                index,
+                data: confine(index, e.value.resolve()),
+            }
         })
         .collect();
     let (a, b) = match (ctx.machine(), ctx.machine()) {
@@ -131,7 +186,20 @@ pub fn run_set_batch(ctx: &Context, input: &SetBatchInput) -> Result<(), Violati
             })
         }
     };
-    oracles::set_batch_matches_single(&ctx.catalogue, &a, &b, &entries, &[]).map(|_| ())
+    let r = oracles::set_batch_matches_single(&ctx.catalogue, &a, &b, &entries, &[]);
+    if let Ok(c) = &r {
+        for (k, e) in entries.iter().enumerate() {
+            // Which entries were processed, and which one stopped the batch.
+            let state = u32::from(k < c.first_rejected) + 2 * u32::from(k == c.first_rejected);
+            feats.add(&[1, msr_class(ctx, e.index), state, u32::from(e.data == 0)]);
+        }
+        feats.add(&[
+            2,
+            c.first_rejected.min(8) as u32,
+            entries.len().min(8) as u32,
+        ]);
+    }
+    r.map(|_| ())
 }
 
 /// Decode a `set_batch` corpus file exactly as libfuzzer-sys does for a typed target.
@@ -163,13 +231,36 @@ pub struct GuestInput {
     pub ops: Vec<GuestAccess>,
 }
 
+/// MSRs whose value is a guest physical address KVM writes a structure to (msr.rst: wall clock,
+/// kvm-clock, async PF, steal time, PV EOI). A generated value would let KVM overwrite the
+/// harness's own page tables or code, so the executor keeps the low 12 bits (flags, alignment)
+/// and moves the address into the scratch pages at 0x9000 (free in guest/layout.rs).
+pub const GPA_MSRS: &[u32] = &[
+    0x11,
+    0x12,
+    0x4b56_4d00,
+    0x4b56_4d01,
+    0x4b56_4d02,
+    0x4b56_4d03,
+    0x4b56_4d04,
+];
+
+/// `value` for `index`, confined to scratch memory when KVM would write at it.
+pub fn confine(index: u32, value: u64) -> u64 {
+    if GPA_MSRS.contains(&index) {
+        0x9000 | (value & 0xfff)
+    } else {
+        value
+    }
+}
+
 /// Most ops one `guest` input runs (the emulator costs ~0.5 us per instruction on PVM).
 pub const MAX_GUEST_OPS: usize = 32;
 
 /// Run a guest program. Oracles: the guest never dies (every fault is a recorded exception, never
 /// an internal error, shutdown or hang), and after the program the host reads what the guest
 /// last read for every MSR the catalogue does not document as changing on its own.
-pub fn run_guest(ctx: &Context, input: &GuestInput) -> Result<(), Violation> {
+pub fn run_guest(ctx: &Context, input: &GuestInput, feats: &mut Features) -> Result<(), Violation> {
     use crate::guest::{GuestOp, OpOutcome};
     let ops: Vec<GuestOp> = input
         .ops
@@ -179,7 +270,7 @@ pub fn run_guest(ctx: &Context, input: &GuestInput) -> Result<(), Violation> {
             let i = a.index.resolve(ctx);
             match a.write {
                 None => GuestOp::Rdmsr(i),
-                Some(v) => GuestOp::Wrmsr(i, v.resolve()),
+                Some(v) => GuestOp::Wrmsr(i, confine(i, v.resolve())),
             }
         })
         .collect();
@@ -197,6 +288,21 @@ pub fn run_guest(ctx: &Context, input: &GuestInput) -> Result<(), Violation> {
             expected: "the program to complete".into(),
             actual: d.to_string(),
         });
+    }
+    for (op, o) in ops.iter().zip(&run.outcomes) {
+        let (kind, zero) = match (op, o) {
+            (_, OpOutcome::Read(v)) => (1, u32::from(*v == 0)),
+            (_, OpOutcome::Wrote) => (2, 0),
+            (_, OpOutcome::Fault { vector, .. }) => (16 + u32::from(*vector), 0),
+            (_, _) => (3, 0),
+        };
+        feats.add(&[
+            3,
+            u32::from(matches!(op, GuestOp::Wrmsr(..))),
+            msr_class(ctx, op.index()),
+            kind,
+            zero,
+        ]);
     }
     // The last access to each index, if it was a successful read, must equal the host's read.
     let mut last: std::collections::BTreeMap<u32, (GuestOp, OpOutcome)> =
@@ -278,9 +384,19 @@ impl FilterInput {
 }
 
 /// Run a `FilterInput` through the filter oracle (validation and every access vs the model).
-pub fn run_filter(ctx: &Context, input: &FilterInput) -> Result<(), Violation> {
+pub fn run_filter(
+    ctx: &Context,
+    input: &FilterInput,
+    feats: &mut Features,
+) -> Result<(), Violation> {
     use crate::model::filter::Access;
     let f = input.filter(ctx);
+    feats.add(&[
+        4,
+        f.validate().err().unwrap_or(0) as u32,
+        f.ranges.len() as u32,
+        f.flags,
+    ]);
     for (index, write) in input.accesses.iter().take(4) {
         let access = if *write { Access::Write } else { Access::Read };
         match crate::oracles::filter::access_matches_model(
@@ -318,17 +434,23 @@ pub fn replay(
     match target {
         "set_batch" => {
             let i = SetBatchInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            Ok((format!("{i:#?}"), run_set_batch(ctx, &i)))
+            Ok((
+                format!("{i:#?}"),
+                run_set_batch(ctx, &i, &mut Features::default()),
+            ))
         }
         "guest" => {
             let i = GuestInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            Ok((format!("{i:#?}"), run_guest(ctx, &i)))
+            Ok((
+                format!("{i:#?}"),
+                run_guest(ctx, &i, &mut Features::default()),
+            ))
         }
         "filter" => {
             let i = FilterInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
             Ok((
                 format!("{i:#?}\nfilter: {:#x?}", i.filter(ctx)),
-                run_filter(ctx, &i),
+                run_filter(ctx, &i, &mut Features::default()),
             ))
         }
         other => Err(format!(
