@@ -17,6 +17,7 @@ fuzz_target!(|input: FilterInput| {
     let mut feats = Features::default();
     let result = run_filter(ctx, &input, &mut feats);
     feedback::record(&feats);
+    feedback::check_kernel_log();
     if let Err(v) = result {
         panic!("{v}\ninput: {input:?}");
     }

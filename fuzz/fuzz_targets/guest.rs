@@ -17,6 +17,7 @@ fuzz_target!(|input: GuestInput| {
     let mut feats = Features::default();
     let result = run_guest(ctx, &input, &mut feats);
     feedback::record(&feats);
+    feedback::check_kernel_log();
     if let Err(v) = result {
         panic!("{v}\ninput: {input:?}");
     }

@@ -18,6 +18,7 @@ fuzz_target!(|input: SetBatchInput| {
     let mut feats = Features::default();
     let result = run_set_batch(ctx, &input, &mut feats);
     feedback::record(&feats);
+    feedback::check_kernel_log();
     if let Err(v) = result {
         panic!("{v}\ninput: {input:?}");
     }

@@ -30,3 +30,24 @@ pub fn record(f: &Features) {
         }
     }
 }
+
+/// The opt-in kernel-log oracle: with KVM_MSR_FUZZ_KMSG=1, any new WARNING/BUG/KASAN record or
+/// taint change during an input aborts with the record.
+pub fn check_kernel_log() {
+    use kvm_msr_suite::oracles::kmsg::KmsgWatch;
+    use std::sync::Mutex;
+    static WATCH: OnceLock<Option<Mutex<KmsgWatch>>> = OnceLock::new();
+    let w = WATCH.get_or_init(|| {
+        std::env::var_os("KVM_MSR_FUZZ_KMSG").map(|_| {
+            Mutex::new(
+                KmsgWatch::new()
+                    .unwrap_or_else(|e| panic!("KVM_MSR_FUZZ_KMSG=1 but /dev/kmsg: {e}")),
+            )
+        })
+    });
+    if let Some(w) = w {
+        if let Err(v) = w.lock().expect("one fuzzing thread").check() {
+            panic!("{v}");
+        }
+    }
+}

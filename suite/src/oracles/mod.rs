@@ -2,6 +2,7 @@
 //! chosen inputs; the fuzzer calls them with generated ones.
 
 pub mod filter;
+pub mod kmsg;
 
 use crate::catalogue::Catalogue;
 use crate::kvm::raw::MsrEntry;
