@@ -230,16 +230,13 @@ fn unknown_rdmsr(ctx: &Context) -> Outcome {
     }
 }
 
-fn unknown_wrmsr(ctx: &Context) -> Outcome {
-    if ctx.facts.ignore_msrs() {
-        return Outcome::skip(
-            "kvm.ignore_msrs=Y: unknown MSRs never exit (covered by exits.unknown.rdmsr)",
-        );
-    }
+/// A guest WRMSR of `data` to `index` exits once with `reason`, carrying the data, and retires
+/// once userspace completes it.
+fn one_write_exit(ctx: &Context, reason: u32, index: u32, data: u64) -> Outcome {
     let (run, _) = match one_exit(
         ctx,
-        REASON_UNKNOWN,
-        GuestOp::Wrmsr(UNKNOWN, 0xabc),
+        reason,
+        GuestOp::Wrmsr(index, data),
         MsrReply {
             error: false,
             data: 0,
@@ -250,18 +247,29 @@ fn unknown_wrmsr(ctx: &Context) -> Outcome {
     };
     let want = MsrExit {
         write: true,
-        index: UNKNOWN,
-        data: 0xabc,
-        reason: REASON_UNKNOWN,
+        index,
+        data,
+        reason,
     };
     if run.msr_exits == [want] && run.outcomes[0] == OpOutcome::Wrote {
-        Outcome::pass("one WRMSR exit carrying the written data; the WRMSR retired")
+        Outcome::pass(format!(
+            "one WRMSR exit (reason {reason:#x}) carrying the written data; the WRMSR retired"
+        ))
     } else {
         Outcome::fail(
             format!("exactly {want:x?}, then the WRMSR retires"),
             format!("exits {:x?}, guest {}", run.msr_exits, run.outcomes[0]),
         )
     }
+}
+
+fn unknown_wrmsr(ctx: &Context) -> Outcome {
+    if ctx.facts.ignore_msrs() {
+        return Outcome::skip(
+            "kvm.ignore_msrs=Y: unknown MSRs never exit (covered by exits.unknown.rdmsr)",
+        );
+    }
+    one_write_exit(ctx, REASON_UNKNOWN, UNKNOWN, 0xabc)
 }
 
 fn error_injects_gp(ctx: &Context) -> Outcome {
@@ -321,32 +329,7 @@ fn reason_disabled_gp(ctx: &Context) -> Outcome {
 fn inval_exit(ctx: &Context) -> Outcome {
     // MCG_CTL without MCG_CTL_P rejects a non-zero guest write with 1, not UNSUPPORTED
     // (x86.c set_msr_mce), so kvm_msr_reason maps it to INVAL.
-    let (run, _) = match one_exit(
-        ctx,
-        REASON_INVAL,
-        GuestOp::Wrmsr(MCG_CTL, 1),
-        MsrReply {
-            error: false,
-            data: 0,
-        },
-    ) {
-        Ok(x) => x,
-        Err(o) => return o,
-    };
-    let want = MsrExit {
-        write: true,
-        index: MCG_CTL,
-        data: 1,
-        reason: REASON_INVAL,
-    };
-    if run.msr_exits == [want] && run.outcomes[0] == OpOutcome::Wrote {
-        Outcome::pass("the refused write exited with reason INVAL; userspace completed it")
-    } else {
-        Outcome::fail(
-            format!("exactly {want:x?}"),
-            format!("exits {:x?}, guest {}", run.msr_exits, run.outcomes[0]),
-        )
-    }
+    one_write_exit(ctx, REASON_INVAL, MCG_CTL, 1)
 }
 
 fn not_completed_not_lost(ctx: &Context) -> Outcome {
