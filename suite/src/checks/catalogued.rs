@@ -10,7 +10,6 @@ use crate::catalogue::{
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::cpuid::{self, Vendor};
 use crate::machine::Machine;
-use crate::msr_index::IA32_MCG_CAP;
 
 fn info(ctx: &Context, index: u32) -> &MsrInfo {
     ctx.catalogue
@@ -111,12 +110,27 @@ fn apply_setup(mach: &Machine, m: &MsrInfo) -> crate::Result<()> {
 }
 
 fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
-    let g = m.gate.as_ref()?;
-    Some(g.state(
-        mach.vcpu.effective_cpuid.as_ref(),
-        mach.vcpu.get_msr(IA32_MCG_CAP),
-        mach.vcpu.pv_enforced,
-    ))
+    m.gate.as_ref().map(|g| mach.gate_state(g))
+}
+
+/// The documented outcome of `rule` on this machine (backend, its guest vendor) for `path`.
+fn outcome_on(
+    ctx: &Context,
+    mach: &Machine,
+    rule: &WriteRule,
+    path: AccessPath,
+) -> (WriteOutcome, String) {
+    let guest_vendor = mach
+        .vcpu
+        .effective_cpuid
+        .as_ref()
+        .and_then(|c| vendor_class(c.vendor()));
+    let (o, cite) = rule.outcome_for(RuleContext {
+        backend: ctx.facts.backend,
+        guest_vendor,
+        path,
+    });
+    (o, cite.to_string())
 }
 
 /// Guest checks need the gate open on the vCPU they run on.
@@ -229,17 +243,7 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    let guest_vendor = mach
-        .vcpu
-        .effective_cpuid
-        .as_ref()
-        .and_then(|c| vendor_class(c.vendor()));
-    let rc = RuleContext {
-        backend: ctx.facts.backend,
-        guest_vendor,
-        path: AccessPath::Host,
-    };
-    let (outcome, cite) = rule.outcome_for(rc);
+    let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Host);
     let gate = gate_state(m, &mach);
     if gate == Some(GateState::Closed)
         && m.gate
@@ -336,17 +340,7 @@ fn write_guest(
     if let Some(o) = guest_gate_closed(m, &mach) {
         return o;
     }
-    let guest_vendor = mach
-        .vcpu
-        .effective_cpuid
-        .as_ref()
-        .and_then(|c| vendor_class(c.vendor()));
-    let rc = RuleContext {
-        backend: ctx.facts.backend,
-        guest_vendor,
-        path: AccessPath::Guest,
-    };
-    let (outcome, cite) = rule.outcome_for(rc);
+    let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Guest);
     let readable = m.read_fails.is_none();
     if let Some(b) = rule.before {
         if !mach.vcpu.set_msr(index, b) {

@@ -6,7 +6,6 @@ use crate::catalogue::{GateState, HostWhenClosed};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::cpuid;
 use crate::machine::Machine;
-use crate::msr_index::IA32_MCG_CAP;
 
 const UCODE_REV: u32 = 0x8b;
 const PLATFORM_INFO: u32 = 0xce;
@@ -27,14 +26,17 @@ fn system_value(ctx: &Context, index: u32) -> Option<u64> {
 
 fn gate(ctx: &Context, m: &Machine, index: u32) -> Option<(GateState, HostWhenClosed)> {
     let g = ctx.catalogue.get(index)?.gate.as_ref()?;
-    Some((
-        g.state(
-            m.vcpu.effective_cpuid.as_ref(),
-            m.vcpu.get_msr(IA32_MCG_CAP),
-            m.vcpu.pv_enforced,
-        ),
-        g.host,
-    ))
+    Some((m.gate_state(g), g.host))
+}
+
+/// A second value valid before the first KVM_RUN: 0 when the current value is not 0 (every
+/// feature MSR accepts clearing what it offers), else the system value.
+fn other_valid_value(ctx: &Context, index: u32, cur: u64) -> u64 {
+    if cur != 0 {
+        0
+    } else {
+        system_value(ctx, index).unwrap_or(0)
+    }
 }
 
 fn vcpu_matches_system(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
@@ -84,13 +86,7 @@ fn immutable_after_run(ctx: &Context, index: u32) -> Outcome {
     let Some(cur) = m.vcpu.get_msr(index) else {
         return Outcome::fail("the vCPU value readable", "read failed");
     };
-    // A different value that is valid before the first run: 0 if the current value is not 0
-    // (every feature MSR accepts clearing what it offers), else the system value.
-    let other = if cur != 0 {
-        0
-    } else {
-        system_value(ctx, index).unwrap_or(0)
-    };
+    let other = other_valid_value(ctx, index, cur);
     if other == cur {
         return Outcome::skip(format!(
             "no second valid value: current and system value are both {}",
@@ -154,11 +150,7 @@ fn guest_reads_what_userspace_set(ctx: &Context, index: u32) -> Outcome {
     let Some(cur) = m.vcpu.get_msr(index) else {
         return Outcome::fail("the vCPU value readable", "read failed");
     };
-    let set = if cur != 0 {
-        0
-    } else {
-        system_value(ctx, index).unwrap_or(0)
-    };
+    let set = other_valid_value(ctx, index, cur);
     if !m.vcpu.set_msr(index, set) {
         return Outcome::fail(
             format!("KVM_SET_MSRS of {} accepted before KVM_RUN", hex(set)),

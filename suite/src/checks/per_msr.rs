@@ -4,7 +4,6 @@
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::{GateState, HostWhenClosed, MsrInfo, Volatility};
 use crate::guest::{GuestOp, OpOutcome};
-use crate::msr_index::IA32_MCG_CAP;
 
 const ADVERTISED: &str = "api.rst 4.3 (the index list holds the MSRs to save and restore); x86.c kvm_do_msr_access: a host read of an advertised MSR that returns KVM_MSR_RET_UNSUPPORTED succeeds with 0";
 
@@ -120,13 +119,9 @@ fn guest_repeat(ctx: &Context, index: u32) -> Outcome {
 fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
     let info = ctx.catalogue.get(index);
     with_machine(ctx, false, |m| {
-        let mcg_cap = m.vcpu.get_msr(IA32_MCG_CAP);
-        let gate = info.and_then(|i| i.gate.as_ref()).map(|g| {
-            (
-                g,
-                g.state(m.vcpu.effective_cpuid.as_ref(), mcg_cap, m.vcpu.pv_enforced),
-            )
-        });
+        let gate = info
+            .and_then(|i| i.gate.as_ref())
+            .map(|g| (g, m.gate_state(g)));
         let before = m.vcpu.get_msr(index);
         let run = m.run_ops(&[GuestOp::Rdmsr(index)]);
         let after = m.vcpu.get_msr(index);
