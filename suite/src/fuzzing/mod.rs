@@ -1,0 +1,228 @@
+//! Fuzzing support: structured inputs (derive Arbitrary) and executors that run them through the
+//! same oracles the checks use. The fuzz targets in `fuzz/` are thin wrappers over this module;
+//! the seed corpus in `fixtures/corpus/` is replayed by `cargo test`.
+
+mod filter;
+mod guest;
+mod set_batch;
+
+pub use filter::{run_filter, FilterInput, RangeChoice};
+pub use guest::{run_guest, GuestAccess, GuestInput, MAX_GUEST_OPS};
+pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
+
+use crate::checks::Context;
+use crate::oracles::Violation;
+use arbitrary::Arbitrary;
+
+/// Range edges where MSR handling changes hands (semantics §1.2, §1.9, §2).
+pub const EDGE_INDICES: &[u32] = &[
+    0x0,
+    0x1fff,
+    0x2000,
+    0x800,
+    0x8ff,
+    0x900,
+    0x4000_0000,
+    0x4000_00ff,
+    0x4b56_4d00,
+    0x4b56_4dff,
+    0xc000_0000,
+    0xc000_1fff,
+    0xc001_0000,
+    0xc001_1fff,
+    0xffff_ffff,
+];
+
+/// How an input names an MSR.
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub enum IndexChoice {
+    /// The n-th MSR of the host's index list (modulo its length).
+    Listed(u8),
+    /// The n-th feature MSR.
+    Feature(u8),
+    /// A range edge.
+    Edge(u8),
+    /// Any 32-bit index.
+    Raw(u32),
+}
+
+/// How an input picks a value.
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub enum ValueChoice {
+    Zero,
+    Ones,
+    Bit(u8),
+    /// Only the high dword set.
+    High(u32),
+    /// The highest canonical address and its first non-canonical neighbour, 48 or 57 bits.
+    CanonicalEdge {
+        la57: bool,
+        above: bool,
+    },
+    Raw(u64),
+}
+
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub struct EntryChoice {
+    pub index: IndexChoice,
+    pub value: ValueChoice,
+}
+
+impl IndexChoice {
+    pub fn resolve(self, ctx: &Context) -> u32 {
+        let pick = |l: &[u32], n: u8| {
+            if l.is_empty() {
+                0
+            } else {
+                l[n as usize % l.len()]
+            }
+        };
+        match self {
+            IndexChoice::Listed(n) => pick(&ctx.facts.msr_index_list, n),
+            IndexChoice::Feature(n) => pick(&ctx.facts.msr_feature_index_list, n),
+            IndexChoice::Edge(n) => pick(EDGE_INDICES, n),
+            IndexChoice::Raw(i) => i,
+        }
+    }
+}
+
+impl ValueChoice {
+    pub fn resolve(self) -> u64 {
+        match self {
+            ValueChoice::Zero => 0,
+            ValueChoice::Ones => u64::MAX,
+            ValueChoice::Bit(b) => 1u64 << (b % 64),
+            ValueChoice::High(h) => u64::from(h) << 32,
+            ValueChoice::CanonicalEdge { la57, above } => {
+                let bits = if la57 { 57 } else { 48 };
+                let top = (1u64 << (bits - 1)) - 1;
+                if above {
+                    top + 1
+                } else {
+                    top
+                }
+            }
+            ValueChoice::Raw(v) => v,
+        }
+    }
+}
+
+/// MSRs whose value is a guest physical address KVM writes a structure to (msr.rst: wall clock,
+/// kvm-clock, async PF, steal time, PV EOI). A generated value would let KVM overwrite the
+/// harness's own page tables or code, so the executor keeps the low 12 bits (flags, alignment)
+/// and moves the address into the scratch pages at 0x9000 (free in guest/layout.rs).
+pub const GPA_MSRS: &[u32] = &[
+    0x11,
+    0x12,
+    0x4b56_4d00,
+    0x4b56_4d01,
+    0x4b56_4d02,
+    0x4b56_4d03,
+    0x4b56_4d04,
+];
+
+/// `value` for `index`, confined to scratch memory when KVM would write at it. Values below 0x1000
+/// (GPA page 0, which the harness leaves unused) stay as they are.
+pub fn confine(index: u32, value: u64) -> u64 {
+    if GPA_MSRS.contains(&index) && value >= 0x1000 {
+        0x9000 | (value & 0xfff)
+    } else {
+        value
+    }
+}
+
+/// Observable outcomes of one input as small integers: this kernel has no KCOV, so the fuzz
+/// targets feed these to libFuzzer (an extra-counters section) as coverage of KVM's behaviour
+/// classes -- operation, MSR class, result -- instead of coverage of the harness.
+#[derive(Clone, Debug, Default)]
+pub struct Features {
+    pub ids: Vec<u32>,
+}
+
+impl Features {
+    /// Record one feature made of `parts` (hashed with FNV-1a).
+    pub fn add(&mut self, parts: &[u32]) {
+        let mut h: u32 = 0x811c_9dc5;
+        for p in parts {
+            for b in p.to_le_bytes() {
+                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+            }
+        }
+        self.ids.push(h);
+    }
+}
+
+/// Feedback key of an MSR: the index itself for MSRs KVM lists or the catalogue knows (each has
+/// its own behaviour), a coarse range class for everything else.
+pub fn msr_class(ctx: &Context, index: u32) -> u32 {
+    if ctx.facts.is_advertised(index)
+        || ctx.facts.is_feature_msr(index)
+        || ctx.catalogue.get(index).is_some()
+    {
+        return 0x100 | index;
+    }
+    if ctx.facts.is_advertised(index) {
+        0
+    } else if ctx.facts.is_feature_msr(index) {
+        1
+    } else if ctx.catalogue.get(index).is_some() {
+        2
+    } else {
+        match index {
+            0x800..=0x8ff => 3,
+            0x4000_0000..=0x4000_0fff => 4,
+            0x4b56_4d00..=0x4b56_4dff => 5,
+            0xc000_0000..=0xc000_1fff => 6,
+            0xc001_0000..=0xc001_1fff => 7,
+            _ => 8,
+        }
+    }
+}
+
+/// The seed corpus of a target, sorted by file name.
+pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = crate::fixtures::fixtures_dir().join("corpus").join(target);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The fuzz targets, by name: decode a corpus or crash file and run it with its oracles.
+pub const TARGETS: &[&str] = &["set_batch", "guest", "filter"];
+
+/// Decode `bytes` as an input of `target` and describe it; then run it.
+pub fn replay(
+    ctx: &Context,
+    target: &str,
+    bytes: &[u8],
+) -> Result<(String, Result<(), Violation>), String> {
+    let u = || arbitrary::Unstructured::new(bytes);
+    match target {
+        "set_batch" => {
+            let i = SetBatchInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((
+                format!("{i:#?}"),
+                run_set_batch(ctx, &i, &mut Features::default()),
+            ))
+        }
+        "guest" => {
+            let i = GuestInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((
+                format!("{i:#?}"),
+                run_guest(ctx, &i, &mut Features::default()),
+            ))
+        }
+        "filter" => {
+            let i = FilterInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            Ok((
+                format!("{i:#?}\nfilter: {:#x?}", i.filter(ctx)),
+                run_filter(ctx, &i, &mut Features::default()),
+            ))
+        }
+        other => Err(format!(
+            "unknown target {other:?}; expected one of {TARGETS:?}"
+        )),
+    }
+}
