@@ -6,6 +6,7 @@ pub mod filter;
 pub mod memory;
 pub mod raw;
 pub mod run;
+pub mod stats;
 pub mod system;
 pub mod vm;
 
