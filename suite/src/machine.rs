@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::guest::asm::Code;
 use crate::guest::layout::{MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
+use crate::guest::msr_loop::{self, LoopResult, MsrLoop};
 use crate::guest::program::{read_results, write_program};
 use crate::guest::{code, long_mode, GuestOp, OpOutcome};
 use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
@@ -106,6 +107,20 @@ pub struct Machine {
     pub runtime: Code,
     pub timeout: Duration,
     runs: u32,
+    /// The entry point whose program the vCPU last completed: the guest then sits after its
+    /// PORT_DONE OUT and jumps back to that entry on the next KVM_RUN, so a run from the same
+    /// entry needs no KVM_SET_REGS. None after a death or before the first run.
+    resume: Option<u64>,
+    /// The last entry label looked up and its address.
+    entry_cache: Option<(String, u64)>,
+}
+
+/// One run of the benchmark loop (`guest::msr_loop`).
+#[derive(Clone, Debug)]
+pub struct LoopRun {
+    pub result: LoopResult,
+    /// Userspace MSR exits completed during the run.
+    pub msr_exits: u64,
 }
 
 impl Machine {
@@ -126,6 +141,8 @@ impl Machine {
             runtime,
             timeout: config.timeout,
             runs: 0,
+            resume: None,
+            entry_cache: None,
         })
     }
 
@@ -175,28 +192,79 @@ impl Machine {
         self.run_from_with(entry, ops, Some(handler))
     }
 
+    /// Forget where the guest stopped: the next run starts with KVM_SET_REGS at its entry.
+    /// Call it after changing the vCPU's registers (KVM_SET_REGS) behind the machine's back.
+    pub fn restart_at_entry(&mut self) {
+        self.resume = None;
+    }
+
     fn run_from_with(
         &mut self,
         label: &str,
         ops: &[GuestOp],
-        mut handler: Option<&mut dyn FnMut(&MsrExit) -> MsrReply>,
+        handler: Option<&mut dyn FnMut(&MsrExit) -> MsrReply>,
     ) -> GuestRun {
         write_program(&mut self.vm.mem, ops);
-        let entry = self.runtime.label(label);
         let mut msr_exits = Vec::new();
-        if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
-            return GuestRun {
-                outcomes: vec![OpOutcome::NotReached; ops.len()],
-                msr_exits,
-                death: Some(GuestDeath {
-                    exit: Exit::RunError { errno: e.errno() },
-                    detail: "KVM_SET_REGS failed".into(),
-                }),
-            };
-        }
-        self.runs += 1;
         // Every op can exit at most once; anything beyond that is a loop, reported as a death.
         let budget = 2 * ops.len() + 8;
+        let death = self.drive(label, handler, budget, &mut |m| msr_exits.push(*m));
+        GuestRun {
+            outcomes: read_results(&self.vm.mem, ops),
+            msr_exits,
+            death,
+        }
+    }
+
+    /// Run the benchmark loop (`guest::msr_loop`) once with `params`, completing userspace MSR
+    /// exits with `handler` if given (without one, an MSR exit ends the run as a death).
+    pub fn run_msr_loop(
+        &mut self,
+        params: &MsrLoop,
+        handler: Option<&mut dyn FnMut(&MsrExit) -> MsrReply>,
+    ) -> std::result::Result<LoopRun, GuestDeath> {
+        msr_loop::write(&mut self.vm.mem, params);
+        let mut exits = 0u64;
+        let budget = usize::try_from(params.count)
+            .unwrap_or(usize::MAX)
+            .saturating_add(8);
+        match self.drive("msr_loop", handler, budget, &mut |_| exits += 1) {
+            None => Ok(LoopRun {
+                result: msr_loop::read(&self.vm.mem),
+                msr_exits: exits,
+            }),
+            Some(d) => Err(d),
+        }
+    }
+
+    /// Enter the runtime at `label` (KVM_SET_REGS unless the guest already loops back to it)
+    /// and KVM_RUN until PORT_DONE, completing at most `budget` userspace MSR exits with
+    /// `handler`. Returns why the guest stopped early, if it did.
+    fn drive(
+        &mut self,
+        label: &str,
+        mut handler: Option<&mut dyn FnMut(&MsrExit) -> MsrReply>,
+        budget: usize,
+        on_msr_exit: &mut dyn FnMut(&MsrExit),
+    ) -> Option<GuestDeath> {
+        let entry = match &self.entry_cache {
+            Some((l, a)) if l == label => *a,
+            _ => {
+                let a = self.runtime.label(label);
+                self.entry_cache = Some((label.to_string(), a));
+                a
+            }
+        };
+        if self.resume.take() != Some(entry) {
+            if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
+                return Some(GuestDeath {
+                    exit: Exit::RunError { errno: e.errno() },
+                    detail: "KVM_SET_REGS failed".into(),
+                });
+            }
+        }
+        self.runs += 1;
+        let mut handled = 0usize;
         let death = loop {
             let exit = self.vcpu.run(self.timeout);
             let msr = match exit {
@@ -219,8 +287,9 @@ impl Machine {
                 _ => None,
             };
             match (msr, handler.as_deref_mut()) {
-                (Some(m), Some(h)) if msr_exits.len() < budget => {
-                    msr_exits.push(m);
+                (Some(m), Some(h)) if handled < budget => {
+                    handled += 1;
+                    on_msr_exit(&m);
                     let reply = h(&m);
                     let run = self.vcpu.fd.get_kvm_run();
                     // The exit reason is KVM_EXIT_X86_RDMSR/WRMSR, so `msr` is the live union member;
@@ -252,10 +321,9 @@ impl Machine {
                 }
             };
         };
-        GuestRun {
-            outcomes: read_results(&self.vm.mem, ops),
-            msr_exits,
-            death,
+        if death.is_none() {
+            self.resume = Some(entry);
         }
+        death
     }
 }

@@ -11,7 +11,8 @@
 //! PORT_UNEXPECTED exit (like KVM selftests' KVM_ASM_SAFE, in general-purpose registers only).
 
 use super::asm::{Asm, Code};
-use super::layout::{MAILBOX, PORT_DONE, PORT_UNEXPECTED};
+use super::layout::{LOOP_PARAMS, MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
+use super::msr_loop as lp;
 
 /// Exceptions that push an error code (SDM vol. 3A, table 6-1; APM vol. 2 table 8-1).
 pub fn has_error_code(vector: u8) -> bool {
@@ -42,15 +43,99 @@ pub fn stub_label(v: u8) -> &'static str {
 /// Record field offsets the code uses (see `program` for the layout).
 const _: () = assert!(super::program::RECORD_SIZE == 0x20);
 
-/// Assemble the runtime at `base`. Entry point: label `interpreter`.
+/// Assemble the runtime at `base`. Entry points: labels `interpreter` (and `interpreter_fep`),
+/// `msr_loop`, and the misbehaviours.
+///
+/// After signalling PORT_DONE both the interpreter and the MSR loop jump back to their entry, so
+/// the next KVM_RUN runs the same program again without KVM_SET_REGS (see `Machine`).
 pub fn runtime(base: u64) -> Code {
     let mut a = Asm::new(base);
     exception_stubs(&mut a);
     common_handler(&mut a);
     interpreter(&mut a, &PLAIN);
     interpreter(&mut a, &FEP);
+    msr_loop(&mut a);
     misbehaviour(&mut a);
     a.finish()
+}
+
+/// rdtsc; rdx:rax -> rax.
+fn read_tsc(a: &mut Asm) {
+    a.i(&[0x0f, 0x31], "rdtsc");
+    a.i(&[0x48, 0xc1, 0xe2, 0x20], "shl rdx,0x20");
+    a.i(&[0x48, 0x09, 0xd0], "or rax,rdx");
+}
+
+/// The benchmark loop (kvm-unit-tests' vmexit test does the same): read the parameter block at
+/// LOOP_PARAMS (`msr_loop` module: kind, index, value, count >= 1), read the TSC, run `count`
+/// iterations of RDMSR, WRMSR or nothing, read the TSC again, store the difference, OUT to
+/// PORT_DONE. The three loops differ only in the MSR instruction, so the empty loop is the
+/// reference for loop overhead. r10/r11 guard the loop's MSR instruction once, before the first
+/// TSC read: a fault (an unknown MSR) is recorded in the fixup record and the loop goes on.
+fn msr_loop(a: &mut Asm) {
+    let p = (LOOP_PARAMS as u32).to_le_bytes();
+    a.label("msr_loop");
+    a.i(
+        &[0xbb, p[0], p[1], p[2], p[3]],
+        &format!("mov ebx,{LOOP_PARAMS:#x}"),
+    );
+    a.i(&[0x48, 0x8d, 0x73, lp::FIXUP_RECORD], "lea rsi,[rbx+0x40]");
+    a.i(&[0x4c, 0x8b, 0x43, lp::COUNT], "mov r8,[rbx+0x10]");
+    a.i(&[0x8b, 0x0b], "mov ecx,[rbx]"); // lp::INDEX == 0
+    a.i(&[0x8b, 0x7b, lp::KIND], "mov edi,[rbx+4]");
+    a.i(&[0x83, 0xff, 0x01], "cmp edi,1");
+    a.br8(0x74, "loop_rdmsr_start", "je loop_rdmsr_start");
+    a.i(&[0x83, 0xff, 0x02], "cmp edi,2");
+    a.br8(0x74, "loop_wrmsr_start", "je loop_wrmsr_start");
+    loop_variant(a, "loop_empty_start", "loop_empty", None);
+    a.br8(0xeb, "loop_end", "jmp loop_end");
+    loop_variant(
+        a,
+        "loop_rdmsr_start",
+        "loop_rdmsr",
+        Some(([0x0f, 0x32], "rdmsr")),
+    );
+    a.br8(0xeb, "loop_end", "jmp loop_end");
+    loop_variant(
+        a,
+        "loop_wrmsr_start",
+        "loop_wrmsr",
+        Some(([0x0f, 0x30], "wrmsr")),
+    );
+    a.label("loop_end");
+    read_tsc(a);
+    a.i(&[0x4c, 0x29, 0xc8], "sub rax,r9");
+    a.i(&[0x48, 0x89, 0x43, lp::TSC_CYCLES], "mov [rbx+0x18],rax");
+    a.i(&[0xe6, PORT_DONE as u8], &format!("out {PORT_DONE:#x},al"));
+    a.br32(&[0xe9], "msr_loop", "jmp msr_loop");
+}
+
+fn loop_variant(
+    a: &mut Asm,
+    start: &'static str,
+    body: &'static str,
+    insn: Option<([u8; 2], &str)>,
+) {
+    a.label(start);
+    read_tsc(a);
+    a.i(&[0x49, 0x89, 0xc1], "mov r9,rax");
+    a.i(&[0x8b, 0x43, lp::VALUE], "mov eax,[rbx+8]");
+    a.i(&[0x8b, 0x53, lp::VALUE + 4], "mov edx,[rbx+0xc]");
+    // r10 -> the MSR instruction, r11 -> after it (the empty loop has none: both -> dec).
+    let len = if insn.is_some() { 2 } else { 0 };
+    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]");
+    let text = if len == 0 {
+        "lea r11,[rip]".to_string()
+    } else {
+        format!("lea r11,[rip+{len}]")
+    };
+    a.i(&[0x4c, 0x8d, 0x1d, len, 0, 0, 0], &text);
+    a.label(body);
+    if let Some((bytes, text)) = insn {
+        a.i(&bytes, text);
+    }
+    a.i(&[0x49, 0xff, 0xc8], "dec r8");
+    a.br8(0x75, body, &format!("jne {body}"));
 }
 
 /// Entry points that make the guest die on purpose, so the harness's handling of a dead guest is
@@ -227,8 +312,13 @@ fn interpreter(a: &mut Asm, v: &Variant) {
     a.br32(&[0xe9], v.entry, &format!("jmp {}", v.entry));
     a.label(v.done);
     a.i(&[0xe6, PORT_DONE as u8], &format!("out {PORT_DONE:#x},al"));
-    a.i(&[0xf4], "hlt");
-    a.br8(0xeb, v.done, &format!("jmp {}", v.done));
+    // The next KVM_RUN runs the program at OPS again from its first record.
+    let ops = (OPS as u32).to_le_bytes();
+    a.i(
+        &[0xbe, ops[0], ops[1], ops[2], ops[3]],
+        &format!("mov esi,{OPS:#x}"),
+    );
+    a.br32(&[0xe9], v.entry, &format!("jmp {}", v.entry));
 }
 
 #[cfg(test)]
@@ -289,6 +379,9 @@ mod tests {
             ("guarded_wrmsr", 2, 2),
             ("guarded_rdmsr_fep", 2, 7),
             ("guarded_wrmsr_fep", 2, 7),
+            ("loop_rdmsr", 2, 2),
+            ("loop_wrmsr", 2, 2),
+            ("loop_empty", 2, 0),
         ] {
             let g = code.label(guard);
             // The two LEAs right before the guarded instruction: r10 -> it, r11 -> after it.

@@ -11,6 +11,9 @@ pub const TSS: u64 = 0x3000;
 pub const PML4: u64 = 0x4000;
 pub const PDPT: u64 = 0x5000;
 pub const PD: u64 = 0x6000;
+/// The MSR loop's parameter block (`guest::msr_loop`): kind, index, value, count in; TSC cycles
+/// and the #GP fixup's record out.
+pub const LOOP_PARAMS: u64 = 0x7000;
 /// Where the exception handler reports an exception it did not expect: vector, error code, RIP.
 pub const MAILBOX: u64 = 0x8000;
 /// Handlers and the MSR-op interpreter.

@@ -6,6 +6,7 @@ pub mod asm;
 pub mod code;
 pub mod layout;
 pub mod long_mode;
+pub mod msr_loop;
 pub mod program;
 
 pub use program::{GuestOp, OpOutcome};

@@ -88,21 +88,20 @@ pub fn write_program(mem: &mut GuestMemory, ops: &[GuestOp]) {
         "program of {} ops exceeds {MAX_OPS}",
         ops.len()
     );
-    let mut buf = vec![0u8; (ops.len() + 1) * RECORD_SIZE];
-    for (i, op) in ops.iter().enumerate() {
-        let r = &mut buf[i * RECORD_SIZE..(i + 1) * RECORD_SIZE];
-        let (code, index, value) = match *op {
-            GuestOp::Rdmsr(i) => (OP_RDMSR, i, 0),
-            GuestOp::Wrmsr(i, v) => (OP_WRMSR, i, v),
-            GuestOp::Cpuid(leaf, sub) => (OP_CPUID, leaf, u64::from(sub)),
+    // One record at a time (the terminator last), so a short program costs no allocation.
+    for i in 0..=ops.len() {
+        let (code, index, value) = match ops.get(i) {
+            None => (OP_END, 0, 0),
+            Some(GuestOp::Rdmsr(i)) => (OP_RDMSR, *i, 0),
+            Some(GuestOp::Wrmsr(i, v)) => (OP_WRMSR, *i, *v),
+            Some(GuestOp::Cpuid(leaf, sub)) => (OP_CPUID, *leaf, u64::from(*sub)),
         };
+        let mut r = [0u8; RECORD_SIZE];
         r[0..4].copy_from_slice(&code.to_le_bytes());
         r[4..8].copy_from_slice(&index.to_le_bytes());
         r[8..16].copy_from_slice(&value.to_le_bytes());
+        mem.write(OPS + (i * RECORD_SIZE) as u64, &r);
     }
-    let last = ops.len() * RECORD_SIZE;
-    buf[last..last + 4].copy_from_slice(&OP_END.to_le_bytes());
-    mem.write(OPS, &buf);
 }
 
 /// Read back what the interpreter recorded.

@@ -1,12 +1,36 @@
 //! KVM_RUN with a deadline, and exits turned into owned values a check can report.
 //!
-//! A hung guest must become a verdict, not a hung test run: before KVM_RUN a per-vCPU POSIX timer
-//! is armed to signal the calling thread (SIGEV_THREAD_ID). The signal handler does nothing; the
-//! signal makes KVM_RUN return EINTR (api.rst 4.10). The timer repeats every few milliseconds so a
-//! signal that lands just before the thread enters KVM_RUN is followed by another.
+//! A hung guest must become a verdict, not a hung test run. Each vCPU has a [`Deadline`] slot
+//! that the vCPU thread fills before KVM_RUN (its thread id and the time by which the run must
+//! end) and clears after: two atomic stores and a vDSO clock read, no system call. One watchdog
+//! thread per process sleeps until the earliest deadline it knows of; when a vCPU is still in a
+//! run past its deadline, it signals that thread (tgkill) and repeats every few milliseconds, so
+//! a signal that lands just before the thread enters KVM_RUN is followed by another. The signal
+//! handler does nothing; the signal makes KVM_RUN return EINTR (api.rst 4.10).
 
-use std::sync::Once;
+use std::sync::atomic::{
+    AtomicI32, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
+use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
+use vmm_sys_util::ioctl::ioctl;
+use vmm_sys_util::ioctl_io_nr;
+
+ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+
+/// KVM_RUN on a vCPU fd (api.rst 4.10), nothing else: Ok once it returned 0 (the exit is in
+/// the vCPU's kvm_run area), else the errno. The harness and the benchmarks' raw loop both use
+/// exactly this.
+pub fn kvm_run(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), i32> {
+    // SAFETY: KVM_RUN takes no argument; `vcpu` is an open vCPU fd whose kvm_run area stays
+    // mapped by `VcpuFd` while it lives.
+    let ret = unsafe { ioctl(vcpu, KVM_RUN()) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(())
+    }
+}
 
 /// The signal used to kick vCPU threads out of KVM_RUN.
 fn kick_signal() -> libc::c_int {
@@ -30,64 +54,162 @@ fn install_handler() {
     });
 }
 
-/// A timer that signals one thread.
-pub struct Watchdog {
-    timer: libc::timer_t,
+/// Nanoseconds on a process-wide monotonic clock (never 0, which means "not in a run").
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
-// SAFETY: a timer_t is a kernel handle; it may be armed from any thread. The timer targets the
-// thread id captured at creation, which `Vcpu::run` refreshes before each use.
-unsafe impl Send for Watchdog {}
+thread_local! {
+    static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
 
-impl Watchdog {
-    /// A timer aimed at the calling thread.
-    pub fn for_current_thread() -> std::io::Result<Self> {
+fn current_tid() -> i32 {
+    TID.with(|t| {
+        if t.get() == 0 {
+            // SAFETY: gettid has no preconditions.
+            t.set(unsafe { libc::gettid() });
+        }
+        t.get()
+    })
+}
+
+/// How often the watchdog re-signals a vCPU that is past its deadline.
+const RESIGNAL: Duration = Duration::from_millis(5);
+/// The longest the watchdog sleeps without looking.
+const IDLE: Duration = Duration::from_secs(1);
+
+struct Slot {
+    tid: AtomicI32,
+    /// `now_ns()` by which the current run must end; 0 while not in a run.
+    deadline: AtomicU64,
+}
+
+struct Watchdog {
+    slots: Mutex<Vec<Weak<Slot>>>,
+    /// When the watchdog thread next looks (0 while it is looking).
+    wakes_at: AtomicU64,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+static WATCHDOG: Watchdog = Watchdog {
+    slots: Mutex::new(Vec::new()),
+    wakes_at: AtomicU64::new(0),
+    thread: OnceLock::new(),
+};
+
+/// The watchdog, its thread started on first use.
+fn watchdog() -> &'static Watchdog {
+    WATCHDOG.thread.get_or_init(|| {
         install_handler();
-        // SAFETY: zeroed sigevent is a valid starting point; we fill the fields Linux reads for
-        // SIGEV_THREAD_ID. gettid has no preconditions.
-        unsafe {
-            let mut sev: libc::sigevent = std::mem::zeroed();
-            sev.sigev_notify = libc::SIGEV_THREAD_ID;
-            sev.sigev_signo = kick_signal();
-            sev.sigev_notify_thread_id = libc::gettid();
-            let mut timer: libc::timer_t = std::mem::zeroed();
-            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) != 0 {
-                return Err(std::io::Error::last_os_error());
+        std::thread::Builder::new()
+            .name("kvm-msr-watchdog".into())
+            .spawn(watch)
+            .expect("spawning the KVM_RUN watchdog thread")
+            .thread()
+            .clone()
+    });
+    &WATCHDOG
+}
+
+fn watch() {
+    let w = &WATCHDOG;
+    loop {
+        w.wakes_at.store(0, SeqCst);
+        let now = now_ns();
+        let mut next = now + IDLE.as_nanos() as u64;
+        {
+            let mut slots = w.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.retain(|s| s.strong_count() > 0);
+            for s in slots.iter().filter_map(Weak::upgrade) {
+                let d = s.deadline.load(SeqCst);
+                if d == 0 {
+                    continue;
+                }
+                if now >= d {
+                    // SAFETY: tgkill with our own pid and a thread id read from a live slot;
+                    // at worst the thread has just left KVM_RUN and runs the empty handler.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_tgkill,
+                            libc::getpid(),
+                            s.tid.load(SeqCst),
+                            kick_signal(),
+                        );
+                    }
+                    next = next.min(now + RESIGNAL.as_nanos() as u64);
+                } else {
+                    next = next.min(d);
+                }
             }
-            Ok(Watchdog { timer })
         }
-    }
-
-    fn set(&self, first: Duration, every: Duration) {
-        let ts = |d: Duration| libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        };
-        let spec = libc::itimerspec {
-            it_interval: ts(every),
-            it_value: ts(first),
-        };
-        // SAFETY: `self.timer` is a live timer created in `for_current_thread`.
-        unsafe {
-            libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut());
+        w.wakes_at.store(next, SeqCst);
+        let now = now_ns();
+        if next > now {
+            std::thread::park_timeout(Duration::from_nanos(next - now));
         }
-    }
-
-    pub fn arm(&self, timeout: Duration) {
-        self.set(timeout, Duration::from_millis(5));
-    }
-
-    pub fn disarm(&self) {
-        self.set(Duration::ZERO, Duration::ZERO);
     }
 }
 
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // SAFETY: deletes the timer created in `for_current_thread`, once.
-        unsafe {
-            libc::timer_delete(self.timer);
+/// A vCPU's deadline slot, watched by the process's watchdog thread.
+pub struct Deadline {
+    slot: Arc<Slot>,
+}
+
+impl Deadline {
+    pub fn new() -> Deadline {
+        let w = watchdog();
+        let slot = Arc::new(Slot {
+            tid: AtomicI32::new(0),
+            deadline: AtomicU64::new(0),
+        });
+        let mut slots = w.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= 64 {
+            slots.retain(|s| s.strong_count() > 0);
         }
+        slots.push(Arc::downgrade(&slot));
+        drop(slots);
+        Deadline { slot }
+    }
+
+    /// The calling thread enters a run that must end within `timeout`. Returns the start, for
+    /// [`Deadline::since`].
+    pub fn arm(&self, timeout: Duration) -> u64 {
+        let start = now_ns();
+        let d = start + timeout.as_nanos().min(u128::from(u64::MAX / 2)) as u64;
+        let tid = current_tid();
+        if self.slot.tid.load(Relaxed) != tid {
+            self.slot.tid.store(tid, Relaxed);
+        }
+        // SeqCst: the deadline is visible before `wakes_at` is read (see `watch`), and the
+        // thread id before the deadline.
+        self.slot.deadline.store(d, SeqCst);
+        let w = &WATCHDOG;
+        let wakes = w.wakes_at.load(SeqCst);
+        // 0: the watchdog is scanning and may have missed this slot; an earlier deadline than
+        // its next look: wake it so it sleeps until ours instead.
+        if wakes == 0 || d < wakes {
+            if let Some(t) = w.thread.get() {
+                t.unpark();
+            }
+        }
+        start
+    }
+
+    /// Time since `start` (a value [`Deadline::arm`] returned).
+    pub fn since(start: u64) -> Duration {
+        Duration::from_nanos(now_ns().saturating_sub(start))
+    }
+
+    /// The run ended.
+    pub fn disarm(&self) {
+        self.slot.deadline.store(0, Release);
+    }
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -279,9 +401,4 @@ pub fn decode_exit(run: &kvm_bindings::kvm_run) -> Exit {
             other => Exit::Other { reason: other },
         }
     }
-}
-
-/// Time spent, for the Timeout report.
-pub fn elapsed_since(t: Instant) -> Duration {
-    t.elapsed()
 }

@@ -4,13 +4,13 @@
 use super::cpuid::CpuidTable;
 use super::memory::GuestMemory;
 use super::raw::{self, MsrEntry, MsrIo, MsrOp};
-use super::run::{decode_exit, Exit, Watchdog};
+use super::run::{decode_exit, kvm_run, Deadline, Exit};
 use super::system::KvmSystem;
 use crate::error::{Error, Result};
 use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a fresh VM looks like.
 #[derive(Clone, Debug)]
@@ -133,7 +133,8 @@ impl Vm {
             effective_cpuid: None,
             set_cpuid_errno: None,
             pv_enforced: false,
-            watchdog: None,
+            kvm_runs: 0,
+            deadline: Deadline::new(),
         };
         if let CpuidPolicy::Table(t) = cpuid {
             if let Err(e) = vcpu.fd.set_cpuid2(&t.to_kvm()) {
@@ -155,7 +156,9 @@ pub struct Vcpu {
     pub set_cpuid_errno: Option<i32>,
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID was enabled on this vCPU.
     pub pv_enforced: bool,
-    watchdog: Option<(i32, Watchdog)>,
+    /// KVM_RUN calls made through [`Vcpu::run`], each a return to userspace (EINTR included).
+    pub kvm_runs: u64,
+    deadline: Deadline,
 }
 
 impl AsRawFd for Vcpu {
@@ -205,35 +208,21 @@ impl Vcpu {
 
     /// KVM_RUN once, with a deadline. Never blocks past `timeout` (plus a few milliseconds).
     pub fn run(&mut self, timeout: Duration) -> Exit {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        if self.watchdog.as_ref().is_none_or(|(t, _)| *t != tid) {
-            match Watchdog::for_current_thread() {
-                Ok(w) => self.watchdog = Some((tid, w)),
-                Err(e) => {
-                    return Exit::RunError {
-                        errno: e.raw_os_error().unwrap_or(-1),
-                    }
-                }
-            }
-        }
-        let wd = &self.watchdog.as_ref().expect("watchdog set above").1;
-        wd.arm(timeout);
-        let start = Instant::now();
+        let start = self.deadline.arm(timeout);
         let exit = loop {
-            match self.fd.run() {
-                Ok(_) => break decode_exit(self.fd.get_kvm_run()),
-                Err(e) if e.errno() == libc::EINTR => {
-                    if start.elapsed() >= timeout {
-                        break Exit::Timeout {
-                            after: start.elapsed(),
-                        };
+            self.kvm_runs += 1;
+            match kvm_run(&self.fd) {
+                Ok(()) => break decode_exit(self.fd.get_kvm_run()),
+                Err(libc::EINTR) => {
+                    let after = Deadline::since(start);
+                    if after >= timeout {
+                        break Exit::Timeout { after };
                     }
                 }
-                Err(e) => break Exit::RunError { errno: e.errno() },
+                Err(errno) => break Exit::RunError { errno },
             }
         };
-        wd.disarm();
+        self.deadline.disarm();
         exit
     }
 
