@@ -1,6 +1,7 @@
 //! kvm-msr-suite: conformance checks, fuzzing oracles and benchmarks for Linux KVM's x86 MSR
 //! handling. See ARCHITECTURE.md at the repository root for how the pieces fit.
 
+pub mod bench_summary;
 pub mod catalogue;
 pub mod checks;
 pub mod deviations;
