@@ -219,6 +219,96 @@ fn diff_exit_codes_follow_the_verdict() -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// A benchmark summary with one benchmark's median.
+fn bench_summary(dir: &std::path::Path, name: &str, median_ns: f64) -> std::io::Result<String> {
+    let s = serde_json::json!({
+        "schema": kvm_msr_suite::bench_summary::SCHEMA,
+        "unix_time": 0, "smoke": false, "harness_ratio": 1.02, "notes": [],
+        "host": {"kernel_release": "6.18", "backend": "pvm", "cpu_vendor": "Amd",
+                 "cpu_model_name": "AMD EPYC", "cpu_family": 25, "cpu_model": 1, "cpu_stepping": 1,
+                 "kvm_params": {}, "backend_params": {}, "caps": {}, "tsc_khz": 2445402,
+                 "vcpu_stats": "available"},
+        "benchmarks": [{"name": "guest_rdmsr/pat", "per": "access", "median_ns": median_ns,
+                        "mad_ns": 1.0, "iqr_ns": 2.0, "samples": 10, "iterations": 100,
+                        "exits_per_op": 0.0, "emulated_per_op": 1.0, "user_exits_per_op": 0.0,
+                        "net_of": "guest_reference/empty-loop", "guest_cycles_per_op": 5700.0,
+                        "guest_ns_per_op": 2330.0}]
+    });
+    let path = dir.join(name);
+    std::fs::write(&path, s.to_string())?;
+    Ok(path.display().to_string())
+}
+
+fn bench_compare_decides_from_interleaved_runs() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("kvm-msr-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let a: Vec<String> = [2400.0, 2410.0, 2395.0]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| bench_summary(&dir, &format!("a{i}.json"), *m))
+        .collect::<Result<_, _>>()?;
+    let slower: Vec<String> = [2900.0, 2950.0, 2920.0]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| bench_summary(&dir, &format!("b{i}.json"), *m))
+        .collect::<Result<_, _>>()?;
+    let same: Vec<String> = [2405.0, 2390.0, 2412.0]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| bench_summary(&dir, &format!("c{i}.json"), *m))
+        .collect::<Result<_, _>>()?;
+    let run = |b: &[String]| {
+        kvm_msr()
+            .arg("bench-compare")
+            .args(&a)
+            .arg("--")
+            .args(b)
+            .output()
+    };
+    let out = run(&slower)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(1),
+        format!("slower B: exit {:?}: {text}", out.status.code()),
+    )?;
+    check(
+        text.contains("guest_rdmsr/pat") && text.contains("B SLOWER"),
+        &text,
+    )?;
+    let out = run(&same)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(0),
+        format!("same B: exit {:?}: {text}", out.status.code()),
+    )?;
+    check(text.contains("within noise"), &text)?;
+    // Bad input: a file that is not a summary, a missing file, no `--`.
+    let bad = kvm_msr()
+        .args(["bench-compare", &a[0], "--", "/nonexistent.json"])
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    check(bad.status.code() == Some(2), format!("missing file: {err}"))?;
+    check(
+        err.contains("/nonexistent.json") && !err.contains("panicked"),
+        &err,
+    )?;
+    std::fs::write(dir.join("not.json"), "{\"schema\": 3}")?;
+    let not = dir.join("not.json").display().to_string();
+    let bad = kvm_msr()
+        .args(["bench-compare", &a[0], "--", &not])
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    check(
+        bad.status.code() == Some(2),
+        format!("not a summary: {err}"),
+    )?;
+    check(err.contains("not.json"), &err)?;
+    let bad = kvm_msr().args(["bench-compare", &a[0]]).output()?;
+    check(bad.status.code() == Some(2), "no B side is a usage error")?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -253,6 +343,10 @@ fn main() {
         (
             "diff_exit_codes_follow_the_verdict",
             diff_exit_codes_follow_the_verdict,
+        ),
+        (
+            "bench_compare_decides_from_interleaved_runs",
+            bench_compare_decides_from_interleaved_runs,
         ),
     ];
     let trials = tests

@@ -63,6 +63,18 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Compare benchmark summaries (target/kvm-msr-bench/summary.json from `cargo bench`) of
+    /// two kernels on one machine: the runs of A, `--`, the runs of B. Interleave the runs
+    /// (A B A B ...) and give each side 3 to 5. Exit status: 0 no benchmark differs beyond the
+    /// run-to-run noise, 1 some does, 2 bad input.
+    BenchCompare {
+        /// Summaries of side A.
+        #[arg(required = true)]
+        a: Vec<std::path::PathBuf>,
+        /// Summaries of side B (after `--`).
+        #[arg(last = true, required = true)]
+        b: Vec<std::path::PathBuf>,
+    },
     /// Print the MSR catalogue: what each MSR does under KVM, with sources. Needs no /dev/kvm.
     List {
         /// Only MSRs whose index, name or id contains this text (repeatable).
@@ -189,6 +201,31 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
     }
 }
 
+fn bench_compare(a: &[std::path::PathBuf], b: &[std::path::PathBuf]) -> ExitCode {
+    use kvm_msr_suite::bench_summary::{compare, Summary};
+    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Summary>, String> {
+        paths
+            .iter()
+            .map(|p| {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                Summary::parse(&text, &p.display().to_string())
+            })
+            .collect()
+    };
+    match read(a).and_then(|sa| read(b).map(|sb| (sa, sb))) {
+        Ok((sa, sb)) => {
+            let c = compare(&sa, &sb);
+            print!("{}", c.to_text(sa.len(), sb.len()));
+            ExitCode::from(if c.differs() { 1 } else { 0 })
+        }
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn list(filter: Vec<String>, brief: bool, json: bool) -> ExitCode {
     let cat = match Catalogue::load_default() {
         Ok(c) => c,
@@ -307,5 +344,6 @@ fn main() -> ExitCode {
         Command::Probe { format } => probe(format),
         Command::Replay { file, target } => replay(&file, target),
         Command::Diff { a, b } => diff(&a, &b),
+        Command::BenchCompare { a, b } => bench_compare(&a, &b),
     }
 }
