@@ -30,10 +30,12 @@ use kvm_msr_suite::machine::{Machine, MsrExit, MsrReply};
 use kvm_msr_suite::model::filter::{Filter, Range};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Iterations of the guest loop per KVM_RUN: amortises the entry and the final PIO exit.
-const N: u64 = 256;
+/// Iterations of the guest loop per KVM_RUN: amortises the entry and the final PIO exit
+/// (16 in smoke mode).
+static N: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| if smoke() { 16 } else { 256 });
 /// Runs of the instrumented (statistics) pass.
-const COUNT_RUNS: u64 = 20;
+static COUNT_RUNS: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| if smoke() { 4 } else { 20 });
 
 /// MSRs with different handling (in-kernel common code, vendor code, PV, fault).
 const GUEST_MSRS: &[(&str, u32)] = &[
@@ -80,7 +82,7 @@ fn harness(c: &mut Criterion, ctx: &Context, rec: &mut Recorder) {
     });
     g.finish();
     let mut stats = StatsSource::open(&m, ctx.facts.cap("KVM_CAP_BINARY_STATS_FD"));
-    let counts = count(&mut m, &mut stats, COUNT_RUNS, 1, |m| {
+    let counts = count(&mut m, &mut stats, *COUNT_RUNS, 1, |m| {
         assert!(m.run_ops(&[]).completed());
     });
     for id in ["harness/raw-loop", "harness/run_ops-empty"] {
@@ -131,11 +133,11 @@ fn guest_loop(c: &mut Criterion, ctx: &Context, rec: &mut Recorder) -> bool {
     });
     rec.extra("guest_reference/pio-exit", "round trip")
         .guest_cycles = cycles;
-    let pio_counts = count(&mut m, &mut stats, COUNT_RUNS, 1, |m| {
+    let pio_counts = count(&mut m, &mut stats, *COUNT_RUNS, 1, |m| {
         run_loop(m, &pio);
     });
     rec.extra("guest_reference/pio-exit", "round trip").counts = Some(pio_counts);
-    let (cycles, reference) = loop_bench(&mut g, &mut m, &mut stats, "empty-loop", empty(N));
+    let (cycles, reference) = loop_bench(&mut g, &mut m, &mut stats, "empty-loop", empty(*N));
     let x = rec.extra("guest_reference/empty-loop", "iteration");
     x.guest_cycles = cycles;
     x.counts = Some(reference);
@@ -153,7 +155,7 @@ fn guest_loop(c: &mut Criterion, ctx: &Context, rec: &mut Recorder) -> bool {
                 kind,
                 index,
                 value,
-                count: N,
+                count: *N,
             };
             let faulted = m.run_msr_loop(&p, None).map(|r| r.result.fault);
             match faulted {
@@ -203,7 +205,7 @@ fn loop_bench(
             total / p.count as u32
         })
     });
-    let counts = count(m, stats, COUNT_RUNS, p.count, |m| {
+    let counts = count(m, stats, *COUNT_RUNS, p.count, |m| {
         run_loop(m, &p);
     });
     (cycles, counts)
@@ -271,18 +273,18 @@ fn user_exits(c: &mut Criterion, ctx: &Context, rec: &mut Recorder) {
             kind,
             index: FILTERED,
             value: 0,
-            count: N,
+            count: *N,
         };
         let mut reply = |_: &MsrExit| MsrReply {
             error: false,
             data: 0,
         };
         match m.run_msr_loop(&p, Some(&mut reply)) {
-            Ok(r) if r.msr_exits == N => {}
+            Ok(r) if r.msr_exits == *N => {}
             Ok(r) => {
                 rec.note(format!(
-                    "guest_user_exit/{name} skipped: {} userspace exits for {N} denied accesses",
-                    r.msr_exits
+                    "guest_user_exit/{name} skipped: {} userspace exits for {} denied accesses",
+                    r.msr_exits, *N
                 ));
                 continue;
             }
@@ -300,12 +302,12 @@ fn user_exits(c: &mut Criterion, ctx: &Context, rec: &mut Recorder) {
                     let r = m.run_msr_loop(&p, Some(&mut reply));
                     total += start.elapsed();
                     let r = r.expect("the userspace-exit loop");
-                    cycles.push(r.result.tsc_cycles as f64 / N as f64);
+                    cycles.push(r.result.tsc_cycles as f64 / *N as f64);
                 }
-                total / N as u32
+                total / *N as u32
             })
         });
-        let counts = count(&mut m, &mut stats, COUNT_RUNS, N, |m| {
+        let counts = count(&mut m, &mut stats, *COUNT_RUNS, *N, |m| {
             m.run_msr_loop(&p, Some(&mut reply))
                 .expect("the userspace-exit loop");
         });
