@@ -2,7 +2,7 @@
 //! (vCPU statistics, guest TSC cycles), and the summary written after criterion has finished
 //! (`target/kvm-msr-bench/summary.json`, schema in `kvm_msr_suite::bench_summary`).
 
-use kvm_msr_suite::bench_summary::{sample_stats, Bench, Fingerprint, Summary, SCHEMA};
+use kvm_msr_suite::bench_summary::{classify, sample_stats, Bench, Fingerprint, Summary, SCHEMA};
 use kvm_msr_suite::kvm::stats::{Stats, VcpuStats};
 use kvm_msr_suite::machine::Machine;
 use std::collections::BTreeMap;
@@ -227,6 +227,7 @@ pub fn finish(rec: &Recorder, facts: &kvm_msr_suite::kvm::facts::HostFacts, sinc
                 b.exits_per_op = c.exits;
                 b.emulated_per_op = c.emulated;
                 b.user_exits_per_op = Some(c.user_exits);
+                b.measured = Some(classify(c.exits, c.emulated, c.user_exits));
             }
             b.net_of = x.net_of.clone();
             b.guest_cycles_per_op = median(&x.guest_cycles);
@@ -279,7 +280,7 @@ pub fn table(s: &Summary) -> String {
         s.host.vcpu_stats
     );
     out += &format!(
-        "{:<36} {:>10} {:>7} {:>10} {:>10} {:>11} {:>7} {:>7} {:>7}\n",
+        "{:<36} {:>10} {:>7} {:>10} {:>10} {:>11} {:>7} {:>7} {:>7}  measured\n",
         "benchmark", "median", "MAD", "net/op", "guest ns", "guest cyc", "exits", "user", "emul"
     );
     for b in &s.benchmarks {
@@ -291,7 +292,7 @@ pub fn table(s: &Summary) -> String {
             _ => "-".into(),
         };
         out += &format!(
-            "{:<36} {:>10} {:>6.1}% {:>10} {:>10} {:>11} {:>7} {:>7} {:>7}\n",
+            "{:<36} {:>10} {:>6.1}% {:>10} {:>10} {:>11} {:>7} {:>7} {:>7}  {}\n",
             b.name,
             fmt_ns(b.median_ns),
             100.0 * b.mad_ns / b.median_ns,
@@ -301,6 +302,7 @@ pub fn table(s: &Summary) -> String {
             opt(b.exits_per_op, |v| format!("{v:.2}")),
             opt(b.user_exits_per_op, |v| format!("{v:.2}")),
             opt(b.emulated_per_op, |v| format!("{v:.2}")),
+            b.measured.as_deref().unwrap_or("-"),
         );
     }
     out += "Per access (guest_*): wall time of one KVM_RUN of the loop / iterations; net/op less guest_reference/empty-loop.\n";

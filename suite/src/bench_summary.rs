@@ -88,6 +88,9 @@ pub struct Bench {
     /// Returns from KVM_RUN to userspace per operation (counted by the harness).
     pub user_exits_per_op: Option<f64>,
     pub net_of: Option<String>,
+    /// What one operation was, from the counts: "exit", "emulated", "in-guest" (neither), each
+    /// with "+userspace" when it returned to userspace; None without counts.
+    pub measured: Option<String>,
     /// Guest TSC cycles per operation (median over runs) and the same in ns via KVM_GET_TSC_KHZ.
     pub guest_cycles_per_op: Option<f64>,
     pub guest_ns_per_op: Option<f64>,
@@ -127,6 +130,20 @@ impl Summary {
         }
         Ok(s)
     }
+}
+
+/// Classify one operation from its counts per operation (see `Bench::measured`).
+pub fn classify(exits: Option<f64>, emulated: Option<f64>, user_exits: f64) -> String {
+    let mut what = match (exits, emulated) {
+        (Some(x), _) if x >= 0.5 => "exit".to_string(),
+        (_, Some(e)) if e >= 0.5 => "emulated".to_string(),
+        (Some(_), Some(_)) => "in-guest".to_string(),
+        _ => "unknown".to_string(),
+    };
+    if user_exits >= 0.5 {
+        what += "+userspace";
+    }
+    what
 }
 
 /// Per-iteration statistics of criterion's `sample.json` (`iters` and total `times` in ns per
@@ -469,6 +486,15 @@ mod tests {
             .iter()
             .any(|w| w.contains("y: not in every summary")));
         assert!(c.warnings.iter().any(|w| w.contains("differ in cpu")));
+    }
+
+    #[test]
+    fn operations_are_classified_by_their_counts() {
+        assert_eq!(classify(Some(0.0), Some(0.99), 0.0), "emulated");
+        assert_eq!(classify(Some(1.0), Some(16.0), 0.0), "exit");
+        assert_eq!(classify(Some(1.0), Some(3.0), 1.0), "exit+userspace");
+        assert_eq!(classify(Some(0.0), Some(0.0), 0.0), "in-guest");
+        assert_eq!(classify(None, None, 0.0), "unknown");
     }
 
     #[test]
