@@ -82,6 +82,28 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             }));
         }
     }
+    // The host target reuses vCPUs: all its seeds in a row on one pool, each also on a fresh VM,
+    // must observe the same (results never depend on what an earlier input did).
+    let ctx = Arc::clone(ctx);
+    v.push(Trial::test(
+        "corpus.host.all-seeds-on-one-pool",
+        move || {
+            let mut runner = fuzzing::HostRunner::new(&ctx, fuzzing::pool::PoolMode::Reuse, 1);
+            let files = fuzzing::corpus_files("host");
+            if files.is_empty() {
+                return Err(Failed::from("no seeds in fixtures/corpus/host"));
+            }
+            for path in files {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let input = fuzzing::decode_host(&bytes)
+                    .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                runner
+                    .run(&ctx, &input, &mut fuzzing::Features::default())
+                    .map_err(|v| Failed::from(format!("{}: {v}", path.display())))?;
+            }
+            Ok(())
+        },
+    ));
     v
 }
 

@@ -369,6 +369,45 @@ fn guest_cpuid_follows_set_cpuid2(ctx: &Context) -> Outcome {
 /// longer plain storage: changing it needs guest SSE3, and CPUID.1:ECX.MONITOR follows it
 /// (api.rst 7.31; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE, cpuid.c
 /// kvm_update_cpuid_runtime).
+/// After KVM_RUN, KVM_SET_CPUID2 of the very table userspace set before is accepted
+/// (cpuid.c kvm_set_cpuid: kvm_cpuid_check_equal applies KVM's runtime CPUID updates to the
+/// incoming entries before comparing, "to avoid false failures due to KVM-owned feature flags"),
+/// and a table with one feature bit changed is refused with EINVAL.
+pub const SAME_CPUID_AFTER_RUN: &str = "cpuid.same-table-accepted-after-run";
+
+fn same_cpuid_after_run(ctx: &Context) -> Outcome {
+    let mut m = match ctx.machine() {
+        Ok(m) => m,
+        Err(e) => return Outcome::harness(e),
+    };
+    if let Some(d) = m.run_ops(&[]).death {
+        return Outcome::fail("KVM_RUN of an empty guest program", d.to_string());
+    }
+    let table = ctx.facts.supported_cpuid.clone();
+    let same = m.vcpu.fd.set_cpuid2(&table.to_kvm()).map_err(|e| e.errno());
+    // The selftests' way (cpuid_test.c test_set_cpuid_after_run): the table KVM_GET_CPUID2 returns.
+    let read_back = match m.vcpu.read_cpuid() {
+        Some(t) => m.vcpu.fd.set_cpuid2(&t.to_kvm()).map_err(|e| e.errno()),
+        None => return Outcome::fail("KVM_GET_CPUID2 after KVM_RUN", "failed"),
+    };
+    let mut other = table.clone();
+    let f = crate::kvm::cpuid::FEATURES[0];
+    other.set(f, !table.has(f));
+    let different = m.vcpu.fd.set_cpuid2(&other.to_kvm()).map_err(|e| e.errno());
+    let actual = format!(
+        "same table {same:?}, KVM_GET_CPUID2 table {read_back:?}, {} flipped {different:?}",
+        f.name
+    );
+    if same.is_ok() && read_back.is_ok() && different == Err(libc::EINVAL) {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            "the same table and the KVM_GET_CPUID2 table Ok(()), a different one Err(22) (EINVAL)",
+            actual,
+        )
+    }
+}
+
 fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
     const MISC_ENABLE: u32 = 0x1a0;
     const MWAIT_EN: u64 = 1 << 18;
@@ -624,6 +663,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
             move |c| immutable_after_run(c, index),
         ));
     }
+    v.push(Check::new(SAME_CPUID_AFTER_RUN, None, "after KVM_RUN, KVM_SET_CPUID2 accepts the table userspace set before and refuses a changed one", "cpuid.c kvm_set_cpuid -> kvm_cpuid_check_equal (runtime updates applied to the incoming entries); api.rst 4.73 KVM_SET_CPUID2; selftests cpuid_test.c test_set_cpuid_after_run", same_cpuid_after_run));
     v.push(Check::new("guest.platform-info.cap-disallows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(0): a guest RDMSR of PLATFORM_INFO #GPs, the host still reads it", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_get_msr_common: !host_initiated && !guest_can_read_msr_platform_info -> 1", |c| platform_info_cap(c, false)));
     v.push(Check::new("guest.platform-info.cap-allows-read", Some(PLATFORM_INFO), "KVM_CAP_MSR_PLATFORM_INFO(1): the guest reads PLATFORM_INFO", "api.rst KVM_CAP_MSR_PLATFORM_INFO; x86.c kvm_arch_init_vm: guest_can_read_msr_platform_info = true", |c| platform_info_cap(c, true)));
     v.push(Check::new("guest.misc-enable.quirk-misc-enable-no-mwait-off.mwait-drives-cpuid", Some(0x1a0), "with KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, MISC_ENABLE bit 18 toggles the guest's CPUID.1:ECX.MONITOR", "api.rst 7.31 KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT; x86.c kvm_set_msr_common MSR_IA32_MISC_ENABLE; cpuid.c kvm_update_cpuid_runtime", misc_enable_mwait_drives_cpuid));

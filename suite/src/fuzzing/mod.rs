@@ -4,10 +4,16 @@
 
 mod filter;
 mod guest;
+mod host;
+pub mod pool;
 mod set_batch;
 
 pub use filter::{run_filter, FilterInput, RangeChoice};
 pub use guest::{run_guest, GuestAccess, GuestInput, MAX_GUEST_OPS};
+pub use host::{
+    decode_host, run_host, CpuidChoice, HostEntry, HostInput, HostOp, HostRunner, HostValue, Obs,
+    MAX_HOST_ENTRIES, MAX_HOST_OPS,
+};
 pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
 
 use crate::checks::Context;
@@ -190,7 +196,7 @@ pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
 }
 
 /// The fuzz targets, by name: decode a corpus or crash file and run it with its oracles.
-pub const TARGETS: &[&str] = &["set_batch", "guest", "filter"];
+pub const TARGETS: &[&str] = &["set_batch", "guest", "filter", "host"];
 
 /// Decode `bytes` as an input of `target` and describe it; then run it.
 pub fn replay(
@@ -219,6 +225,15 @@ pub fn replay(
             Ok((
                 format!("{i:#?}\nfilter: {:#x?}", i.filter(ctx)),
                 run_filter(ctx, &i, &mut Features::default()),
+            ))
+        }
+        "host" => {
+            let i = HostInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
+            // Every input also on a fresh VM: a replay checks pool equivalence too.
+            let mut runner = HostRunner::new(ctx, pool::PoolMode::Reuse, 1);
+            Ok((
+                format!("{i:#?}"),
+                runner.run(ctx, &i, &mut Features::default()),
             ))
         }
         other => Err(format!(

@@ -3,6 +3,7 @@
 
 pub mod filter;
 pub mod kmsg;
+pub mod msr_io;
 
 use crate::catalogue::Catalogue;
 use crate::kvm::raw::MsrEntry;

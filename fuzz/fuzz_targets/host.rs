@@ -1,0 +1,53 @@
+//! Sequences of host operations on a vCPU (KVM_SET/GET_MSRS batches, KVM_SET_CPUID2, KVM_RUN,
+//! save/restore into a fresh vCPU) on pooled vCPUs. See kvm_msr_suite::fuzzing::HostInput for
+//! the input and oracles::msr_io for the oracles.
+//!
+//! KVM_MSR_FUZZ_NO_POOL=1: a new VM for every input (the naive baseline, to compare exec/s).
+//! KVM_MSR_FUZZ_EQUIV_EVERY=N: also run every N-th input on a fresh VM and compare (default 64;
+//! 0 turns it off).
+#![no_main]
+
+use kvm_msr_suite::checks::Context;
+use kvm_msr_suite::fuzzing::pool::PoolMode;
+use kvm_msr_suite::fuzzing::{Features, HostInput, HostRunner};
+use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
+
+#[path = "common/feedback.rs"]
+mod feedback;
+use std::sync::OnceLock;
+
+static CTX: OnceLock<Context> = OnceLock::new();
+
+thread_local! {
+    static RUNNER: RefCell<Option<HostRunner>> = const { RefCell::new(None) };
+}
+
+fn new_runner(ctx: &Context) -> HostRunner {
+    let mode = if std::env::var_os("KVM_MSR_FUZZ_NO_POOL").is_some() {
+        PoolMode::Fresh
+    } else {
+        PoolMode::Reuse
+    };
+    let every = match std::env::var("KVM_MSR_FUZZ_EQUIV_EVERY") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("KVM_MSR_FUZZ_EQUIV_EVERY={s:?}: expected a number")),
+        Err(_) => 64,
+    };
+    HostRunner::new(ctx, mode, every)
+}
+
+fuzz_target!(|input: HostInput| {
+    let ctx = CTX.get_or_init(|| Context::load().unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}")));
+    let mut feats = Features::default();
+    let result = RUNNER.with_borrow_mut(|r| {
+        r.get_or_insert_with(|| new_runner(ctx))
+            .run(ctx, &input, &mut feats)
+    });
+    feedback::record(&feats);
+    feedback::check_kernel_log();
+    if let Err(v) = result {
+        panic!("{v}\ninput: {input:?}");
+    }
+});

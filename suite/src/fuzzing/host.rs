@@ -1,0 +1,402 @@
+//! The `host` target: sequences of host operations on one vCPU -- KVM_SET_MSRS / KVM_GET_MSRS
+//! batches, KVM_SET_CPUID2 variations, KVM_RUN in between, and save/restore into a fresh vCPU --
+//! checked by the oracles in `oracles::msr_io`. vCPUs come from a `VcpuPool`; every
+//! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
+//! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
+
+use super::pool::{PoolMode, PooledVcpu, VcpuPool};
+use super::{confine, msr_class, Features, IndexChoice, ValueChoice};
+use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
+use crate::checks::Context;
+use crate::guest::layout::PORT_DONE;
+use crate::kvm::cpuid::{Vendor, FEATURES};
+use crate::kvm::raw::{self, MsrEntry, MsrOp};
+use crate::kvm::{CpuidTable, Exit};
+use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
+use crate::oracles::Violation;
+use arbitrary::Arbitrary;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How a host write picks its value.
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub enum HostValue {
+    Pick(ValueChoice),
+    /// The MSR's current value with one bit flipped.
+    FlipCurrent(u8),
+    /// The current value with one of the catalogue's reserved bits set (any bit if none).
+    ReservedBit(u8),
+    /// The current value unchanged (a write KVM must accept even for frozen feature MSRs).
+    Current,
+}
+
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub struct HostEntry {
+    pub index: IndexChoice,
+    pub value: HostValue,
+}
+
+/// A KVM_SET_CPUID2 table: KVM's supported CPUID, edited.
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub enum CpuidChoice {
+    Supported,
+    /// Without the n-th feature of `kvm::cpuid::FEATURES`.
+    Without(u8),
+    /// With the n-th feature, supported or not.
+    With(u8),
+    /// With another vendor signature.
+    Vendor(u8),
+}
+
+impl CpuidChoice {
+    pub fn table(self, supported: &CpuidTable) -> CpuidTable {
+        let mut t = supported.clone();
+        let f = |n: u8| FEATURES[n as usize % FEATURES.len()];
+        match self {
+            CpuidChoice::Supported => {}
+            CpuidChoice::Without(n) => {
+                t.set(f(n), false);
+            }
+            CpuidChoice::With(n) => {
+                t.set(f(n), true);
+            }
+            CpuidChoice::Vendor(n) => t.set_vendor(
+                [
+                    Vendor::Intel,
+                    Vendor::Amd,
+                    Vendor::Hygon,
+                    Vendor::Zhaoxin,
+                    Vendor::Other,
+                ][n as usize % 5],
+            ),
+        }
+        t
+    }
+}
+
+#[derive(Clone, Debug, Arbitrary)]
+pub enum HostOp {
+    /// KVM_SET_MSRS of these entries, then KVM_GET_MSRS of the accepted ones.
+    Set(Vec<HostEntry>),
+    /// KVM_GET_MSRS of these indices.
+    Get(Vec<IndexChoice>),
+    SetCpuid(CpuidChoice),
+    /// KVM_RUN of the empty guest program.
+    Run,
+    /// Save every index-list MSR, restore into a fresh vCPU with the same CPUID, go on there.
+    SaveRestore,
+}
+
+/// Input of the `host` target.
+#[derive(Clone, Debug, Arbitrary)]
+pub struct HostInput {
+    pub ops: Vec<HostOp>,
+}
+
+/// Most operations and most entries per batch one input runs.
+pub const MAX_HOST_OPS: usize = 12;
+pub const MAX_HOST_ENTRIES: usize = 16;
+
+/// What one operation observed, minus what legitimately differs between two fresh vCPUs: values
+/// of MSRs the catalogue documents as volatile, and the id-derived x2APIC ID and LDR (SDM vol. 3A
+/// 12.12.5.1), are left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Obs {
+    Set { accepted: usize },
+    Read(Vec<(u32, Option<u64>)>),
+    Cpuid(Result<(), i32>),
+    Run,
+    Saved(usize),
+}
+
+/// x2APIC ID and logical destination: derived from the vCPU id in x2APIC mode.
+const ID_DERIVED: &[u32] = &[0x802, 0x80d];
+
+fn visible(ctx: &Context, index: u32, value: u64) -> (u32, Option<u64>) {
+    let hidden = ID_DERIVED.contains(&index)
+        || ctx
+            .catalogue
+            .get(index)
+            .is_some_and(|m| m.volatile.is_some());
+    (index, (!hidden).then_some(value))
+}
+
+fn harness(e: crate::error::Error) -> Violation {
+    Violation {
+        oracle: "harness",
+        msr: None,
+        expected: "a vCPU".into(),
+        actual: e.to_string(),
+    }
+}
+
+fn resolve(ctx: &Context, v: &PooledVcpu, e: &HostEntry) -> MsrEntry {
+    let index = e.index.resolve(ctx);
+    let current = || v.vcpu.get_msr(index).unwrap_or(0);
+    let data = match e.value {
+        HostValue::Pick(c) => c.resolve(),
+        HostValue::FlipCurrent(b) => current() ^ (1u64 << (b % 64)),
+        HostValue::ReservedBit(b) => {
+            let mask = ctx
+                .catalogue
+                .get(index)
+                .and_then(|m| m.reserved.as_ref())
+                .map_or(0, |r| r.mask);
+            let bit = if mask == 0 {
+                b % 64
+            } else {
+                // The (b mod popcount)-th set bit of the mask.
+                let k = u32::from(b) % mask.count_ones();
+                (0..64)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .nth(k as usize)
+                    .unwrap_or(0)
+            };
+            current() | (1u64 << bit)
+        }
+        HostValue::Current => current(),
+    };
+    MsrEntry {
+        index,
+        data: confine(index, data),
+    }
+}
+
+/// Run one input on a vCPU from `pool`; the trace of what it observed, or the first violated
+/// oracle.
+pub fn run_host(
+    ctx: &Context,
+    pool: &mut VcpuPool,
+    input: &HostInput,
+    feats: &mut Features,
+) -> Result<Vec<Obs>, Violation> {
+    let mut v = pool.take(ctx).map_err(harness)?;
+    let mut reads = RepeatedReads::default();
+    let mut trace = Vec::new();
+    for op in input.ops.iter().take(MAX_HOST_OPS) {
+        match op {
+            HostOp::Set(es) => {
+                let entries: Vec<MsrEntry> = es
+                    .iter()
+                    .take(MAX_HOST_ENTRIES)
+                    .map(|e| resolve(ctx, &v, e))
+                    .collect();
+                let ran = v.has_run();
+                let before: BTreeMap<u32, u64> = if ran {
+                    entries
+                        .iter()
+                        .filter(|e| ctx.facts.is_feature_msr(e.index))
+                        .filter_map(|e| v.vcpu.get_msr(e.index).map(|d| (e.index, d)))
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                };
+                let io = v.set_msrs(ctx, &entries);
+                let n = o::msr_io_count(&io)?;
+                if ran {
+                    o::feature_msrs_immutable(
+                        |i| ctx.facts.is_feature_msr(i),
+                        &entries[..n],
+                        &before,
+                    )?;
+                }
+                o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;
+                reads.forget();
+                trace.push(Obs::Set { accepted: n });
+                for (k, e) in entries.iter().enumerate() {
+                    let state = u32::from(k < n) + 2 * u32::from(k == n);
+                    feats.add(&[10, msr_class(ctx, e.index), state, u32::from(ran)]);
+                }
+                // Read the accepted MSRs back. Value profile: how many bits of the last value
+                // written to each differ from what reads back (0 = stored as written).
+                let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+                for e in &entries[..n] {
+                    last.insert(e.index, e.data);
+                }
+                let idx: Vec<u32> = last.keys().copied().collect();
+                let back = v.vcpu.get_msrs(&idx);
+                let m = o::msr_io_count(&back)?;
+                let mut seen = Vec::new();
+                for e in &back.entries[..m] {
+                    reads.observe(&ctx.catalogue, e.index, e.data, "after KVM_SET_MSRS")?;
+                    let diff = (last[&e.index] ^ e.data).count_ones();
+                    feats.add(&[11, msr_class(ctx, e.index), diff]);
+                    seen.push(visible(ctx, e.index, e.data));
+                }
+                trace.push(Obs::Read(seen));
+            }
+            HostOp::Get(ix) => {
+                let entries: Vec<MsrEntry> = ix
+                    .iter()
+                    .take(MAX_HOST_ENTRIES)
+                    .map(|i| MsrEntry {
+                        index: i.resolve(ctx),
+                        data: SENTINEL,
+                    })
+                    .collect();
+                let io = raw::msr_io(&v.vcpu, MsrOp::Get, &entries, entries.len() as u32);
+                let n = o::msr_io_count(&io)?;
+                o::get_batch_untouched(&io, n)?;
+                let mut seen = Vec::new();
+                for (k, e) in io.entries.iter().enumerate() {
+                    let state = u32::from(k < n) + 2 * u32::from(k == n);
+                    feats.add(&[
+                        12,
+                        msr_class(ctx, e.index),
+                        state,
+                        u32::from(k < n && e.data == 0),
+                    ]);
+                    if k < n {
+                        reads.observe(&ctx.catalogue, e.index, e.data, "repeated KVM_GET_MSRS")?;
+                        seen.push(visible(ctx, e.index, e.data));
+                    }
+                }
+                trace.push(Obs::Read(seen));
+            }
+            HostOp::SetCpuid(c) => {
+                let table = c.table(pool.default_cpuid());
+                let ran = v.has_run();
+                let same = table.entries == v.cpuid.entries;
+                let r = v.set_cpuid(&table);
+                if let Err(e) = r {
+                    o::SET_CPUID2.check(e)?;
+                }
+                // A backend with a recorded deviation refuses the identical table too (the check
+                // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
+                let same_refused = ctx
+                    .deviations
+                    .find(SAME_CPUID_AFTER_RUN, ctx.facts.backend)
+                    .is_some();
+                if ran && r.is_ok() != same && !(same && same_refused) {
+                    return Err(Violation {
+                        oracle: "cpuid-frozen-after-run",
+                        msr: None,
+                        expected: format!(
+                            "KVM_SET_CPUID2 after KVM_RUN to {} a {} table (cpuid.c kvm_set_cpuid: kvm_cpuid_check_equal)",
+                            if same { "accept" } else { "refuse with EINVAL" },
+                            if same { "identical" } else { "different" }
+                        ),
+                        actual: format!("{r:?}"),
+                    });
+                }
+                reads.forget();
+                feats.add(&[
+                    13,
+                    u32::from(ran),
+                    u32::from(same),
+                    r.err().unwrap_or(0) as u32,
+                ]);
+                trace.push(Obs::Cpuid(r));
+            }
+            HostOp::Run => {
+                let exit = v.run_empty(Duration::from_secs(5));
+                let done = matches!(&exit, Exit::IoOut { port, .. } if *port == PORT_DONE);
+                if !done {
+                    return Err(Violation {
+                        oracle: "guest-alive",
+                        msr: None,
+                        expected: "the empty guest program to complete".into(),
+                        actual: exit.to_string(),
+                    });
+                }
+                feats.add(&[14]);
+                trace.push(Obs::Run);
+            }
+            HostOp::SaveRestore => {
+                let list = &ctx.facts.msr_index_list;
+                let saved = v.vcpu.get_msrs(list);
+                let n = o::msr_io_count(&saved)?;
+                if n != list.len() {
+                    return Err(Violation {
+                        oracle: "save-restore-equal",
+                        msr: list.get(n).copied(),
+                        expected: format!("the source to read all {} listed MSRs", list.len()),
+                        actual: format!("KVM_GET_MSRS stopped at entry #{n}"),
+                    });
+                }
+                // The source goes back first, as on a migration the source VM is gone: the
+                // destination may be a vCPU of the same VM, and the per-VM MSRs (wall clock)
+                // must end up with the restored values, not the source's reset ones.
+                let source_cpuid = v.cpuid.clone();
+                let source_ran = v.has_run();
+                pool.give_back(ctx, v);
+                v = pool.take(ctx).map_err(harness)?;
+                let dest = &mut v;
+                if dest.cpuid.entries != source_cpuid.entries {
+                    if let Err(e) = dest.set_cpuid(&source_cpuid) {
+                        return Err(Violation {
+                            oracle: "save-restore-equal",
+                            msr: None,
+                            expected: "the destination to accept the source's CPUID".into(),
+                            actual: format!("KVM_SET_CPUID2 errno {e}"),
+                        });
+                    }
+                }
+                let restore = dest.set_msrs(ctx, &saved.entries);
+                let back = dest.vcpu.get_msrs(list);
+                o::save_restore_equal(&ctx.catalogue, &saved.entries, &restore, &back)?;
+                reads.forget();
+                for e in &saved.entries {
+                    reads.observe(&ctx.catalogue, e.index, e.data, "saved")?;
+                }
+                feats.add(&[15, u32::from(source_ran)]);
+                trace.push(Obs::Saved(n));
+            }
+        }
+    }
+    pool.give_back(ctx, v);
+    Ok(trace)
+}
+
+/// The state of a campaign: the pool, the fresh-VM reference and how often to compare them.
+pub struct HostRunner {
+    pub pool: VcpuPool,
+    pub reference: VcpuPool,
+    /// Run every n-th input on a fresh VM too (0: never).
+    pub equivalence_every: u64,
+    inputs: u64,
+}
+
+impl HostRunner {
+    pub fn new(ctx: &Context, mode: PoolMode, equivalence_every: u64) -> HostRunner {
+        HostRunner {
+            pool: VcpuPool::new(ctx, mode),
+            reference: VcpuPool::new(ctx, PoolMode::Fresh),
+            equivalence_every,
+            inputs: 0,
+        }
+    }
+
+    /// Run `input`; on every `equivalence_every`-th input also on a fresh VM, and compare.
+    pub fn run(
+        &mut self,
+        ctx: &Context,
+        input: &HostInput,
+        feats: &mut Features,
+    ) -> Result<(), Violation> {
+        self.inputs += 1;
+        let pooled = run_host(ctx, &mut self.pool, input, feats);
+        let due = self.equivalence_every != 0
+            && self.pool.mode == PoolMode::Reuse
+            && self.inputs % self.equivalence_every == 0;
+        if !due {
+            return pooled.map(|_| ());
+        }
+        let fresh = run_host(ctx, &mut self.reference, input, &mut Features::default());
+        match (&pooled, &fresh) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            (Err(a), Err(b)) if a.oracle == b.oracle && a.msr == b.msr => pooled.map(|_| ()),
+            _ => Err(Violation {
+                oracle: "pool-equivalence",
+                msr: None,
+                expected: format!("what a fresh VM observes: {fresh:?}"),
+                actual: format!("on a reused vCPU: {pooled:?}"),
+            }),
+        }
+    }
+}
+
+/// Decode a `host` corpus file exactly as libfuzzer-sys does for a typed target.
+pub fn decode_host(bytes: &[u8]) -> arbitrary::Result<HostInput> {
+    <HostInput as Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(bytes))
+}

@@ -1,0 +1,297 @@
+//! Oracles over single MSR ioctls and sequences of them, needing no golden values: batch
+//! semantics, documented errnos, repeated reads, save/restore equality and feature-MSR
+//! immutability after KVM_RUN. The `host` fuzz target applies them to generated sequences.
+
+use super::Violation;
+use crate::catalogue::Catalogue;
+use crate::kvm::raw::{MsrEntry, MsrIo};
+use crate::kvm::Vcpu;
+use std::collections::BTreeMap;
+
+/// What a KVM_GET_MSRS caller puts in `data` of every entry, to see which ones KVM wrote.
+pub const SENTINEL: u64 = 0x5a5a_0bad_c0de_5a5a;
+
+/// Errnos a call may return, with the source that documents them.
+pub struct Errnos {
+    pub ioctl: &'static str,
+    pub allowed: &'static [i32],
+    pub cite: &'static str,
+}
+
+/// KVM_GET_MSRS / KVM_SET_MSRS with 1..=255 entries in a valid buffer: the return value is the
+/// number of entries processed; the only errors are E2BIG (nmsrs >= 256), EFAULT (bad buffer)
+/// and ENOMEM (x86.c msr_io), none of which a well-formed call may hit.
+pub const MSR_IO: Errnos = Errnos {
+    ioctl: "KVM_GET_MSRS/KVM_SET_MSRS",
+    allowed: &[],
+    cite: "api.rst 4.18/4.19 (returns the number of msrs processed); x86.c msr_io: E2BIG, EFAULT, ENOMEM only",
+};
+
+/// KVM_SET_CPUID2 with a valid table: 0, E2BIG (too many entries), EINVAL (after KVM_RUN with a
+/// different table, or a table kvm_check_cpuid refuses), ENOMEM, EFAULT.
+pub const SET_CPUID2: Errnos = Errnos {
+    ioctl: "KVM_SET_CPUID2",
+    allowed: &[libc::EINVAL, libc::E2BIG],
+    cite:
+        "api.rst 4.73; cpuid.c kvm_set_cpuid (kvm_cpuid_check_equal after KVM_RUN, kvm_check_cpuid)",
+};
+
+impl Errnos {
+    /// Oracle `documented-errno`: `errno` is one the call may return.
+    pub fn check(&self, errno: i32) -> Result<(), Violation> {
+        if self.allowed.contains(&errno) {
+            return Ok(());
+        }
+        Err(Violation {
+            oracle: "documented-errno",
+            msr: None,
+            expected: format!(
+                "{} to fail only with {:?} ({})",
+                self.ioctl, self.allowed, self.cite
+            ),
+            actual: format!(
+                "errno {errno} ({})",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        })
+    }
+}
+
+/// The count of an MSR ioctl, or the `documented-errno` violation.
+pub fn msr_io_count(io: &MsrIo) -> Result<usize, Violation> {
+    match io.result {
+        Ok(n) if n <= io.entries.len() => Ok(n),
+        Ok(n) => Err(Violation {
+            oracle: "batch-count",
+            msr: None,
+            expected: format!("at most {} (entries passed)", io.entries.len()),
+            actual: n.to_string(),
+        }),
+        Err(e) => MSR_IO.check(e).map(|()| 0),
+    }
+}
+
+/// Oracle `get-batch-untouched` (api.rst 4.18; x86.c __msr_io stops at the first entry that
+/// fails): KVM_GET_MSRS leaves the data of every entry after the count-th as the caller wrote it
+/// (SENTINEL).
+pub fn get_batch_untouched(io: &MsrIo, count: usize) -> Result<(), Violation> {
+    match io.entries.iter().skip(count + 1).find(|e| e.data != SENTINEL) {
+        None => Ok(()),
+        Some(e) => Err(Violation {
+            oracle: "get-batch-untouched",
+            msr: Some(e.index),
+            expected: format!(
+                "data {SENTINEL:#x} (entries after the first failing one, #{count}, are not processed)"
+            ),
+            actual: format!("{:#x}", e.data),
+        }),
+    }
+}
+
+/// Oracle `set-batch-stops-at-rejection` (api.rst 4.19: the return value is the number of MSRs
+/// set): the entry KVM_SET_MSRS stopped at, written alone right after, is rejected too. It runs
+/// after the same prefix took effect, so the vCPU is in the state the batch saw.
+pub fn set_batch_stopper_rejected(
+    vcpu: &Vcpu,
+    entries: &[MsrEntry],
+    count: usize,
+) -> Result<(), Violation> {
+    let Some(stopper) = entries.get(count) else {
+        return Ok(());
+    };
+    let alone = vcpu.set_msrs(std::slice::from_ref(stopper));
+    match alone.result {
+        Ok(0) => Ok(()),
+        other => Err(Violation {
+            oracle: "set-batch-stops-at-rejection",
+            msr: Some(stopper.index),
+            expected: format!(
+                "KVM_SET_MSRS of entry #{count} ({:#x} = {:#x}) alone to be rejected like in the batch (Ok(0))",
+                stopper.index, stopper.data
+            ),
+            actual: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Oracle `repeated-reads`: without a write in between, two host reads of an MSR the catalogue
+/// does not document as changing on its own return the same value -- also across KVM_RUN of a
+/// guest that touches no MSR. Id-dependent registers (the x2APIC ID and LDR, SDM vol. 3A
+/// 12.12.5) are compared like any other: they are per vCPU, not per read.
+#[derive(Default)]
+pub struct RepeatedReads {
+    last: BTreeMap<u32, u64>,
+}
+
+impl RepeatedReads {
+    /// Record a successful read; a different earlier value is a violation.
+    pub fn observe(
+        &mut self,
+        catalogue: &Catalogue,
+        index: u32,
+        value: u64,
+        since: &str,
+    ) -> Result<(), Violation> {
+        if catalogue.get(index).is_some_and(|m| m.volatile.is_some()) {
+            return Ok(());
+        }
+        match self.last.insert(index, value) {
+            Some(prev) if prev != value => Err(Violation {
+                oracle: "repeated-reads",
+                msr: Some(index),
+                expected: format!("{prev:#x} (the previous read; no write since, {since})"),
+                actual: format!("{value:#x}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Any write (or CPUID change) may change any MSR: forget what was read.
+    pub fn forget(&mut self) {
+        self.last.clear();
+    }
+}
+
+/// Oracle `save-restore-equal` (api.rst 4.3: the index list is what userspace saves and
+/// restores; QEMU's kvm_put_msrs needs every entry accepted): the destination accepts every
+/// saved entry and reads back the saved value, except MSRs the catalogue documents as changing
+/// on their own.
+pub fn save_restore_equal(
+    catalogue: &Catalogue,
+    saved: &[MsrEntry],
+    restore: &MsrIo,
+    read_back: &MsrIo,
+) -> Result<(), Violation> {
+    let accepted = msr_io_count(restore)?;
+    if accepted != saved.len() {
+        return Err(Violation {
+            oracle: "save-restore-equal",
+            msr: saved.get(accepted).map(|e| e.index),
+            expected: format!(
+                "the destination to accept all {} saved entries",
+                saved.len()
+            ),
+            actual: format!("KVM_SET_MSRS stopped at entry #{accepted}"),
+        });
+    }
+    let read = msr_io_count(read_back)?;
+    for (k, (s, r)) in saved.iter().zip(&read_back.entries).enumerate() {
+        if catalogue.get(s.index).is_some_and(|m| m.volatile.is_some()) {
+            continue;
+        }
+        if k >= read || s.data != r.data {
+            return Err(Violation {
+                oracle: "save-restore-equal",
+                msr: Some(s.index),
+                expected: format!("{:#x} (the saved value)", s.data),
+                actual: if k >= read {
+                    "no value (KVM_GET_MSRS stopped before it)".into()
+                } else {
+                    format!("{:#x}", r.data)
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// IA32_UCODE_REV: the one feature MSR that stays writable after KVM_RUN.
+pub const UCODE_REV: u32 = 0x8b;
+
+/// Oracle `feature-msr-immutable-after-run` (x86.c do_set_msr: once the vCPU has run, a write
+/// of a different value to an immutable feature MSR fails with -EINVAL; kvm_is_immutable_feature_msr
+/// excludes UCODE_REV): `accepted` entries of a KVM_SET_MSRS on a vCPU that has run, with the
+/// values the MSRs held before (`before`, None if unreadable).
+pub fn feature_msrs_immutable(
+    is_feature_msr: impl Fn(u32) -> bool,
+    accepted: &[MsrEntry],
+    before: &BTreeMap<u32, u64>,
+) -> Result<(), Violation> {
+    for e in accepted {
+        if !is_feature_msr(e.index) || e.index == UCODE_REV {
+            continue;
+        }
+        if let Some(&old) = before.get(&e.index) {
+            if old != e.data {
+                return Err(Violation {
+                    oracle: "feature-msr-immutable-after-run",
+                    msr: Some(e.index),
+                    expected: format!(
+                        "KVM_SET_MSRS to refuse {:#x} (the vCPU has run; the MSR holds {old:#x})",
+                        e.data
+                    ),
+                    actual: "accepted".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(result: Result<usize, i32>, data: &[u64]) -> MsrIo {
+        MsrIo {
+            result,
+            entries: data
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| MsrEntry {
+                    index: i as u32,
+                    data: d,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn untouched_entries_after_the_failing_one() {
+        let ok = io(Ok(1), &[7, SENTINEL, SENTINEL]);
+        assert!(get_batch_untouched(&ok, 1).is_ok());
+        // The failing entry itself is not judged; the one after it is.
+        let bad = io(Ok(1), &[7, 3, 9]);
+        let v = get_batch_untouched(&bad, 1).unwrap_err();
+        assert_eq!((v.oracle, v.msr), ("get-batch-untouched", Some(2)));
+    }
+
+    #[test]
+    fn counts_and_errnos() {
+        assert_eq!(msr_io_count(&io(Ok(2), &[0, 0])), Ok(2));
+        assert_eq!(
+            msr_io_count(&io(Ok(3), &[0, 0])).unwrap_err().oracle,
+            "batch-count"
+        );
+        assert_eq!(
+            msr_io_count(&io(Err(libc::EINVAL), &[0]))
+                .unwrap_err()
+                .oracle,
+            "documented-errno"
+        );
+        assert!(SET_CPUID2.check(libc::EINVAL).is_ok());
+        assert!(SET_CPUID2.check(libc::EPERM).is_err());
+    }
+
+    #[test]
+    fn immutability_ignores_ucode_rev_and_same_values() {
+        let before: BTreeMap<u32, u64> = [(0x10a, 1), (UCODE_REV, 5)].into();
+        let feat = |i: u32| i == 0x10a || i == UCODE_REV;
+        let same = [MsrEntry {
+            index: 0x10a,
+            data: 1,
+        }];
+        assert!(feature_msrs_immutable(feat, &same, &before).is_ok());
+        let ucode = [MsrEntry {
+            index: UCODE_REV,
+            data: 6,
+        }];
+        assert!(feature_msrs_immutable(feat, &ucode, &before).is_ok());
+        let changed = [MsrEntry {
+            index: 0x10a,
+            data: 2,
+        }];
+        let v = feature_msrs_immutable(feat, &changed, &before).unwrap_err();
+        assert_eq!(v.msr, Some(0x10a));
+    }
+}
