@@ -5,6 +5,8 @@
 //! KVM_MSR_FUZZ_NO_POOL=1: a new VM for every input (the naive baseline, to compare exec/s).
 //! KVM_MSR_FUZZ_EQUIV_EVERY=N: also run every N-th input on a fresh VM and compare (default 64;
 //! 0 turns it off).
+//! KVM_MSR_FUZZ_POOL_THREAD=0: create fresh vCPUs on the fuzzing thread instead of a supplier
+//! thread.
 #![no_main]
 
 use kvm_msr_suite::checks::Context;
@@ -35,7 +37,8 @@ fn new_runner(ctx: &Context) -> HostRunner {
             .unwrap_or_else(|_| panic!("KVM_MSR_FUZZ_EQUIV_EVERY={s:?}: expected a number")),
         Err(_) => 64,
     };
-    HostRunner::new(ctx, mode, every)
+    let background = std::env::var_os("KVM_MSR_FUZZ_POOL_THREAD").is_none_or(|v| v != "0");
+    HostRunner::new(ctx, mode, every, background).unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}"))
 }
 
 fuzz_target!(|input: HostInput| {

@@ -88,7 +88,9 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
     v.push(Trial::test(
         "corpus.host.all-seeds-on-one-pool",
         move || {
-            let mut runner = fuzzing::HostRunner::new(&ctx, fuzzing::pool::PoolMode::Reuse, 1);
+            let mut runner =
+                fuzzing::HostRunner::new(&ctx, fuzzing::pool::PoolMode::Reuse, 1, true)
+                    .map_err(|e| Failed::from(e.to_string()))?;
             let files = fuzzing::corpus_files("host");
             if files.is_empty() {
                 return Err(Failed::from("no seeds in fixtures/corpus/host"));

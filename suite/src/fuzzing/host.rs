@@ -4,7 +4,7 @@
 //! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
-use super::pool::{PoolMode, PooledVcpu, VcpuPool};
+use super::pool::{read_all, PoolMode, VcpuPool};
 use super::{confine, msr_class, Features, IndexChoice, ValueChoice};
 use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
 use crate::checks::Context;
@@ -130,9 +130,10 @@ fn harness(e: crate::error::Error) -> Violation {
     }
 }
 
-fn resolve(ctx: &Context, v: &PooledVcpu, e: &HostEntry) -> MsrEntry {
+/// The value `e` writes; `current` holds the values before the batch (0 where unreadable).
+fn resolve(ctx: &Context, current: &BTreeMap<u32, u64>, e: &HostEntry) -> MsrEntry {
     let index = e.index.resolve(ctx);
-    let current = || v.vcpu.get_msr(index).unwrap_or(0);
+    let current = || current.get(&index).copied().unwrap_or(0);
     let data = match e.value {
         HostValue::Pick(c) => c.resolve(),
         HostValue::FlipCurrent(b) => current() ^ (1u64 << (b % 64)),
@@ -176,11 +177,19 @@ pub fn run_host(
     for op in input.ops.iter().take(MAX_HOST_OPS) {
         match op {
             HostOp::Set(es) => {
-                let entries: Vec<MsrEntry> = es
+                let es = &es[..es.len().min(MAX_HOST_ENTRIES)];
+                let mut wanted: Vec<u32> = es
                     .iter()
-                    .take(MAX_HOST_ENTRIES)
-                    .map(|e| resolve(ctx, &v, e))
+                    .filter(|e| !matches!(e.value, HostValue::Pick(_)))
+                    .map(|e| e.index.resolve(ctx))
                     .collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let current: BTreeMap<u32, u64> = read_all(&v.vcpu, &wanted)
+                    .into_iter()
+                    .map(|e| (e.index, e.data))
+                    .collect();
+                let entries: Vec<MsrEntry> = es.iter().map(|e| resolve(ctx, &current, e)).collect();
                 let ran = v.has_run();
                 let before: BTreeMap<u32, u64> = if ran {
                     entries
@@ -358,13 +367,19 @@ pub struct HostRunner {
 }
 
 impl HostRunner {
-    pub fn new(ctx: &Context, mode: PoolMode, equivalence_every: u64) -> HostRunner {
-        HostRunner {
-            pool: VcpuPool::new(ctx, mode),
-            reference: VcpuPool::new(ctx, PoolMode::Fresh),
+    /// `background`: fresh vCPUs for the pool come from a supplier thread (see `pool`).
+    pub fn new(
+        ctx: &Context,
+        mode: PoolMode,
+        equivalence_every: u64,
+        background: bool,
+    ) -> crate::Result<HostRunner> {
+        Ok(HostRunner {
+            pool: VcpuPool::new(ctx, mode, background && mode == PoolMode::Reuse)?,
+            reference: VcpuPool::new(ctx, PoolMode::Fresh, background && mode == PoolMode::Reuse)?,
             equivalence_every,
             inputs: 0,
-        }
+        })
     }
 
     /// Run `input`; on every `equivalence_every`-th input also on a fresh VM, and compare.

@@ -195,6 +195,16 @@ pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// A harness failure (no VM, no vCPU) as the violation a target reports.
+pub fn harness_violation(e: &crate::error::Error) -> Violation {
+    Violation {
+        oracle: "harness",
+        msr: None,
+        expected: "a VM and vCPU".into(),
+        actual: e.to_string(),
+    }
+}
+
 /// The fuzz targets, by name: decode a corpus or crash file and run it with its oracles.
 pub const TARGETS: &[&str] = &["set_batch", "guest", "filter", "host"];
 
@@ -230,11 +240,10 @@ pub fn replay(
         "host" => {
             let i = HostInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
             // Every input also on a fresh VM: a replay checks pool equivalence too.
-            let mut runner = HostRunner::new(ctx, pool::PoolMode::Reuse, 1);
-            Ok((
-                format!("{i:#?}"),
-                runner.run(ctx, &i, &mut Features::default()),
-            ))
+            let result = HostRunner::new(ctx, pool::PoolMode::Reuse, 1, false)
+                .map_err(|e| harness_violation(&e))
+                .and_then(|mut r| r.run(ctx, &i, &mut Features::default()));
+            Ok((format!("{i:#?}"), result))
         }
         other => Err(format!(
             "unknown target {other:?}; expected one of {TARGETS:?}"

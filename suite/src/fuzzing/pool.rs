@@ -22,10 +22,11 @@ use crate::checks::Context;
 use crate::error::{Error, Result};
 use crate::guest::{layout::OPS, long_mode};
 use crate::kvm::raw::MsrEntry;
-use crate::kvm::{CpuidPolicy, CpuidTable, Exit, Vcpu, Vm, VmConfig};
-use std::cell::Cell;
+use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use std::collections::BTreeSet;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// vCPUs created in one shared VM before a new one is started (bounds kernel memory).
@@ -36,24 +37,37 @@ pub struct Stage {
     vm: Vm,
     /// Address of the interpreter's entry; OPS holds an empty program (memory starts zeroed).
     entry: u64,
-    created: Cell<u64>,
-    retired: Cell<bool>,
+    created: AtomicU64,
+    retired: AtomicBool,
     /// Values of the per-VM MSRs (`vm_scope`) in the new VM, read by its first vCPU. Later vCPUs
     /// are created while another vCPU may have changed them, so their reset target comes from here.
-    vm_pristine: std::cell::OnceCell<Vec<MsrEntry>>,
+    vm_pristine: OnceLock<Vec<MsrEntry>>,
 }
 
+// SAFETY: after `Stage::new` nothing in userspace touches the guest memory (only KVM does, for
+// the vCPUs' KVM_RUN); through a shared Stage only the VM fd (which kvm-ioctls makes Sync), the
+// atomics and the OnceLock are used.
+unsafe impl Sync for Stage {}
+
 impl Stage {
-    fn new(ctx: &Context) -> Result<Rc<Stage>> {
-        let mut vm = Vm::new(&ctx.sys, &VmConfig::default())?;
+    fn new(sys: &KvmSystem) -> Result<Arc<Stage>> {
+        let mut vm = Vm::new(sys, &VmConfig::default())?;
         let runtime = long_mode::install(&mut vm.mem);
-        Ok(Rc::new(Stage {
+        Ok(Arc::new(Stage {
             entry: runtime.label("interpreter"),
             vm,
-            created: Cell::new(0),
-            retired: Cell::new(false),
-            vm_pristine: std::cell::OnceCell::new(),
+            created: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            vm_pristine: OnceLock::new(),
         }))
+    }
+
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed)
     }
 }
 
@@ -74,6 +88,8 @@ struct Usage {
     unrecoverable: bool,
     /// An accepted write to a per-VM MSR (`vm_scope`).
     vm_scope_written: bool,
+    /// Any accepted write: without one (and without a CPUID change) the vCPU is as it was.
+    wrote: bool,
     /// Old values of written MSRs outside the snapshot, first capture first.
     undo: Vec<MsrEntry>,
 }
@@ -81,13 +97,15 @@ struct Usage {
 /// A vCPU lent to one input.
 pub struct PooledVcpu {
     pub vcpu: Vcpu,
-    stage: Rc<Stage>,
+    stage: Arc<Stage>,
     /// Index-list and feature MSRs with their values at creation (the reset target).
-    pristine: Rc<Vec<MsrEntry>>,
-    pristine_set: Rc<BTreeSet<u32>>,
+    pristine: Vec<MsrEntry>,
+    pristine_set: BTreeSet<u32>,
     /// The CPUID table this vCPU currently has (what a save/restore destination must get).
     pub cpuid: CpuidTable,
     usage: Usage,
+    /// How many times it was reset for reuse.
+    resets: u64,
 }
 
 impl PooledVcpu {
@@ -95,18 +113,21 @@ impl PooledVcpu {
     /// first so a reset can restore them.
     pub fn set_msrs(&mut self, ctx: &Context, entries: &[MsrEntry]) -> crate::kvm::raw::MsrIo {
         let logged = self.usage.undo.len();
+        // Old values are read only for MSRs the catalogue knows: an arbitrary index is almost
+        // never implemented, and if KVM does accept a write to one, the vCPU is simply not
+        // reused (`unrecoverable`) -- one ioctl saved per unknown index.
+        let mut unknown: Vec<u32> = Vec::new();
         for e in entries {
             if !self.pristine_set.contains(&e.index)
+                && ctx.catalogue.get(e.index).is_some()
                 && !self.usage.undo.iter().any(|u| u.index == e.index)
+                && !unknown.contains(&e.index)
             {
-                if let Some(old) = self.vcpu.get_msr(e.index) {
-                    self.usage.undo.push(MsrEntry {
-                        index: e.index,
-                        data: old,
-                    });
-                }
+                unknown.push(e.index);
             }
         }
+        let old = read_all(&self.vcpu, &unknown);
+        self.usage.undo.extend(old);
         let io = self.vcpu.set_msrs(entries);
         let accepted = &entries[..io.result.unwrap_or(0).min(entries.len())];
         // Old values of MSRs the batch did not get to write are not needed (and may not even be
@@ -119,9 +140,10 @@ impl PooledVcpu {
                 self.usage.undo.remove(k);
             }
         }
+        self.usage.wrote |= !accepted.is_empty();
         for e in accepted {
             if (0x800..=0x8ff).contains(&e.index) {
-                self.stage.retired.set(true);
+                self.stage.retire();
             }
             self.usage.vm_scope_written |= vm_scope(e.index);
             let known = self.pristine_set.contains(&e.index)
@@ -139,7 +161,7 @@ impl PooledVcpu {
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
     pub fn set_cpuid(&mut self, table: &CpuidTable) -> std::result::Result<(), i32> {
-        self.usage.cpuid_changed = true;
+        self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
         let r = self
             .vcpu
             .fd
@@ -152,15 +174,10 @@ impl PooledVcpu {
     }
 
     /// KVM_RUN of the empty guest program (the interpreter finds no op and signals PORT_DONE).
+    /// The registers were set to the interpreter's entry when the vCPU was made, and after
+    /// PORT_DONE the runtime reloads rsi and jumps back to its entry, so no KVM_SET_REGS is needed.
     pub fn run_empty(&mut self, timeout: Duration) -> Exit {
         self.usage.ran = true;
-        if let Err(e) = self
-            .vcpu
-            .fd
-            .set_regs(&long_mode::entry_regs(self.stage.entry, OPS))
-        {
-            return Exit::RunError { errno: e.errno() };
-        }
         self.vcpu.run(timeout)
     }
 
@@ -183,70 +200,47 @@ pub enum PoolMode {
 pub struct PoolStats {
     pub created: u64,
     pub reused: u64,
-    pub vms: u64,
     /// Resets that failed (the vCPU was dropped), and why the last one did.
     pub reset_failures: u64,
     pub last_reset_failure: Option<String>,
 }
 
-pub struct VcpuPool {
-    pub mode: PoolMode,
-    stage: Option<Rc<Stage>>,
-    idle: Vec<PooledVcpu>,
-    default_cpuid: CpuidTable,
-    pub stats: PoolStats,
+/// Makes fresh vCPUs: in a shared VM (`Reuse`) or each in a new VM (`Fresh`).
+struct Factory {
+    sys: KvmSystem,
+    mode: PoolMode,
+    stage: Option<Arc<Stage>>,
+    cpuid: CpuidTable,
+    cpuid_kvm: kvm_bindings::CpuId,
+    /// Index-list and feature MSRs: the snapshot a reset restores.
+    indices: Vec<u32>,
+    /// MSRs the catalogue documents as changing on their own (not compared after a reset).
+    volatile: Arc<BTreeSet<u32>>,
 }
 
-impl VcpuPool {
-    pub fn new(ctx: &Context, mode: PoolMode) -> VcpuPool {
-        VcpuPool {
-            mode,
-            stage: None,
-            idle: Vec::new(),
-            default_cpuid: ctx.facts.supported_cpuid.clone(),
-            stats: PoolStats::default(),
-        }
-    }
-
-    /// The CPUID table every vCPU starts with (KVM_GET_SUPPORTED_CPUID).
-    pub fn default_cpuid(&self) -> &CpuidTable {
-        &self.default_cpuid
-    }
-
-    /// A vCPU in the state of a freshly created one.
-    pub fn take(&mut self, ctx: &Context) -> Result<PooledVcpu> {
-        while let Some(v) = self.idle.pop() {
-            if !v.stage.retired.get() {
-                self.stats.reused += 1;
-                return Ok(v);
-            }
-        }
+impl Factory {
+    fn create(&mut self) -> Result<PooledVcpu> {
         let stage = match &self.stage {
             Some(s)
                 if self.mode == PoolMode::Reuse
-                    && !s.retired.get()
-                    && s.created.get() < VCPUS_PER_VM =>
+                    && !s.retired()
+                    && s.created.load(Ordering::Relaxed) < VCPUS_PER_VM =>
             {
                 s.clone()
             }
             _ => {
-                let s = Stage::new(ctx)?;
-                self.stats.vms += 1;
+                let s = Stage::new(&self.sys)?;
                 self.stage = Some(s.clone());
                 s
             }
         };
-        let id = stage.created.get() + 1;
-        stage.created.set(id);
-        let vcpu = stage
-            .vm
-            .create_vcpu(id, &CpuidPolicy::Table(self.default_cpuid.clone()))?;
-        if let Some(e) = vcpu.set_cpuid_errno {
-            return Err(Error::Ioctl {
-                what: "KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)",
-                errno: e,
-            });
-        }
+        let id = stage.created.fetch_add(1, Ordering::Relaxed) + 1;
+        // KVM_SET_CPUID2 here rather than through the policy: the pool does not need the
+        // KVM_GET_CPUID2 read-back (its expectations are the oracles', not CPUID-gated).
+        let vcpu = stage.vm.create_vcpu(id, &CpuidPolicy::Bare)?;
+        vcpu.fd
+            .set_cpuid2(&self.cpuid_kvm)
+            .map_err(|e| Error::ioctl("KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)", e))?;
         // An AP (any vCPU but the BSP) with an in-kernel LAPIC starts waiting for INIT/SIPI
         // (KVM_MP_STATE_UNINITIALIZED); make it runnable as a VMM's SIPI would (api.rst 4.38).
         vcpu.fd
@@ -261,14 +255,10 @@ impl VcpuPool {
         vcpu.fd
             .set_sregs(&long_mode::long_mode_sregs(sregs))
             .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))?;
-        let indices: BTreeSet<u32> = ctx
-            .facts
-            .msr_index_list
-            .iter()
-            .chain(&ctx.facts.msr_feature_index_list)
-            .copied()
-            .collect();
-        let mut pristine = read_all(&vcpu, &indices.into_iter().collect::<Vec<_>>());
+        vcpu.fd
+            .set_regs(&long_mode::entry_regs(stage.entry, OPS))
+            .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
+        let mut pristine = read_all(&vcpu, &self.indices);
         let vm_values = stage.vm_pristine.get_or_init(|| {
             pristine
                 .iter()
@@ -282,26 +272,193 @@ impl VcpuPool {
             }
         }
         let pristine_set = pristine.iter().map(|e| e.index).collect();
-        self.stats.created += 1;
         Ok(PooledVcpu {
             vcpu,
             stage,
-            pristine: Rc::new(pristine),
-            pristine_set: Rc::new(pristine_set),
-            cpuid: self.default_cpuid.clone(),
+            pristine,
+            pristine_set,
+            cpuid: self.cpuid.clone(),
             usage: Usage::default(),
+            resets: 0,
+        })
+    }
+}
+
+/// A thread that keeps a few fresh vCPUs ready -- new ones, and used ones it has reset -- and
+/// destroys the dropped ones, so the fuzzing thread pays for none of it. It uses the same
+/// `Factory::create` and `reset` as the synchronous pool. Used vCPUs that wrote a per-VM MSR are
+/// reset on the fuzzing thread instead: resetting them here would race with the vCPU of the same
+/// VM the next input uses.
+struct Supplier {
+    ready: mpsc::Receiver<Result<PooledVcpu>>,
+    dirty: mpsc::Sender<PooledVcpu>,
+    graveyard: mpsc::Sender<PooledVcpu>,
+    failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+}
+
+/// How many fresh vCPUs the supplier keeps ready.
+const READY: usize = 8;
+
+impl Supplier {
+    fn start(mut factory: Factory) -> Supplier {
+        let (tx, ready) = mpsc::sync_channel(READY);
+        let (graveyard, dead) = mpsc::channel::<PooledVcpu>();
+        let (dirty, used) = mpsc::channel::<PooledVcpu>();
+        let failures = Arc::new(std::sync::Mutex::new((0u64, None)));
+        let fails = failures.clone();
+        std::thread::Builder::new()
+            .name("kvm-msr-vcpu-supplier".into())
+            .spawn(move || loop {
+                while let Ok(v) = dead.try_recv() {
+                    drop(v);
+                }
+                let next = match used.try_recv() {
+                    Ok(mut v) => match reset(&mut v, &factory.cpuid, &factory.volatile, true) {
+                        Ok(()) => Ok(v),
+                        Err(why) => {
+                            let mut f = fails.lock().expect("supplier stats");
+                            f.0 += 1;
+                            f.1 = Some(why);
+                            continue;
+                        }
+                    },
+                    Err(_) => factory.create(),
+                };
+                if tx.send(next).is_err() {
+                    break;
+                }
+            })
+            .expect("spawning the vCPU supplier thread");
+        Supplier {
+            ready,
+            dirty,
+            graveyard,
+            failures,
+        }
+    }
+}
+
+pub struct VcpuPool {
+    pub mode: PoolMode,
+    factory: Option<Factory>,
+    supplier: Option<Supplier>,
+    idle: Vec<PooledVcpu>,
+    default_cpuid: CpuidTable,
+    volatile: Arc<BTreeSet<u32>>,
+    stats: PoolStats,
+}
+
+impl VcpuPool {
+    /// A pool; with `background`, fresh vCPUs are made (and dropped ones destroyed) on a thread
+    /// of their own.
+    pub fn new(ctx: &Context, mode: PoolMode, background: bool) -> Result<VcpuPool> {
+        let factory = Factory {
+            sys: KvmSystem::open_at(ctx.sys.path())?,
+            mode,
+            stage: None,
+            cpuid: ctx.facts.supported_cpuid.clone(),
+            cpuid_kvm: ctx.facts.supported_cpuid.to_kvm(),
+            indices: ctx
+                .facts
+                .msr_index_list
+                .iter()
+                .chain(&ctx.facts.msr_feature_index_list)
+                .copied()
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .collect(),
+            volatile: Arc::new(
+                ctx.catalogue
+                    .msrs
+                    .values()
+                    .filter(|m| m.volatile.is_some())
+                    .map(|m| m.index)
+                    .collect(),
+            ),
+        };
+        let volatile = factory.volatile.clone();
+        let (factory, supplier) = if background {
+            (None, Some(Supplier::start(factory)))
+        } else {
+            (Some(factory), None)
+        };
+        Ok(VcpuPool {
+            mode,
+            factory,
+            supplier,
+            idle: Vec::new(),
+            default_cpuid: ctx.facts.supported_cpuid.clone(),
+            volatile,
+            stats: PoolStats::default(),
         })
     }
 
+    /// The CPUID table every vCPU starts with (KVM_GET_SUPPORTED_CPUID).
+    pub fn default_cpuid(&self) -> &CpuidTable {
+        &self.default_cpuid
+    }
+
+    /// A vCPU in the state of a freshly created one.
+    pub fn take(&mut self, _ctx: &Context) -> Result<PooledVcpu> {
+        while let Some(v) = self.idle.pop() {
+            if !v.stage.retired() {
+                self.stats.reused += 1;
+                return Ok(v);
+            }
+            self.bury(v);
+        }
+        // (Resets done on the supplier thread come back through `ready`.)
+        loop {
+            let v = match (&mut self.factory, &self.supplier) {
+                (Some(f), _) => f.create()?,
+                (None, Some(s)) => s.ready.recv().map_err(|_| Error::Ioctl {
+                    what: "the vCPU supplier thread (it stopped)",
+                    errno: 0,
+                })??,
+                (None, None) => unreachable!("a pool has a factory or a supplier"),
+            };
+            // A vCPU made before its VM was retired is not fresh with respect to it.
+            if v.stage.retired() {
+                self.bury(v);
+                continue;
+            }
+            if v.resets == 0 {
+                self.stats.created += 1;
+            } else {
+                self.stats.reused += 1;
+            }
+            return Ok(v);
+        }
+    }
+
+    /// Destroy a vCPU, on the supplier thread if there is one.
+    fn bury(&self, v: PooledVcpu) {
+        if let Some(s) = &self.supplier {
+            let _ = s.graveyard.send(v);
+        }
+    }
+
     /// Take a vCPU back after an input: reset and keep it if it can be made fresh again.
-    pub fn give_back(&mut self, ctx: &Context, mut v: PooledVcpu) {
-        if self.mode == PoolMode::Fresh || v.stage.retired.get() {
+    pub fn give_back(&mut self, _ctx: &Context, mut v: PooledVcpu) {
+        if self.mode == PoolMode::Fresh || v.stage.retired() {
+            self.bury(v);
             return;
         }
         if !v.usage.ran && !v.usage.unrecoverable {
-            match reset(ctx, &mut v, &self.default_cpuid) {
+            if !v.usage.wrote && !v.usage.cpuid_changed {
+                // Host reads and rejected writes change nothing: reusable as it is.
+                v.usage = Usage::default();
+                v.resets += 1;
+                self.idle.push(v);
+                return;
+            }
+            if let (Some(s), false) = (&self.supplier, v.usage.vm_scope_written) {
+                let _ = s.dirty.send(v);
+                return;
+            }
+            let volatile = self.volatile.clone();
+            match reset(&mut v, &self.default_cpuid, &volatile, false) {
                 Ok(()) => {
-                    v.usage = Usage::default();
                     self.idle.push(v);
                     return;
                 }
@@ -314,14 +471,28 @@ impl VcpuPool {
         // Dropped. Per-VM state it changed goes back, or the VM is retired (an unrecoverable
         // write may have been the per-VM one).
         if v.usage.vm_scope_written && (v.usage.unrecoverable || !restore_vm_scope(&v)) {
-            v.stage.retired.set(true);
+            v.stage.retire();
         }
+        self.bury(v);
+    }
+
+    /// The counters, including resets done on the supplier thread.
+    pub fn stats(&self) -> PoolStats {
+        let mut st = self.stats.clone();
+        if let Some(s) = &self.supplier {
+            let f = s.failures.lock().expect("supplier stats");
+            st.reset_failures += f.0;
+            if f.1.is_some() {
+                st.last_reset_failure = f.1.clone();
+            }
+        }
+        st
     }
 }
 
 /// The MSRs of `indices` a host read succeeds for, with their values: one KVM_GET_MSRS, and
 /// past an entry that fails, the rest again.
-fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
+pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
     let mut out = Vec::with_capacity(indices.len());
     let mut rest = indices;
     while !rest.is_empty() {
@@ -351,14 +522,15 @@ fn restore_vm_scope(v: &PooledVcpu) -> bool {
         .copied()
         .collect();
     let want: Vec<MsrEntry> = undo.iter().chain(&vm).copied().collect();
-    v.vcpu.set_msrs(&want).result == Ok(want.len()) && reads_back(None, v, &want).is_ok()
+    v.vcpu.set_msrs(&want).result == Ok(want.len())
+        && reads_back(v, &want, &BTreeSet::new()).is_ok()
 }
 
-/// Every entry reads back with its value (volatile MSRs excepted when a catalogue is given).
+/// Every entry reads back with its value (`volatile` MSRs excepted).
 fn reads_back(
-    ctx: Option<&Context>,
     v: &PooledVcpu,
     want: &[MsrEntry],
+    volatile: &BTreeSet<u32>,
 ) -> std::result::Result<(), String> {
     let idx: Vec<u32> = want.iter().map(|e| e.index).collect();
     let io = v.vcpu.get_msrs(&idx);
@@ -370,12 +542,7 @@ fn reads_back(
         ));
     }
     for (a, b) in want.iter().zip(&io.entries) {
-        let volatile = ctx.is_some_and(|c| {
-            c.catalogue
-                .get(a.index)
-                .is_some_and(|m| m.volatile.is_some())
-        });
-        if a.data != b.data && !volatile {
+        if a.data != b.data && !volatile.contains(&a.index) {
             return Err(format!(
                 "MSR {:#x} reads {:#x} after being reset to {:#x}",
                 a.index, b.data, a.data
@@ -386,35 +553,53 @@ fn reads_back(
 }
 
 /// Make a vCPU that never ran fresh again: default CPUID, the old values of MSRs outside the
-/// snapshot (last write first), then the snapshot; verified by reading everything back.
+/// snapshot (last write first), then the snapshot; verified by reading everything back. With
+/// `skip_vm_scope` the per-VM MSRs are left alone (the vCPU did not write them, and another
+/// vCPU of the VM may be using them right now).
 fn reset(
-    ctx: &Context,
     v: &mut PooledVcpu,
     default_cpuid: &CpuidTable,
+    volatile: &BTreeSet<u32>,
+    skip_vm_scope: bool,
 ) -> std::result::Result<(), String> {
-    if v.usage.cpuid_changed {
-        v.vcpu
-            .fd
-            .set_cpuid2(&default_cpuid.to_kvm())
-            .map_err(|e| format!("KVM_SET_CPUID2 of the default table: errno {}", e.errno()))?;
-        v.cpuid = default_cpuid.clone();
+    // Host reads and rejected writes change nothing (a rejected write that changed state would
+    // be a KVM bug the `pool-equivalence` oracle reports).
+    if v.usage.wrote || v.usage.cpuid_changed {
+        if v.usage.cpuid_changed {
+            v.vcpu
+                .fd
+                .set_cpuid2(&default_cpuid.to_kvm())
+                .map_err(|e| format!("KVM_SET_CPUID2 of the default table: errno {}", e.errno()))?;
+            v.cpuid = default_cpuid.clone();
+        }
+        let keep = |e: &&MsrEntry| !(skip_vm_scope && vm_scope(e.index));
+        let want: Vec<MsrEntry> = v
+            .usage
+            .undo
+            .iter()
+            .rev()
+            .chain(v.pristine.iter())
+            .filter(keep)
+            .copied()
+            .collect();
+        let io = v.vcpu.set_msrs(&want);
+        if io.result != Ok(want.len()) {
+            let n = io.result.unwrap_or(0);
+            return Err(format!(
+                "KVM_SET_MSRS of the reset values stopped at #{n} ({:x?})",
+                want.get(n)
+            ));
+        }
+        let expect: Vec<MsrEntry> = v
+            .pristine
+            .iter()
+            .chain(&v.usage.undo)
+            .filter(keep)
+            .copied()
+            .collect();
+        reads_back(v, &expect, volatile)?;
     }
-    let want: Vec<MsrEntry> = v
-        .usage
-        .undo
-        .iter()
-        .rev()
-        .chain(v.pristine.iter())
-        .copied()
-        .collect();
-    let io = v.vcpu.set_msrs(&want);
-    if io.result != Ok(want.len()) {
-        let n = io.result.unwrap_or(0);
-        return Err(format!(
-            "KVM_SET_MSRS of the reset values stopped at #{n} ({:x?})",
-            want.get(n)
-        ));
-    }
-    let expect: Vec<MsrEntry> = v.pristine.iter().chain(&v.usage.undo).copied().collect();
-    reads_back(Some(ctx), v, &expect)
+    v.usage = Usage::default();
+    v.resets += 1;
+    Ok(())
 }
