@@ -13,6 +13,7 @@
 //! - `vcpu_get_msrs/<n>`, `vcpu_set_msrs/<n>`: KVM_GET/SET_MSRS by batch size (the migration path).
 //! - `system_get_feature_msrs`: KVM_GET_MSRS on /dev/kvm of every feature MSR.
 //! - `create/machine`: VM + vCPU + guest environment (what a fuzzer pays per fresh vCPU).
+//! - `create/pooled-vcpu`, `pool/reset-after-write`: what the host fuzz target's pool pays instead.
 //!
 //! Compare ratios within one run; compare kernels with interleaved runs (README, Benchmarks).
 //! KVM_MSR_BENCH_SMOKE=1 runs everything briefly (CI).
@@ -20,6 +21,7 @@
 use criterion::{BenchmarkId, Criterion};
 use kvm_msr_benches::{count, finish, smoke, Counts, Recorder, StatsSource};
 use kvm_msr_suite::checks::Context;
+use kvm_msr_suite::fuzzing::pool::{PoolMode, VcpuPool};
 use kvm_msr_suite::guest::layout::PORT_DONE;
 use kvm_msr_suite::guest::msr_loop::{LoopKind, MsrLoop};
 use kvm_msr_suite::guest::GuestOp;
@@ -344,6 +346,24 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
         b.iter(|| ctx.sys.get_feature_msrs(&feats))
     });
     c.bench_function("create/machine", |b| b.iter(|| machine(ctx)));
+    // What the host fuzz target's pool pays: a fresh vCPU in a shared VM (a new VM every 64,
+    // amortised; no supplier thread here), and the reset of a used vCPU after one accepted write
+    // (KVM_SET_MSRS of the snapshot, read back).
+    let mut pool = VcpuPool::new(ctx, PoolMode::Reuse, false).expect("a vCPU pool");
+    c.bench_function("create/pooled-vcpu", |b| {
+        b.iter(|| drop(pool.take(ctx).expect("a pooled vCPU")))
+    });
+    let sysenter_cs = MsrEntry {
+        index: 0x174,
+        data: 0x10,
+    };
+    c.bench_function("pool/reset-after-write", |b| {
+        b.iter(|| {
+            let mut v = pool.take(ctx).expect("a pooled vCPU");
+            v.set_msrs(ctx, std::slice::from_ref(&sysenter_cs));
+            pool.give_back(ctx, v);
+        })
+    });
 }
 
 fn criterion() -> Criterion {

@@ -238,9 +238,9 @@ impl Factory {
         // KVM_SET_CPUID2 here rather than through the policy: the pool does not need the
         // KVM_GET_CPUID2 read-back (its expectations are the oracles', not CPUID-gated).
         let vcpu = stage.vm.create_vcpu(id, &CpuidPolicy::Bare)?;
-        vcpu.fd
-            .set_cpuid2(&self.cpuid_kvm)
-            .map_err(|e| Error::ioctl("KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)", e))?;
+        vcpu.fd.set_cpuid2(&self.cpuid_kvm).map_err(|e| {
+            Error::ioctl("KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)", e)
+        })?;
         // An AP (any vCPU but the BSP) with an in-kernel LAPIC starts waiting for INIT/SIPI
         // (KVM_MP_STATE_UNINITIALIZED); make it runnable as a VMM's SIPI would (api.rst 4.38).
         vcpu.fd
