@@ -7,10 +7,11 @@
 //! 0 turns it off).
 //! KVM_MSR_FUZZ_POOL_THREAD=0: create fresh vCPUs on the fuzzing thread instead of a supplier
 //! thread.
+//! KVM_MSR_FUZZ_PIN=N: pin the fuzzing thread to CPU N (the supplier keeps the others).
 #![no_main]
 
 use kvm_msr_suite::checks::Context;
-use kvm_msr_suite::fuzzing::pool::PoolMode;
+use kvm_msr_suite::fuzzing::pool::{pin_current_thread, PoolMode};
 use kvm_msr_suite::fuzzing::{Features, HostInput, HostRunner};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
@@ -38,7 +39,16 @@ fn new_runner(ctx: &Context) -> HostRunner {
         Err(_) => 64,
     };
     let background = std::env::var_os("KVM_MSR_FUZZ_POOL_THREAD").is_none_or(|v| v != "0");
-    HostRunner::new(ctx, mode, every, background).unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}"))
+    let runner = HostRunner::new(ctx, mode, every, background)
+        .unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}"));
+    // After the pool exists, so its supplier thread is not pinned too.
+    if let Ok(s) = std::env::var("KVM_MSR_FUZZ_PIN") {
+        let cpu: usize = s
+            .parse()
+            .unwrap_or_else(|_| panic!("KVM_MSR_FUZZ_PIN={s:?}: expected a CPU number"));
+        pin_current_thread(cpu).unwrap_or_else(|e| panic!("KVM_MSR_FUZZ_PIN={cpu}: {e}"));
+    }
+    runner
 }
 
 fuzz_target!(|input: HostInput| {
