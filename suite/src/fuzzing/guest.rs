@@ -55,7 +55,21 @@ pub fn run_guest(ctx: &Context, input: &GuestInput, feats: &mut Features) -> Res
             actual: d.to_string(),
         });
     }
+    // Value profile: for a RDMSR of an MSR the program wrote successfully before, how many bits
+    // of what the guest reads differ from what it wrote.
+    let mut written: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
     for (op, o) in ops.iter().zip(&run.outcomes) {
+        match (op, o) {
+            (GuestOp::Wrmsr(i, v), OpOutcome::Wrote) => {
+                written.insert(*i, *v);
+            }
+            (GuestOp::Rdmsr(i), OpOutcome::Read(r)) => {
+                if let Some(w) = written.get(i) {
+                    feats.add(&[5, msr_class(ctx, *i), (w ^ r).count_ones()]);
+                }
+            }
+            _ => {}
+        }
         let (kind, zero) = match (op, o) {
             (_, OpOutcome::Read(v)) => (1, u32::from(*v == 0)),
             (_, OpOutcome::Wrote) => (2, 0),
