@@ -30,9 +30,34 @@ pub enum HostValue {
     Current,
 }
 
+/// How a host operation names an MSR: as the other targets do, or any MSR of the catalogue
+/// (which holds many MSRs this host does not list: VMX, Hyper-V, PMU, AMD-only ones).
+#[derive(Clone, Copy, Debug, Arbitrary)]
+pub enum HostIndex {
+    Choice(IndexChoice),
+    Catalogued(u16),
+}
+
+impl HostIndex {
+    pub fn resolve(self, ctx: &Context) -> u32 {
+        match self {
+            HostIndex::Choice(c) => c.resolve(ctx),
+            HostIndex::Catalogued(n) => {
+                let len = ctx.catalogue.msrs.len().max(1);
+                ctx.catalogue
+                    .msrs
+                    .keys()
+                    .nth(n as usize % len)
+                    .copied()
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Arbitrary)]
 pub struct HostEntry {
-    pub index: IndexChoice,
+    pub index: HostIndex,
     pub value: HostValue,
 }
 
@@ -79,7 +104,7 @@ pub enum HostOp {
     /// KVM_SET_MSRS of these entries, then KVM_GET_MSRS of the accepted ones.
     Set(Vec<HostEntry>),
     /// KVM_GET_MSRS of these indices.
-    Get(Vec<IndexChoice>),
+    Get(Vec<HostIndex>),
     SetCpuid(CpuidChoice),
     /// KVM_RUN of the empty guest program.
     Run,

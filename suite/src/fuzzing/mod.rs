@@ -11,8 +11,8 @@ mod set_batch;
 pub use filter::{run_filter, FilterInput, RangeChoice};
 pub use guest::{run_guest, GuestAccess, GuestInput, MAX_GUEST_OPS};
 pub use host::{
-    decode_host, run_host, CpuidChoice, HostEntry, HostInput, HostOp, HostRunner, HostValue, Obs,
-    MAX_HOST_ENTRIES, MAX_HOST_OPS,
+    decode_host, run_host, CpuidChoice, HostEntry, HostIndex, HostInput, HostOp, HostRunner,
+    HostValue, Obs, MAX_HOST_ENTRIES, MAX_HOST_OPS,
 };
 pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
 
