@@ -188,6 +188,31 @@ fn resolve(ctx: &Context, current: &BTreeMap<u32, u64>, e: &HostEntry) -> MsrEnt
     }
 }
 
+/// Whether `input` may start on a vCPU that ran in an earlier input and was reset: KVM treats a
+/// vCPU that has run differently only for KVM_SET_CPUID2 (cpuid.c kvm_set_cpuid) and writes to
+/// immutable feature MSRs (x86.c do_set_msr), so an input that does neither before its first
+/// KVM_RUN (nor a save/restore, whose source would differ) cannot tell. The `pool-equivalence`
+/// oracle checks that claim against fresh VMs.
+pub fn tolerates_a_vcpu_that_ran(ctx: &Context, input: &HostInput) -> bool {
+    for op in input.ops.iter().take(MAX_HOST_OPS) {
+        match op {
+            HostOp::Run => return true,
+            HostOp::SetCpuid(_) | HostOp::SaveRestore => return false,
+            HostOp::Set(es) => {
+                if es
+                    .iter()
+                    .take(MAX_HOST_ENTRIES)
+                    .any(|e| ctx.facts.is_feature_msr(e.index.resolve(ctx)))
+                {
+                    return false;
+                }
+            }
+            HostOp::Get(_) => {}
+        }
+    }
+    true
+}
+
 /// Run one input on a vCPU from `pool`; the trace of what it observed, or the first violated
 /// oracle.
 pub fn run_host(
@@ -196,7 +221,12 @@ pub fn run_host(
     input: &HostInput,
     feats: &mut Features,
 ) -> Result<Vec<Obs>, Violation> {
-    let mut v = pool.take(ctx).map_err(harness)?;
+    let mut v = pool
+        .take(ctx, tolerates_a_vcpu_that_ran(ctx, input))
+        .map_err(harness)?;
+    // Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done, which
+    // the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
+    let mut ran = false;
     let mut reads = RepeatedReads::default();
     let mut trace = Vec::new();
     for op in input.ops.iter().take(MAX_HOST_OPS) {
@@ -215,7 +245,6 @@ pub fn run_host(
                     .map(|e| (e.index, e.data))
                     .collect();
                 let entries: Vec<MsrEntry> = es.iter().map(|e| resolve(ctx, &current, e)).collect();
-                let ran = v.has_run();
                 let before: BTreeMap<u32, u64> = if ran {
                     entries
                         .iter()
@@ -289,7 +318,6 @@ pub fn run_host(
             }
             HostOp::SetCpuid(c) => {
                 let table = c.table(pool.default_cpuid());
-                let ran = v.has_run();
                 let same = table.entries == v.cpuid.entries;
                 let r = v.set_cpuid(&table);
                 if let Err(e) = r {
@@ -333,6 +361,7 @@ pub fn run_host(
                         actual: exit.to_string(),
                     });
                 }
+                ran = true;
                 feats.add(&[14]);
                 trace.push(Obs::Run);
             }
@@ -352,9 +381,11 @@ pub fn run_host(
                 // destination may be a vCPU of the same VM, and the per-VM MSRs (wall clock)
                 // must end up with the restored values, not the source's reset ones.
                 let source_cpuid = v.cpuid.clone();
-                let source_ran = v.has_run();
+                let source_ran = ran;
                 pool.give_back(ctx, v);
-                v = pool.take(ctx).map_err(harness)?;
+                // The destination is a vCPU that never ran, as on a migration.
+                v = pool.take(ctx, false).map_err(harness)?;
+                ran = false;
                 let dest = &mut v;
                 if dest.cpuid.entries != source_cpuid.entries {
                     if let Err(e) = dest.set_cpuid(&source_cpuid) {

@@ -8,8 +8,11 @@
 //!   wrote, captured before the write). This is how QEMU emulates RESET ("userspace blindly
 //!   stuffs all MSRs", x86.c do_set_msr). The reset is then verified by reading everything back;
 //!   a vCPU that does not read back as it was is dropped, not reused.
-//! - a vCPU that ran is never reused (its CPUID and feature MSRs are frozen, semantics §1.11),
-//!   nor one that accepted a write whose old value could not be read. New vCPUs are created in a
+//! - a vCPU that ran is reset the same way but kept apart: its CPUID and immutable feature MSRs
+//!   are frozen (semantics §1.11), so it only serves inputs that do nothing before their first
+//!   KVM_RUN that could tell (`host::tolerates_a_vcpu_that_ran`); an input whose first KVM_RUN
+//!   would otherwise cost a never-run vCPU's first entry (~87 us on PVM, the MMU's setup) gets it.
+//!   A vCPU that accepted a write whose old value could not be read is never reused. New vCPUs are created in a
 //!   shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`.
 //! - a successful write to the x2APIC range retires the shared VM: an ICR write sends an IPI to
 //!   other vCPUs of the VM (lapic.c kvm_x2apic_icr_write), state no MSR read shows.
@@ -28,6 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// Most reset vCPUs that ran kept for reuse (beyond it they are dropped without a reset).
+const IDLE_RAN_MAX: usize = 4;
 
 /// vCPUs created in one shared VM before a new one is started (bounds kernel memory).
 pub const VCPUS_PER_VM: u64 = 64;
@@ -106,6 +112,8 @@ pub struct PooledVcpu {
     usage: Usage,
     /// How many times it was reset for reuse.
     resets: u64,
+    /// KVM_RUN was called on it, in this input or an earlier one.
+    ever_ran: bool,
 }
 
 impl PooledVcpu {
@@ -161,13 +169,13 @@ impl PooledVcpu {
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
     pub fn set_cpuid(&mut self, table: &CpuidTable) -> std::result::Result<(), i32> {
-        self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
         let r = self
             .vcpu
             .fd
             .set_cpuid2(&table.to_kvm())
             .map_err(|e| e.errno());
         if r.is_ok() {
+            self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
             self.cpuid = table.clone();
         }
         r
@@ -178,11 +186,14 @@ impl PooledVcpu {
     /// PORT_DONE the runtime reloads rsi and jumps back to its entry, so no KVM_SET_REGS is needed.
     pub fn run_empty(&mut self, timeout: Duration) -> Exit {
         self.usage.ran = true;
+        self.ever_ran = true;
         self.vcpu.run(timeout)
     }
 
+    /// KVM_RUN was called on this vCPU (in this input or, for one taken with `may_have_run`, an
+    /// earlier one).
     pub fn has_run(&self) -> bool {
-        self.usage.ran
+        self.ever_ran
     }
 }
 
@@ -200,6 +211,8 @@ pub enum PoolMode {
 pub struct PoolStats {
     pub created: u64,
     pub reused: u64,
+    /// Reused vCPUs that had run (for inputs that cannot tell).
+    pub reused_after_run: u64,
     /// Resets that failed (the vCPU was dropped), and why the last one did.
     pub reset_failures: u64,
     pub last_reset_failure: Option<String>,
@@ -280,6 +293,7 @@ impl Factory {
             cpuid: self.cpuid.clone(),
             usage: Usage::default(),
             resets: 0,
+            ever_ran: false,
         })
     }
 }
@@ -343,6 +357,8 @@ pub struct VcpuPool {
     factory: Option<Factory>,
     supplier: Option<Supplier>,
     idle: Vec<PooledVcpu>,
+    /// Reset vCPUs that have run: for inputs that cannot tell them from fresh ones.
+    idle_ran: Vec<PooledVcpu>,
     default_cpuid: CpuidTable,
     volatile: Arc<BTreeSet<u32>>,
     stats: PoolStats,
@@ -387,6 +403,7 @@ impl VcpuPool {
             factory,
             supplier,
             idle: Vec::new(),
+            idle_ran: Vec::new(),
             default_cpuid: ctx.facts.supported_cpuid.clone(),
             volatile,
             stats: PoolStats::default(),
@@ -398,8 +415,18 @@ impl VcpuPool {
         &self.default_cpuid
     }
 
-    /// A vCPU in the state of a freshly created one.
-    pub fn take(&mut self, _ctx: &Context) -> Result<PooledVcpu> {
+    /// A vCPU in the state of a freshly created one; with `may_have_run`, possibly one that has
+    /// run before and was reset (same MSR values, default CPUID) -- for an input that does nothing
+    /// before its first KVM_RUN that KVM answers differently once a vCPU has run (see
+    /// `host::tolerates_a_vcpu_that_ran`).
+    pub fn take(&mut self, _ctx: &Context, may_have_run: bool) -> Result<PooledVcpu> {
+        while let Some(v) = self.idle_ran.pop().filter(|_| may_have_run) {
+            if !v.stage.retired() {
+                self.stats.reused_after_run += 1;
+                return Ok(v);
+            }
+            self.bury(v);
+        }
         while let Some(v) = self.idle.pop() {
             if !v.stage.retired() {
                 self.stats.reused += 1;
@@ -444,7 +471,22 @@ impl VcpuPool {
             self.bury(v);
             return;
         }
-        if !v.usage.ran && !v.usage.unrecoverable {
+        if v.ever_ran && !v.usage.unrecoverable && self.idle_ran.len() < IDLE_RAN_MAX {
+            // Reset on this thread (the supplier hands out never-run vCPUs only). A vCPU whose
+            // CPUID or feature MSRs an input changed before running cannot be reset (KVM refuses
+            // the default values now) and is dropped.
+            let volatile = self.volatile.clone();
+            match reset(&mut v, &self.default_cpuid, &volatile, false) {
+                Ok(()) => {
+                    self.idle_ran.push(v);
+                    return;
+                }
+                Err(why) => {
+                    self.stats.reset_failures += 1;
+                    self.stats.last_reset_failure = Some(why);
+                }
+            }
+        } else if !v.ever_ran && !v.usage.unrecoverable {
             if !v.usage.wrote && !v.usage.cpuid_changed {
                 // Host reads and rejected writes change nothing: reusable as it is.
                 v.usage = Usage::default();
