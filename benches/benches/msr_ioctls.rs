@@ -351,7 +351,7 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
     // (KVM_SET_MSRS of the snapshot, read back).
     let mut pool = VcpuPool::new(ctx, PoolMode::Reuse, false).expect("a vCPU pool");
     c.bench_function("create/pooled-vcpu", |b| {
-        b.iter(|| drop(pool.take(ctx, false).expect("a pooled vCPU")))
+        b.iter(|| drop(pool.take(false).expect("a pooled vCPU")))
     });
     let sysenter_cs = MsrEntry {
         index: 0x174,
@@ -359,9 +359,9 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
     };
     c.bench_function("pool/reset-after-write", |b| {
         b.iter(|| {
-            let mut v = pool.take(ctx, false).expect("a pooled vCPU");
+            let mut v = pool.take(false).expect("a pooled vCPU");
             v.set_msrs(ctx, std::slice::from_ref(&sysenter_cs));
-            pool.give_back(ctx, v);
+            pool.give_back(v);
         })
     });
 }

@@ -2,7 +2,7 @@
 //! programs and to be inspected from the host between runs. Checks, the fuzzer and the
 //! benchmarks all drive KVM through this.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::guest::asm::Code;
 use crate::guest::layout::{MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
 use crate::guest::msr_loop::{self, LoopResult, MsrLoop};
@@ -128,13 +128,7 @@ impl Machine {
         let mut vm = Vm::new(sys, &config.vm)?;
         let runtime = long_mode::install(&mut vm.mem);
         let vcpu = vm.create_vcpu(0, &config.cpuid)?;
-        let sregs = vcpu
-            .fd
-            .get_sregs()
-            .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
-        vcpu.fd
-            .set_sregs(&long_mode::long_mode_sregs(sregs))
-            .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))?;
+        long_mode::enter(&vcpu)?;
         Ok(Machine {
             vm,
             vcpu,

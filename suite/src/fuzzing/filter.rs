@@ -1,7 +1,7 @@
 //! The `filter` target: generated MSR filters, exit-reason masks and guest accesses against the
 //! filter model (oracles::filter).
 
-use super::{Features, IndexChoice};
+use super::{harness_violation, Features, IndexChoice};
 use crate::checks::Context;
 use crate::oracles::Violation;
 use arbitrary::Arbitrary;
@@ -84,14 +84,7 @@ pub fn run_filter(
         ) {
             Ok(Ok(_)) => {}
             Ok(Err(v)) => return Err(v),
-            Err(e) => {
-                return Err(Violation {
-                    oracle: "harness",
-                    msr: None,
-                    expected: "a machine".into(),
-                    actual: e.to_string(),
-                })
-            }
+            Err(e) => return Err(harness_violation(e)),
         }
     }
     Ok(())

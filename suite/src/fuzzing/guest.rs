@@ -1,7 +1,7 @@
 //! The `guest` target: guest RDMSR/WRMSR programs run by the guest runtime, cross-checked with
 //! host reads.
 
-use super::{confine, msr_class, Features, IndexChoice, ValueChoice};
+use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
 use crate::checks::Context;
 use crate::oracles::Violation;
 use arbitrary::Arbitrary;
@@ -40,12 +40,7 @@ pub fn run_guest(ctx: &Context, input: &GuestInput, feats: &mut Features) -> Res
             }
         })
         .collect();
-    let mut m = ctx.machine().map_err(|e| Violation {
-        oracle: "harness",
-        msr: None,
-        expected: "a machine".into(),
-        actual: e.to_string(),
-    })?;
+    let mut m = ctx.machine().map_err(harness_violation)?;
     let run = m.run_ops(&ops);
     if let Some(d) = run.death {
         return Err(Violation {

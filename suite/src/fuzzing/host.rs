@@ -5,7 +5,7 @@
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
 use super::pool::{read_all, PoolMode, VcpuPool};
-use super::{confine, msr_class, Features, IndexChoice, ValueChoice};
+use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
 use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
 use crate::checks::Context;
 use crate::guest::layout::PORT_DONE;
@@ -146,15 +146,6 @@ fn visible(ctx: &Context, index: u32, value: u64) -> (u32, Option<u64>) {
     (index, (!hidden).then_some(value))
 }
 
-fn harness(e: crate::error::Error) -> Violation {
-    Violation {
-        oracle: "harness",
-        msr: None,
-        expected: "a vCPU".into(),
-        actual: e.to_string(),
-    }
-}
-
 /// The value `e` writes; `current` holds the values before the batch (0 where unreadable).
 fn resolve(ctx: &Context, current: &BTreeMap<u32, u64>, e: &HostEntry) -> MsrEntry {
     let index = e.index.resolve(ctx);
@@ -222,8 +213,8 @@ pub fn run_host(
     feats: &mut Features,
 ) -> Result<Vec<Obs>, Violation> {
     let mut v = pool
-        .take(ctx, tolerates_a_vcpu_that_ran(ctx, input))
-        .map_err(harness)?;
+        .take(tolerates_a_vcpu_that_ran(ctx, input))
+        .map_err(harness_violation)?;
     // Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done, which
     // the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
     let mut ran = false;
@@ -382,9 +373,9 @@ pub fn run_host(
                 // must end up with the restored values, not the source's reset ones.
                 let source_cpuid = v.cpuid.clone();
                 let source_ran = ran;
-                pool.give_back(ctx, v);
+                pool.give_back(v);
                 // The destination is a vCPU that never ran, as on a migration.
-                v = pool.take(ctx, false).map_err(harness)?;
+                v = pool.take(false).map_err(harness_violation)?;
                 ran = false;
                 let dest = &mut v;
                 if dest.cpuid.entries != source_cpuid.entries {
@@ -409,7 +400,7 @@ pub fn run_host(
             }
         }
     }
-    pool.give_back(ctx, v);
+    pool.give_back(v);
     Ok(trace)
 }
 

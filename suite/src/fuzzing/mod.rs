@@ -196,7 +196,7 @@ pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
 }
 
 /// A harness failure (no VM, no vCPU) as the violation a target reports.
-pub fn harness_violation(e: &crate::error::Error) -> Violation {
+pub fn harness_violation(e: crate::error::Error) -> Violation {
     Violation {
         oracle: "harness",
         msr: None,
@@ -241,7 +241,7 @@ pub fn replay(
             let i = HostInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
             // Every input also on a fresh VM: a replay checks pool equivalence too.
             let result = HostRunner::new(ctx, pool::PoolMode::Reuse, 1, false)
-                .map_err(|e| harness_violation(&e))
+                .map_err(harness_violation)
                 .and_then(|mut r| r.run(ctx, &i, &mut Features::default()));
             Ok((format!("{i:#?}"), result))
         }

@@ -261,13 +261,7 @@ impl Factory {
                 mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
             })
             .map_err(|e| Error::ioctl("KVM_SET_MP_STATE", e))?;
-        let sregs = vcpu
-            .fd
-            .get_sregs()
-            .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
-        vcpu.fd
-            .set_sregs(&long_mode::long_mode_sregs(sregs))
-            .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))?;
+        long_mode::enter(&vcpu)?;
         vcpu.fd
             .set_regs(&long_mode::entry_regs(stage.entry, OPS))
             .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
@@ -419,7 +413,7 @@ impl VcpuPool {
     /// run before and was reset (same MSR values, default CPUID) -- for an input that does nothing
     /// before its first KVM_RUN that KVM answers differently once a vCPU has run (see
     /// `host::tolerates_a_vcpu_that_ran`).
-    pub fn take(&mut self, _ctx: &Context, may_have_run: bool) -> Result<PooledVcpu> {
+    pub fn take(&mut self, may_have_run: bool) -> Result<PooledVcpu> {
         while let Some(v) = self.idle_ran.pop().filter(|_| may_have_run) {
             if !v.stage.retired() {
                 self.stats.reused_after_run += 1;
@@ -466,7 +460,7 @@ impl VcpuPool {
     }
 
     /// Take a vCPU back after an input: reset and keep it if it can be made fresh again.
-    pub fn give_back(&mut self, _ctx: &Context, mut v: PooledVcpu) {
+    pub fn give_back(&mut self, mut v: PooledVcpu) {
         if self.mode == PoolMode::Fresh || v.stage.retired() {
             self.bury(v);
             return;

@@ -1,7 +1,7 @@
 //! The `set_batch` target: one KVM_SET_MSRS batch against the same writes one by one on an
 //! identical twin (api.rst 4.19; oracles::set_batch_matches_single).
 
-use super::{confine, msr_class, EntryChoice, Features};
+use super::{confine, harness_violation, msr_class, EntryChoice, Features};
 use crate::checks::Context;
 use crate::kvm::raw::MsrEntry;
 use crate::oracles::{self, Violation};
@@ -36,14 +36,7 @@ pub fn run_set_batch(
         .collect();
     let (a, b) = match (ctx.machine(), ctx.machine()) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(Violation {
-                oracle: "harness",
-                msr: None,
-                expected: "two fresh machines".into(),
-                actual: e.to_string(),
-            })
-        }
+        (Err(e), _) | (_, Err(e)) => return Err(harness_violation(e)),
     };
     let r = oracles::set_batch_matches_single(&ctx.catalogue, &a, &b, &entries, &[]);
     if let Ok(c) = &r {

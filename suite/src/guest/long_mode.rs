@@ -97,6 +97,19 @@ fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
     }
 }
 
+/// Put `vcpu` in long mode on the installed environment: KVM_GET_SREGS, `long_mode_sregs`,
+/// KVM_SET_SREGS.
+pub fn enter(vcpu: &crate::kvm::Vcpu) -> crate::Result<()> {
+    use crate::error::Error;
+    let sregs = vcpu
+        .fd
+        .get_sregs()
+        .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
+    vcpu.fd
+        .set_sregs(&long_mode_sregs(sregs))
+        .map_err(|e| Error::ioctl("KVM_SET_SREGS", e))
+}
+
 /// Long-mode control and segment state, applied on top of the vCPU's current sregs.
 pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
