@@ -360,7 +360,7 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
     c.bench_function("pool/reset-after-write", |b| {
         b.iter(|| {
             let mut v = pool.take(false).expect("a pooled vCPU");
-            v.set_msrs(ctx, std::slice::from_ref(&sysenter_cs));
+            v.set_msrs(ctx, std::slice::from_ref(&sysenter_cs), None);
             pool.give_back(v);
         })
     });

@@ -8,6 +8,7 @@
 //! KVM_MSR_FUZZ_POOL_THREAD=0: create fresh vCPUs on the fuzzing thread instead of a supplier
 //! thread.
 //! KVM_MSR_FUZZ_PIN=N: pin the fuzzing thread to CPU N (the supplier keeps the others).
+//! KVM_MSR_FUZZ_STATS=N: print the pool's counters to stderr every N inputs.
 #![no_main]
 
 use kvm_msr_suite::checks::Context;
@@ -21,6 +22,15 @@ mod feedback;
 use std::sync::OnceLock;
 
 static CTX: OnceLock<Context> = OnceLock::new();
+static STATS_EVERY: OnceLock<Option<u64>> = OnceLock::new();
+
+fn stats_every() -> Option<u64> {
+    let s = std::env::var("KVM_MSR_FUZZ_STATS").ok()?;
+    match s.parse() {
+        Ok(0) | Err(_) => panic!("KVM_MSR_FUZZ_STATS={s:?}: expected a positive number"),
+        Ok(n) => Some(n),
+    }
+}
 
 thread_local! {
     static RUNNER: RefCell<Option<HostRunner>> = const { RefCell::new(None) };
@@ -55,8 +65,18 @@ fuzz_target!(|input: HostInput| {
     let ctx = CTX.get_or_init(|| Context::load().unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}")));
     let mut feats = Features::default();
     let result = RUNNER.with_borrow_mut(|r| {
-        r.get_or_insert_with(|| new_runner(ctx))
-            .run(ctx, &input, &mut feats)
+        let runner = r.get_or_insert_with(|| new_runner(ctx));
+        let result = runner.run(ctx, &input, &mut feats);
+        if let Some(every) = *STATS_EVERY.get_or_init(stats_every) {
+            if runner.inputs() % every == 0 {
+                eprintln!(
+                    "kvm-msr pool after {} inputs: {:?}",
+                    runner.inputs(),
+                    runner.pool.stats()
+                );
+            }
+        }
+        result
     });
     feedback::record(&feats);
     feedback::check_kernel_log();

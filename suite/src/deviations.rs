@@ -6,6 +6,7 @@
 //! deviate is a failure, so a record never outlives the behaviour it describes.
 
 use crate::error::{Error, Result};
+use crate::kvm::cpuid::Vendor;
 use crate::kvm::facts::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,11 @@ pub struct Deviation {
     /// If set, the deviation matches only when the check reports exactly this `actual`.
     #[serde(default)]
     pub actual: Option<String>,
+    /// If set, the record holds only on hosts with this CPU vendor (the host's own CPUID): a
+    /// backend whose deviation follows the host CPU (PVM passes host CPUID bits through) is
+    /// recorded once per vendor it was measured on.
+    #[serde(default)]
+    pub host_vendor: Option<Vendor>,
     #[serde(skip)]
     pub source: Option<(PathBuf, usize)>,
 }
@@ -74,19 +80,111 @@ impl Deviations {
     pub fn load_dir(dir: &Path) -> Result<Deviations> {
         let mut all = Vec::new();
         for (f, text) in crate::fixtures::toml_files(dir, "deviations")? {
-            all.extend(Self::parse(&f, &text)?);
+            for d in Self::parse(&f, &text)? {
+                Self::not_a_duplicate(&all, &d)?;
+                all.push(d);
+            }
         }
         Ok(Deviations { all })
+    }
+
+    /// One record per check, backend and host vendor: two that could both apply would make the
+    /// verdict depend on their order.
+    fn not_a_duplicate(all: &[Deviation], d: &Deviation) -> Result<()> {
+        let clash = all.iter().find(|p| {
+            p.check == d.check
+                && p.backend == d.backend
+                && (p.host_vendor.is_none()
+                    || d.host_vendor.is_none()
+                    || p.host_vendor == d.host_vendor)
+        });
+        match (clash, &d.source) {
+            (Some(p), Some((file, line))) => Err(Error::Fixture {
+                file: file.clone(),
+                line: Some(*line),
+                message: format!(
+                    "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`",
+                    d.check,
+                    d.backend,
+                    p.source
+                        .as_ref()
+                        .map_or("?".into(), |(f, l)| format!("{}:{l}", f.display()))
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn load_default() -> Result<Deviations> {
         Self::load_dir(&crate::fixtures::fixtures_dir().join("deviations"))
     }
 
-    /// The record for `check` on `backend`, if any.
-    pub fn find(&self, check: &str, backend: Backend) -> Option<&Deviation> {
-        self.all
-            .iter()
-            .find(|d| d.check == check && d.backend == backend.name())
+    /// The record for `check` on `backend` with a host CPU of `vendor`, if any.
+    pub fn find(&self, check: &str, backend: Backend, vendor: Vendor) -> Option<&Deviation> {
+        self.all.iter().find(|d| {
+            d.check == check
+                && d.backend == backend.name()
+                && d.host_vendor.is_none_or(|v| v == vendor)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"
+[[deviation]]
+check = "c"
+backend = "pvm"
+host_vendor = "amd"
+upstream = "u"
+reason = "r"
+actual = "on amd"
+
+[[deviation]]
+check = "c"
+backend = "pvm"
+host_vendor = "intel"
+upstream = "u"
+reason = "r"
+actual = "on intel"
+"#;
+
+    fn load(text: &str) -> Result<Deviations> {
+        let mut all = Vec::new();
+        for d in Deviations::parse(Path::new("t.toml"), text)? {
+            Deviations::not_a_duplicate(&all, &d)?;
+            all.push(d);
+        }
+        Ok(Deviations { all })
+    }
+
+    #[test]
+    fn shipped_records_load() {
+        let d = Deviations::load_default().expect("fixtures/deviations loads");
+        assert!(!d.all.is_empty());
+    }
+
+    #[test]
+    fn host_vendor_selects_the_record() {
+        let d = load(ONE).unwrap();
+        let on = |v| d.find("c", Backend::Pvm, v).and_then(|r| r.actual.clone());
+        assert_eq!(on(Vendor::Amd).as_deref(), Some("on amd"));
+        assert_eq!(on(Vendor::Intel).as_deref(), Some("on intel"));
+        assert_eq!(on(Vendor::Hygon), None);
+        assert!(d.find("c", Backend::Vmx, Vendor::Amd).is_none());
+    }
+
+    #[test]
+    fn overlapping_records_are_refused() {
+        let twice = ONE.replace("host_vendor = \"intel\"\n", "host_vendor = \"amd\"\n");
+        let e = load(&twice).unwrap_err().to_string();
+        assert!(e.contains("already has a record"), "{e}");
+        let unqualified = ONE.replace("host_vendor = \"intel\"\n", "");
+        assert!(load(&unqualified).is_err());
+        let bad_vendor = ONE.replace("\"intel\"", "\"via\"");
+        let e = load(&bad_vendor).unwrap_err().to_string();
+        assert!(e.contains("t.toml"), "{e}");
     }
 }

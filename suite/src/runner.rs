@@ -73,7 +73,10 @@ pub fn run_check(check: &Check, ctx: &Context) -> CheckResult {
         )
     });
     let duration = start.elapsed();
-    let deviation = ctx.deviations.find(&check.id, ctx.facts.backend).cloned();
+    let deviation = ctx
+        .deviations
+        .find(&check.id, ctx.facts.backend, ctx.facts.cpu.vendor)
+        .cloned();
     let mut r = CheckResult {
         id: check.id.clone(),
         msr: check.msr,

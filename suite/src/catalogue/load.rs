@@ -529,6 +529,7 @@ pub fn load_dir(dir: &Path) -> Result<Catalogue> {
             cat.msrs.insert(m.index, m);
         }
     }
+    cat.index_order();
     Ok(cat)
 }
 

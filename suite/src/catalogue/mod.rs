@@ -141,7 +141,8 @@ pub enum WriteOutcome {
     Same,
     /// Accepted; reads back the low 32 bits.
     Low32,
-    /// Accepted; reads back the value made canonical at the host's address width (48 or 57).
+    /// Accepted; reads back the value made canonical at KVM's address width: 57 bits with KVM's
+    /// LA57 capability, 48 without (x86.h max_host_virt_addr_bits).
     Canonical,
     /// Accepted; the MSR keeps its previous value.
     Ignored,
@@ -332,9 +333,27 @@ impl Gate {
 #[derive(Clone, Debug, Default)]
 pub struct Catalogue {
     pub msrs: BTreeMap<u32, MsrInfo>,
+    /// The keys of `msrs` in order, for picking the n-th MSR in O(1) (the fuzzers do, per
+    /// operation); filled when the catalogue is loaded.
+    order: Vec<u32>,
 }
 
 impl Catalogue {
+    /// The `n`-th catalogued index (counting round), or None for an empty catalogue.
+    pub fn nth_index(&self, n: usize) -> Option<u32> {
+        if self.order.len() != self.msrs.len() {
+            // Built by hand rather than loaded: walk the map.
+            let len = self.msrs.len();
+            return (len > 0).then(|| *self.msrs.keys().nth(n % len).expect("n % len < len"));
+        }
+        (!self.order.is_empty()).then(|| self.order[n % self.order.len()])
+    }
+
+    /// Recompute `order` after `msrs` changed.
+    pub(crate) fn index_order(&mut self) {
+        self.order = self.msrs.keys().copied().collect();
+    }
+
     pub fn get(&self, index: u32) -> Option<&MsrInfo> {
         self.msrs.get(&index)
     }

@@ -263,12 +263,7 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     let before = mach.vcpu.get_msr(index);
     let accepted = mach.vcpu.set_msr(index, rule.value);
     let after = mach.vcpu.get_msr(index);
-    let want = expected_after(
-        outcome,
-        rule.value,
-        before.unwrap_or(0),
-        ctx.facts.host_la57,
-    );
+    let want = expected_after(outcome, rule.value, before.unwrap_or(0), ctx.facts.kvm_la57);
     let written = format!("host writes {}", hex(rule.value));
     if m.read_fails.is_some() {
         // Write-only: acceptance is all there is to see.
@@ -358,12 +353,7 @@ fn write_guest(
     }
     let host_after = mach.vcpu.get_msr(index);
     let written = format!("guest writes {}", hex(rule.value));
-    let want = expected_after(
-        outcome,
-        rule.value,
-        before.unwrap_or(0),
-        ctx.facts.host_la57,
-    );
+    let want = expected_after(outcome, rule.value, before.unwrap_or(0), ctx.facts.kvm_la57);
     let guest_read = if readable {
         Some(run.outcomes[1])
     } else {

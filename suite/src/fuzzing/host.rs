@@ -4,7 +4,7 @@
 //! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
-use super::pool::{read_all, PoolMode, VcpuPool};
+use super::pool::{PoolMode, ReadBefore, VcpuPool};
 use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
 use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
 use crate::checks::Context;
@@ -42,15 +42,7 @@ impl HostIndex {
     pub fn resolve(self, ctx: &Context) -> u32 {
         match self {
             HostIndex::Choice(c) => c.resolve(ctx),
-            HostIndex::Catalogued(n) => {
-                let len = ctx.catalogue.msrs.len().max(1);
-                ctx.catalogue
-                    .msrs
-                    .keys()
-                    .nth(n as usize % len)
-                    .copied()
-                    .unwrap_or(0)
-            }
+            HostIndex::Catalogued(n) => ctx.catalogue.nth_index(n as usize).unwrap_or(0),
         }
     }
 }
@@ -224,18 +216,22 @@ pub fn run_host(
         match op {
             HostOp::Set(es) => {
                 let es = &es[..es.len().min(MAX_HOST_ENTRIES)];
-                let mut wanted: Vec<u32> = es
+                // One read before the write: the current values the entries' values derive
+                // from, and the old values the pool captures for its reset.
+                let wanted: Vec<u32> = es
                     .iter()
-                    .filter(|e| !matches!(e.value, HostValue::Pick(_)))
                     .map(|e| e.index.resolve(ctx))
+                    .zip(es)
+                    .filter(|(i, e)| {
+                        !matches!(e.value, HostValue::Pick(_)) || v.needs_old_value(ctx, *i)
+                    })
+                    .map(|(i, _)| i)
                     .collect();
-                wanted.sort_unstable();
-                wanted.dedup();
-                let current: BTreeMap<u32, u64> = read_all(&v.vcpu, &wanted)
-                    .into_iter()
-                    .map(|e| (e.index, e.data))
+                let current = ReadBefore::read(&v.vcpu, &wanted);
+                let entries: Vec<MsrEntry> = es
+                    .iter()
+                    .map(|e| resolve(ctx, &current.values, e))
                     .collect();
-                let entries: Vec<MsrEntry> = es.iter().map(|e| resolve(ctx, &current, e)).collect();
                 let before: BTreeMap<u32, u64> = if ran {
                     entries
                         .iter()
@@ -245,7 +241,7 @@ pub fn run_host(
                 } else {
                     BTreeMap::new()
                 };
-                let io = v.set_msrs(ctx, &entries);
+                let io = v.set_msrs(ctx, &entries, Some(&current));
                 let n = o::msr_io_count(&io)?;
                 if ran {
                     o::feature_msrs_immutable(
@@ -318,7 +314,11 @@ pub fn run_host(
                 // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
                 let same_refused = ctx
                     .deviations
-                    .find(SAME_CPUID_AFTER_RUN, ctx.facts.backend)
+                    .find(
+                        SAME_CPUID_AFTER_RUN,
+                        ctx.facts.backend,
+                        ctx.facts.cpu.vendor,
+                    )
                     .is_some();
                 if ran && r.is_ok() != same && !(same && same_refused) {
                     return Err(Violation {
@@ -388,7 +388,7 @@ pub fn run_host(
                         });
                     }
                 }
-                let restore = dest.set_msrs(ctx, &saved.entries);
+                let restore = dest.set_msrs(ctx, &saved.entries, None);
                 let back = dest.vcpu.get_msrs(list);
                 o::save_restore_equal(&ctx.catalogue, &saved.entries, &restore, &back)?;
                 reads.forget();
@@ -427,6 +427,11 @@ impl HostRunner {
             equivalence_every,
             inputs: 0,
         })
+    }
+
+    /// How many inputs `run` has seen.
+    pub fn inputs(&self) -> u64 {
+        self.inputs
     }
 
     /// Run `input`; on every `equivalence_every`-th input also on a fresh VM, and compare.

@@ -113,10 +113,13 @@ impl ValueChoice {
     }
 }
 
-/// MSRs whose value is a guest physical address KVM writes a structure to (msr.rst: wall clock,
-/// kvm-clock, async PF, steal time, PV EOI). A generated value would let KVM overwrite the
-/// harness's own page tables or code, so the executor keeps the low 12 bits (flags, alignment)
-/// and moves the address into the scratch pages at 0x9000 (free in guest/layout.rs).
+/// MSRs whose value is a guest physical address KVM writes a structure to: KVM's (msr.rst: wall
+/// clock, kvm-clock, async PF, steal time, PV EOI) and Hyper-V's page MSRs (hyperv.c: the
+/// hypercall page gets a VMCALL stub once a guest OS id is set, the reference TSC page its
+/// scale and offset; the VP assist, SIEFP and SIMP pages). A generated value would let KVM
+/// overwrite the harness's own page tables or code -- for pooled vCPUs, in a VM later inputs
+/// share -- so the executor keeps the low 12 bits (flags, alignment) and moves the address into
+/// the scratch pages at 0x9000 (free in guest/layout.rs).
 pub const GPA_MSRS: &[u32] = &[
     0x11,
     0x12,
@@ -125,6 +128,11 @@ pub const GPA_MSRS: &[u32] = &[
     0x4b56_4d02,
     0x4b56_4d03,
     0x4b56_4d04,
+    0x4000_0001,
+    0x4000_0021,
+    0x4000_0073,
+    0x4000_0082,
+    0x4000_0083,
 ];
 
 /// `value` for `index`, confined to scratch memory when KVM would write at it. Values below 0x1000
@@ -167,21 +175,13 @@ pub fn msr_class(ctx: &Context, index: u32) -> u32 {
     {
         return 0x100 | index;
     }
-    if ctx.facts.is_advertised(index) {
-        0
-    } else if ctx.facts.is_feature_msr(index) {
-        1
-    } else if ctx.catalogue.get(index).is_some() {
-        2
-    } else {
-        match index {
-            0x800..=0x8ff => 3,
-            0x4000_0000..=0x4000_0fff => 4,
-            0x4b56_4d00..=0x4b56_4dff => 5,
-            0xc000_0000..=0xc000_1fff => 6,
-            0xc001_0000..=0xc001_1fff => 7,
-            _ => 8,
-        }
+    match index {
+        0x800..=0x8ff => 3,
+        0x4000_0000..=0x4000_0fff => 4,
+        0x4b56_4d00..=0x4b56_4dff => 5,
+        0xc000_0000..=0xc000_1fff => 6,
+        0xc001_0000..=0xc001_1fff => 7,
+        _ => 8,
     }
 }
 
@@ -248,5 +248,41 @@ pub fn replay(
         other => Err(format!(
             "unknown target {other:?}; expected one of {TARGETS:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::layout;
+
+    #[test]
+    fn confined_addresses_miss_the_harness() {
+        // Every page the harness uses, as a generated value with the enable bit set.
+        let used = [
+            layout::GDT,
+            layout::IDT,
+            layout::TSS,
+            layout::PML4,
+            layout::PDPT,
+            layout::PD,
+            layout::LOOP_PARAMS,
+            layout::MAILBOX,
+            layout::CODE,
+            layout::OPS,
+        ];
+        for &index in GPA_MSRS {
+            for &page in &used {
+                let v = confine(index, page | 1);
+                assert_eq!(v, 0x9001, "{index:#x} = {:#x}", page | 1);
+                assert!(!used.contains(&(v & !0xfff)));
+            }
+            // Page 0 is unused: left alone, as are the flags.
+            assert_eq!(confine(index, 0x1), 0x1);
+        }
+        // Hyper-V's reference TSC page is one of them (hyperv.c kvm_hv_setup_tsc_page).
+        assert_eq!(confine(0x4000_0021, 0x4001), 0x9001);
+        // Other MSRs keep their value.
+        assert_eq!(confine(0x10, 0x4001), 0x4001);
     }
 }

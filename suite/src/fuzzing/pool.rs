@@ -117,21 +117,41 @@ pub struct PooledVcpu {
 }
 
 impl PooledVcpu {
+    /// Whether a write to `index` needs its old value captured first (for the reset): MSRs the
+    /// catalogue knows outside the snapshot, not captured yet. An arbitrary index is almost never
+    /// implemented, and if KVM does accept a write to one, the vCPU is simply not reused
+    /// (`unrecoverable`) -- one ioctl saved per unknown index.
+    pub fn needs_old_value(&self, ctx: &Context, index: u32) -> bool {
+        !self.pristine_set.contains(&index)
+            && ctx.catalogue.get(index).is_some()
+            && !self.usage.undo.iter().any(|u| u.index == index)
+    }
+
     /// KVM_SET_MSRS through the pool: the old values of MSRs outside the snapshot are captured
-    /// first so a reset can restore them.
-    pub fn set_msrs(&mut self, ctx: &Context, entries: &[MsrEntry]) -> crate::kvm::raw::MsrIo {
+    /// first so a reset can restore them -- from `before` where it read them (the caller's own
+    /// read just before, which saves an ioctl), else with a KVM_GET_MSRS here.
+    pub fn set_msrs(
+        &mut self,
+        ctx: &Context,
+        entries: &[MsrEntry],
+        before: Option<&ReadBefore>,
+    ) -> crate::kvm::raw::MsrIo {
         let logged = self.usage.undo.len();
-        // Old values are read only for MSRs the catalogue knows: an arbitrary index is almost
-        // never implemented, and if KVM does accept a write to one, the vCPU is simply not
-        // reused (`unrecoverable`) -- one ioctl saved per unknown index.
         let mut unknown: Vec<u32> = Vec::new();
         for e in entries {
-            if !self.pristine_set.contains(&e.index)
-                && ctx.catalogue.get(e.index).is_some()
-                && !self.usage.undo.iter().any(|u| u.index == e.index)
-                && !unknown.contains(&e.index)
-            {
-                unknown.push(e.index);
+            if !self.needs_old_value(ctx, e.index) || unknown.contains(&e.index) {
+                continue;
+            }
+            match before.filter(|b| b.attempted(e.index)) {
+                Some(b) => {
+                    if let Some(&data) = b.values.get(&e.index) {
+                        self.usage.undo.push(MsrEntry {
+                            index: e.index,
+                            data,
+                        });
+                    }
+                }
+                None => unknown.push(e.index),
             }
         }
         let old = read_all(&self.vcpu, &unknown);
@@ -216,6 +236,10 @@ pub struct PoolStats {
     /// Resets that failed (the vCPU was dropped), and why the last one did.
     pub reset_failures: u64,
     pub last_reset_failure: Option<String>,
+    /// Takes that found no vCPU ready and waited for the supplier thread.
+    pub waited: u64,
+    /// Resets done on the fuzzing thread (not the supplier's), of vCPUs that never ran / ran.
+    pub reset_here: [u64; 2],
 }
 
 /// Makes fresh vCPUs: in a shared VM (`Reuse`) or each in a new VM (`Fresh`).
@@ -292,14 +316,17 @@ impl Factory {
     }
 }
 
-/// A thread that keeps a few fresh vCPUs ready -- new ones, and used ones it has reset -- and
-/// destroys the dropped ones, so the fuzzing thread pays for none of it. It uses the same
-/// `Factory::create` and `reset` as the synchronous pool. Used vCPUs that wrote a per-VM MSR are
-/// reset on the fuzzing thread instead: resetting them here would race with the vCPU of the same
-/// VM the next input uses.
+/// A thread that keeps a few fresh vCPUs ready -- new ones, and used ones it has reset -- resets
+/// the vCPUs that ran, and destroys the dropped ones, so the fuzzing thread pays for none of it.
+/// It uses the same `Factory::create` and `reset` as the synchronous pool. Used vCPUs that wrote
+/// a per-VM MSR are reset on the fuzzing thread instead: resetting them here would race with the
+/// vCPU of the same VM the next input uses.
 struct Supplier {
     ready: mpsc::Receiver<Result<PooledVcpu>>,
     dirty: mpsc::Sender<PooledVcpu>,
+    /// vCPUs that ran, to be reset; they come back through `ready_ran` (or why they could not).
+    dirty_ran: mpsc::Sender<PooledVcpu>,
+    ready_ran: mpsc::Receiver<std::result::Result<PooledVcpu, String>>,
     graveyard: mpsc::Sender<PooledVcpu>,
     failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
 }
@@ -307,39 +334,97 @@ struct Supplier {
 /// How many fresh vCPUs the supplier keeps ready.
 const READY: usize = 8;
 
+/// The supplier thread's side of its channels.
+struct SupplierWork {
+    factory: Factory,
+    ready: mpsc::SyncSender<Result<PooledVcpu>>,
+    dirty: mpsc::Receiver<PooledVcpu>,
+    dirty_ran: mpsc::Receiver<PooledVcpu>,
+    ready_ran: mpsc::Sender<std::result::Result<PooledVcpu, String>>,
+    graveyard: mpsc::Receiver<PooledVcpu>,
+    failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+}
+
+/// The pool that owned the supplier is gone.
+struct Hangup;
+
+impl SupplierWork {
+    fn run(mut self) {
+        while self.step().is_ok() {}
+    }
+
+    fn step(&mut self) -> std::result::Result<(), Hangup> {
+        self.bury_and_reset_ran()?;
+        let mut next = match self.dirty.try_recv() {
+            Ok(mut v) => match reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true) {
+                Ok(()) => Ok(v),
+                Err(why) => {
+                    let mut f = self.failures.lock().expect("supplier stats");
+                    f.0 += 1;
+                    f.1 = Some(why);
+                    return Ok(());
+                }
+            },
+            Err(_) => self.factory.create(),
+        };
+        // While `ready` is full, go on resetting the vCPUs that ran as they come back.
+        loop {
+            match self.ready.try_send(next) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(Hangup),
+                Err(mpsc::TrySendError::Full(n)) => next = n,
+            }
+            match self.dirty_ran.recv_timeout(Duration::from_millis(1)) {
+                Ok(v) => self.reset_ran(v)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Hangup),
+            }
+            self.bury_and_reset_ran()?;
+        }
+    }
+
+    fn bury_and_reset_ran(&mut self) -> std::result::Result<(), Hangup> {
+        while let Ok(v) = self.graveyard.try_recv() {
+            drop(v);
+        }
+        while let Ok(v) = self.dirty_ran.try_recv() {
+            self.reset_ran(v)?;
+        }
+        Ok(())
+    }
+
+    fn reset_ran(&mut self, mut v: PooledVcpu) -> std::result::Result<(), Hangup> {
+        let r = reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true).map(|()| v);
+        self.ready_ran.send(r).map_err(|_| Hangup)
+    }
+}
+
 impl Supplier {
-    fn start(mut factory: Factory) -> Supplier {
-        let (tx, ready) = mpsc::sync_channel(READY);
+    fn start(factory: Factory) -> Supplier {
+        let (ready_tx, ready) = mpsc::sync_channel(READY);
         let (graveyard, dead) = mpsc::channel::<PooledVcpu>();
         let (dirty, used) = mpsc::channel::<PooledVcpu>();
+        let (dirty_ran, used_ran) = mpsc::channel::<PooledVcpu>();
+        let (ran_tx, ready_ran) = mpsc::channel();
         let failures = Arc::new(std::sync::Mutex::new((0u64, None)));
-        let fails = failures.clone();
+        let work = SupplierWork {
+            factory,
+            ready: ready_tx,
+            dirty: used,
+            dirty_ran: used_ran,
+            ready_ran: ran_tx,
+            graveyard: dead,
+            failures: failures.clone(),
+        };
         std::thread::Builder::new()
             .name("kvm-msr-vcpu-supplier".into())
-            .spawn(move || loop {
-                while let Ok(v) = dead.try_recv() {
-                    drop(v);
-                }
-                let next = match used.try_recv() {
-                    Ok(mut v) => match reset(&mut v, &factory.cpuid, &factory.volatile, true) {
-                        Ok(()) => Ok(v),
-                        Err(why) => {
-                            let mut f = fails.lock().expect("supplier stats");
-                            f.0 += 1;
-                            f.1 = Some(why);
-                            continue;
-                        }
-                    },
-                    Err(_) => factory.create(),
-                };
-                if tx.send(next).is_err() {
-                    break;
-                }
-            })
+            .spawn(move || work.run())
             .expect("spawning the vCPU supplier thread");
         Supplier {
             ready,
             dirty,
+            dirty_ran,
+            ready_ran,
             graveyard,
             failures,
         }
@@ -353,6 +438,9 @@ pub struct VcpuPool {
     idle: Vec<PooledVcpu>,
     /// Reset vCPUs that have run: for inputs that cannot tell them from fresh ones.
     idle_ran: Vec<PooledVcpu>,
+    /// vCPUs that ran, being reset on the supplier thread (with `idle_ran`, at most
+    /// `IDLE_RAN_MAX`).
+    ran_in_reset: usize,
     default_cpuid: CpuidTable,
     volatile: Arc<BTreeSet<u32>>,
     stats: PoolStats,
@@ -398,6 +486,7 @@ impl VcpuPool {
             supplier,
             idle: Vec::new(),
             idle_ran: Vec::new(),
+            ran_in_reset: 0,
             default_cpuid: ctx.facts.supported_cpuid.clone(),
             volatile,
             stats: PoolStats::default(),
@@ -414,7 +503,11 @@ impl VcpuPool {
     /// before its first KVM_RUN that KVM answers differently once a vCPU has run (see
     /// `host::tolerates_a_vcpu_that_ran`).
     pub fn take(&mut self, may_have_run: bool) -> Result<PooledVcpu> {
-        while let Some(v) = self.idle_ran.pop().filter(|_| may_have_run) {
+        // (An input that needs a never-run vCPU leaves the ran ones where they are.)
+        if may_have_run {
+            self.collect_ran();
+        }
+        while let Some(v) = may_have_run.then(|| self.idle_ran.pop()).flatten() {
             if !v.stage.retired() {
                 self.stats.reused_after_run += 1;
                 return Ok(v);
@@ -432,10 +525,16 @@ impl VcpuPool {
         loop {
             let v = match (&mut self.factory, &self.supplier) {
                 (Some(f), _) => f.create()?,
-                (None, Some(s)) => s.ready.recv().map_err(|_| Error::Ioctl {
-                    what: "the vCPU supplier thread (it stopped)",
-                    errno: 0,
-                })??,
+                (None, Some(s)) => match s.ready.try_recv() {
+                    Ok(v) => v,
+                    Err(_) => {
+                        self.stats.waited += 1;
+                        s.ready.recv().map_err(|_| Error::Ioctl {
+                            what: "the vCPU supplier thread (it stopped)",
+                            errno: 0,
+                        })?
+                    }
+                }?,
                 (None, None) => unreachable!("a pool has a factory or a supplier"),
             };
             // A vCPU made before its VM was retired is not fresh with respect to it.
@@ -452,6 +551,40 @@ impl VcpuPool {
         }
     }
 
+    /// Whether there is room for `v` after its reset: always for one that never ran; for one that
+    /// ran, while fewer than `IDLE_RAN_MAX` are kept or being reset.
+    fn keep(&mut self, v: &mut PooledVcpu) -> bool {
+        if !v.ever_ran {
+            return true;
+        }
+        self.collect_ran();
+        self.idle_ran.len() + self.ran_in_reset < IDLE_RAN_MAX
+    }
+
+    /// Keep a reset vCPU for the next input that can use it.
+    fn shelve(&mut self, v: PooledVcpu) {
+        if v.ever_ran {
+            self.idle_ran.push(v);
+        } else {
+            self.idle.push(v);
+        }
+    }
+
+    /// Take in the vCPUs that ran which the supplier has reset since the last call.
+    fn collect_ran(&mut self) {
+        let Some(s) = &self.supplier else { return };
+        while let Ok(r) = s.ready_ran.try_recv() {
+            self.ran_in_reset -= 1;
+            match r {
+                Ok(v) => self.idle_ran.push(v),
+                Err(why) => {
+                    self.stats.reset_failures += 1;
+                    self.stats.last_reset_failure = Some(why);
+                }
+            }
+        }
+    }
+
     /// Destroy a vCPU, on the supplier thread if there is one.
     fn bury(&self, v: PooledVcpu) {
         if let Some(s) = &self.supplier {
@@ -465,37 +598,34 @@ impl VcpuPool {
             self.bury(v);
             return;
         }
-        if v.ever_ran && !v.usage.unrecoverable && self.idle_ran.len() < IDLE_RAN_MAX {
-            // Reset on this thread (the supplier hands out never-run vCPUs only). A vCPU whose
-            // CPUID or feature MSRs an input changed before running cannot be reset (KVM refuses
-            // the default values now) and is dropped.
-            let volatile = self.volatile.clone();
-            match reset(&mut v, &self.default_cpuid, &volatile, false) {
-                Ok(()) => {
-                    self.idle_ran.push(v);
-                    return;
-                }
-                Err(why) => {
-                    self.stats.reset_failures += 1;
-                    self.stats.last_reset_failure = Some(why);
-                }
-            }
-        } else if !v.ever_ran && !v.usage.unrecoverable {
-            if !v.usage.wrote && !v.usage.cpuid_changed {
+        if !v.usage.unrecoverable && self.keep(&mut v) {
+            let changed = v.usage.wrote || v.usage.cpuid_changed;
+            if !changed {
                 // Host reads and rejected writes change nothing: reusable as it is.
                 v.usage = Usage::default();
                 v.resets += 1;
-                self.idle.push(v);
+                self.shelve(v);
                 return;
             }
+            // On the supplier thread if there is one, except for a vCPU that wrote a per-VM MSR
+            // (see `Supplier`).
             if let (Some(s), false) = (&self.supplier, v.usage.vm_scope_written) {
-                let _ = s.dirty.send(v);
+                if v.ever_ran {
+                    if s.dirty_ran.send(v).is_ok() {
+                        self.ran_in_reset += 1;
+                    }
+                } else {
+                    let _ = s.dirty.send(v);
+                }
                 return;
             }
+            // A vCPU whose CPUID or feature MSRs an input changed before running cannot be reset
+            // (KVM refuses the default values now) and is dropped.
             let volatile = self.volatile.clone();
+            self.stats.reset_here[usize::from(v.ever_ran)] += 1;
             match reset(&mut v, &self.default_cpuid, &volatile, false) {
                 Ok(()) => {
-                    self.idle.push(v);
+                    self.shelve(v);
                     return;
                 }
                 Err(why) => {
@@ -539,6 +669,32 @@ pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
         rest = &rest[(n + 1).min(rest.len())..];
     }
     out
+}
+
+/// Values read just before a write: which indices were tried (sorted) and what those that could be
+/// read held.
+pub struct ReadBefore {
+    attempted: Vec<u32>,
+    pub values: std::collections::BTreeMap<u32, u64>,
+}
+
+impl ReadBefore {
+    /// Read `indices` (any order, duplicates allowed) with `read_all`.
+    pub fn read(vcpu: &Vcpu, indices: &[u32]) -> ReadBefore {
+        let mut attempted = indices.to_vec();
+        attempted.sort_unstable();
+        attempted.dedup();
+        let values = read_all(vcpu, &attempted)
+            .into_iter()
+            .map(|e| (e.index, e.data))
+            .collect();
+        ReadBefore { attempted, values }
+    }
+
+    /// `index` was read (successfully or not).
+    pub fn attempted(&self, index: u32) -> bool {
+        self.attempted.binary_search(&index).is_ok()
+    }
 }
 
 /// Put the per-VM MSRs back to the values the VM had when it was new; true if they read back so.

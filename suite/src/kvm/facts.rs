@@ -2,7 +2,7 @@
 //! the system-level feature MSR values and KVM's supported CPUID. Together they are the host
 //! fingerprint printed with every result, and the context every expectation is derived from.
 
-use super::cpuid::{CpuidTable, Vendor};
+use super::cpuid::{CpuidTable, Reg, Vendor};
 use super::raw::ListKind;
 use super::system::KvmSystem;
 use crate::error::{Error, Result};
@@ -138,9 +138,13 @@ pub struct HostFacts {
     pub supported_cpuid_vendor: Vendor,
     /// Names of known CPUID features KVM_GET_SUPPORTED_CPUID reports.
     pub supported_cpuid_features: Vec<String>,
-    /// The host kernel runs 5-level paging (cpuinfo flag `la57`): KVM canonicalizes MSR
-    /// addresses at 57 bits instead of 48.
-    pub host_la57: bool,
+    /// KVM has the LA57 capability (KVM_GET_SUPPORTED_CPUID 7.0:ECX[16]), which cpuid.c
+    /// kvm_set_cpu_caps takes from the hardware's CPUID even when the host kernel runs 4-level
+    /// paging ("Set LA57 based on hardware capability"): MSR addresses are then canonical at 57
+    /// bits instead of 48 (x86.h max_host_virt_addr_bits, used by __kvm_set_msr and
+    /// is_noncanonical_msr_address).
+    #[serde(default, alias = "host_la57")]
+    pub kvm_la57: bool,
     #[serde(skip)]
     pub supported_cpuid: CpuidTable,
 }
@@ -254,13 +258,9 @@ impl HostFacts {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            host_la57: std::fs::read_to_string("/proc/cpuinfo")
-                .map(|c| {
-                    c.lines().any(|l| {
-                        l.starts_with("flags") && l.split_whitespace().any(|f| f == "la57")
-                    })
-                })
-                .unwrap_or(false),
+            kvm_la57: supported_cpuid
+                .reg(7, 0, Reg::Ecx)
+                .is_some_and(|ecx| ecx & (1 << 16) != 0),
             supported_cpuid,
         })
     }
