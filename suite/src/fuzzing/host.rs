@@ -264,9 +264,17 @@ pub fn run_host(
                     last.insert(e.index, e.data);
                 }
                 let idx: Vec<u32> = last.keys().copied().collect();
-                let back = v.vcpu.get_msrs(&idx);
-                let m = o::msr_io_count(&back)?;
                 let mut seen = Vec::new();
+                // (Nothing accepted: nothing to read back, and no ioctl for it.)
+                let back = if idx.is_empty() {
+                    crate::kvm::raw::MsrIo {
+                        result: Ok(0),
+                        entries: Vec::new(),
+                    }
+                } else {
+                    v.vcpu.get_msrs(&idx)
+                };
+                let m = o::msr_io_count(&back)?;
                 for e in &back.entries[..m] {
                     reads.observe(&ctx.catalogue, e.index, e.data, "after KVM_SET_MSRS")?;
                     let diff = (last[&e.index] ^ e.data).count_ones();

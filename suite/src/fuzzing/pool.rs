@@ -27,7 +27,7 @@ use crate::guest::{layout::OPS, long_mode};
 use crate::kvm::raw::MsrEntry;
 use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -94,8 +94,13 @@ struct Usage {
     unrecoverable: bool,
     /// An accepted write to a per-VM MSR (`vm_scope`).
     vm_scope_written: bool,
-    /// Any accepted write: without one (and without a CPUID change) the vCPU is as it was.
+    /// Any accepted write that changed a value: without one (and without a CPUID change) the
+    /// vCPU is as it was.
     wrote: bool,
+    /// MSRs such writes went to.
+    changed: BTreeSet<u32>,
+    /// A write to the x2APIC range retired the VM.
+    retired_vm: bool,
     /// Old values of written MSRs outside the snapshot, first capture first.
     undo: Vec<MsrEntry>,
 }
@@ -168,11 +173,17 @@ impl PooledVcpu {
                 self.usage.undo.remove(k);
             }
         }
-        self.usage.wrote |= !accepted.is_empty();
         for e in accepted {
             if (0x800..=0x8ff).contains(&e.index) {
+                self.usage.retired_vm |= !self.stage.retired();
                 self.stage.retire();
+            } else if self.value_now(ctx, e.index) == Some(e.data) {
+                // It already held that value (a save/restore's destination is mostly written
+                // so): nothing for a reset to put back. The reset itself writes such values.
+                continue;
             }
+            self.usage.changed.insert(e.index);
+            self.usage.wrote = true;
             self.usage.vm_scope_written |= vm_scope(e.index);
             let known = self.pristine_set.contains(&e.index)
                 || self.usage.undo.iter().any(|u| u.index == e.index)
@@ -185,6 +196,28 @@ impl PooledVcpu {
             }
         }
         io
+    }
+
+    /// The value `index` holds now, where the pool knows it: no write of this input changed it,
+    /// it does not change on its own, and it is in the snapshot (every input starts from it) or its
+    /// old value was captured this input.
+    fn value_now(&self, ctx: &Context, index: u32) -> Option<u64> {
+        if self.usage.changed.contains(&index)
+            || ctx
+                .catalogue
+                .get(index)
+                .is_some_and(|m| m.volatile.is_some())
+        {
+            return None;
+        }
+        if let Ok(k) = self.pristine.binary_search_by_key(&index, |e| e.index) {
+            return Some(self.pristine[k].data);
+        }
+        self.usage
+            .undo
+            .iter()
+            .find(|u| u.index == index)
+            .map(|u| u.data)
     }
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
@@ -240,6 +273,23 @@ pub struct PoolStats {
     pub waited: u64,
     /// Resets done on the fuzzing thread (not the supplier's), of vCPUs that never ran / ran.
     pub reset_here: [u64; 2],
+    /// vCPUs dropped, by reason.
+    pub dropped: Drops,
+    /// VMs retired by a write to the x2APIC range.
+    pub retired_by_x2apic: u64,
+}
+
+/// Why the pool dropped vCPUs (each drop makes the supplier create one more).
+#[derive(Clone, Debug, Default)]
+pub struct Drops {
+    /// Their VM was retired.
+    pub retired_vm: u64,
+    /// An accepted write whose old value is unknown.
+    pub unrecoverable: u64,
+    /// A vCPU that ran, with `IDLE_RAN_MAX` already kept.
+    pub no_room: u64,
+    /// The reset failed (see `reset_failures`).
+    pub reset_failed: u64,
 }
 
 /// Makes fresh vCPUs: in a shared VM (`Reuse`) or each in a new VM (`Fresh`).
@@ -289,6 +339,7 @@ impl Factory {
         vcpu.fd
             .set_regs(&long_mode::entry_regs(stage.entry, OPS))
             .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
+        // Sorted like `indices` (`PooledVcpu::value_now` searches it).
         let mut pristine = read_all(&vcpu, &self.indices);
         let vm_values = stage.vm_pristine.get_or_init(|| {
             pristine
@@ -329,6 +380,8 @@ struct Supplier {
     ready_ran: mpsc::Receiver<std::result::Result<PooledVcpu, String>>,
     graveyard: mpsc::Sender<PooledVcpu>,
     failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+    /// vCPUs sent to `dirty` or `dirty_ran` and not reset yet.
+    backlog: Arc<AtomicUsize>,
 }
 
 /// How many fresh vCPUs the supplier keeps ready.
@@ -343,6 +396,7 @@ struct SupplierWork {
     ready_ran: mpsc::Sender<std::result::Result<PooledVcpu, String>>,
     graveyard: mpsc::Receiver<PooledVcpu>,
     failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+    backlog: Arc<AtomicUsize>,
 }
 
 /// The pool that owned the supplier is gone.
@@ -356,7 +410,7 @@ impl SupplierWork {
     fn step(&mut self) -> std::result::Result<(), Hangup> {
         self.bury_and_reset_ran()?;
         let mut next = match self.dirty.try_recv() {
-            Ok(mut v) => match reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true) {
+            Ok(mut v) => match self.reset(&mut v) {
                 Ok(()) => Ok(v),
                 Err(why) => {
                     let mut f = self.failures.lock().expect("supplier stats");
@@ -394,8 +448,14 @@ impl SupplierWork {
     }
 
     fn reset_ran(&mut self, mut v: PooledVcpu) -> std::result::Result<(), Hangup> {
-        let r = reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true).map(|()| v);
+        let r = self.reset(&mut v).map(|()| v);
         self.ready_ran.send(r).map_err(|_| Hangup)
+    }
+
+    fn reset(&mut self, v: &mut PooledVcpu) -> std::result::Result<(), String> {
+        let r = reset(v, &self.factory.cpuid, &self.factory.volatile, true);
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
+        r
     }
 }
 
@@ -407,7 +467,9 @@ impl Supplier {
         let (dirty_ran, used_ran) = mpsc::channel::<PooledVcpu>();
         let (ran_tx, ready_ran) = mpsc::channel();
         let failures = Arc::new(std::sync::Mutex::new((0u64, None)));
+        let backlog = Arc::new(AtomicUsize::new(0));
         let work = SupplierWork {
+            backlog: backlog.clone(),
             factory,
             ready: ready_tx,
             dirty: used,
@@ -427,6 +489,7 @@ impl Supplier {
             ready_ran,
             graveyard,
             failures,
+            backlog,
         }
     }
 }
@@ -512,6 +575,7 @@ impl VcpuPool {
                 self.stats.reused_after_run += 1;
                 return Ok(v);
             }
+            self.stats.dropped.retired_vm += 1;
             self.bury(v);
         }
         while let Some(v) = self.idle.pop() {
@@ -519,6 +583,7 @@ impl VcpuPool {
                 self.stats.reused += 1;
                 return Ok(v);
             }
+            self.stats.dropped.retired_vm += 1;
             self.bury(v);
         }
         // (Resets done on the supplier thread come back through `ready`.)
@@ -594,11 +659,19 @@ impl VcpuPool {
 
     /// Take a vCPU back after an input: reset and keep it if it can be made fresh again.
     pub fn give_back(&mut self, mut v: PooledVcpu) {
+        self.stats.retired_by_x2apic += u64::from(v.usage.retired_vm);
         if self.mode == PoolMode::Fresh || v.stage.retired() {
+            if self.mode == PoolMode::Reuse {
+                self.stats.dropped.retired_vm += 1;
+            }
             self.bury(v);
             return;
         }
-        if !v.usage.unrecoverable && self.keep(&mut v) {
+        if v.usage.unrecoverable {
+            self.stats.dropped.unrecoverable += 1;
+        } else if !self.keep(&mut v) {
+            self.stats.dropped.no_room += 1;
+        } else {
             let changed = v.usage.wrote || v.usage.cpuid_changed;
             if !changed {
                 // Host reads and rejected writes change nothing: reusable as it is.
@@ -607,17 +680,21 @@ impl VcpuPool {
                 self.shelve(v);
                 return;
             }
-            // On the supplier thread if there is one, except for a vCPU that wrote a per-VM MSR
-            // (see `Supplier`).
+            // On the supplier thread if there is one and it has caught up (creating vCPUs keeps
+            // it busy), except for a vCPU that wrote a per-VM MSR (see `Supplier`); here
+            // otherwise.
             if let (Some(s), false) = (&self.supplier, v.usage.vm_scope_written) {
-                if v.ever_ran {
-                    if s.dirty_ran.send(v).is_ok() {
-                        self.ran_in_reset += 1;
+                if s.backlog.load(Ordering::Relaxed) == 0 {
+                    s.backlog.fetch_add(1, Ordering::Relaxed);
+                    if v.ever_ran {
+                        if s.dirty_ran.send(v).is_ok() {
+                            self.ran_in_reset += 1;
+                        }
+                    } else {
+                        let _ = s.dirty.send(v);
                     }
-                } else {
-                    let _ = s.dirty.send(v);
+                    return;
                 }
-                return;
             }
             // A vCPU whose CPUID or feature MSRs an input changed before running cannot be reset
             // (KVM refuses the default values now) and is dropped.
@@ -630,6 +707,7 @@ impl VcpuPool {
                 }
                 Err(why) => {
                     self.stats.reset_failures += 1;
+                    self.stats.dropped.reset_failed += 1;
                     self.stats.last_reset_failure = Some(why);
                 }
             }
