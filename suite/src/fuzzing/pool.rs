@@ -7,19 +7,22 @@
 //!   created (every index-list and feature MSR, plus the old value of any other MSR the input
 //!   wrote, captured before the write). This is how QEMU emulates RESET ("userspace blindly
 //!   stuffs all MSRs", x86.c do_set_msr). The reset is then verified by reading everything back;
-//!   a vCPU that does not read back as it was is dropped, not reused.
+//!   a vCPU that does not read back as it was is dropped, not reused. An input whose accepted
+//!   writes all stored the value the MSR already held (as the reset itself does) needs no reset.
 //! - a vCPU that ran is reset the same way but kept apart: its CPUID and immutable feature MSRs
 //!   are frozen (semantics §1.11), so it only serves inputs that do nothing before their first
 //!   KVM_RUN that could tell (`host::tolerates_a_vcpu_that_ran`); an input whose first KVM_RUN
 //!   would otherwise cost a never-run vCPU's first entry (~87 us on PVM, the MMU's setup) gets it.
-//!   A vCPU that accepted a write whose old value could not be read is never reused. New vCPUs are created in a
-//!   shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`.
+//!   A vCPU that accepted a write whose old value could not be read is never reused.
+//! - new vCPUs are created in a shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`, by
+//!   a supplier thread, which also destroys dropped ones and does resets while it keeps up.
 //! - a successful write to the x2APIC range retires the shared VM: an ICR write sends an IPI to
 //!   other vCPUs of the VM (lapic.c kvm_x2apic_icr_write), state no MSR read shows.
 //!
 //! Every vCPU has a non-zero id so no pooled vCPU is the BSP (APIC_BASE bit 8, x86.c
-//! kvm_vcpu_is_reset_bsp; each is made runnable with KVM_SET_MP_STATE); in `Fresh` mode each input gets a new VM with vCPU id 1, the naive
-//! baseline, and `host::run_host_checked` compares the two modes (oracle `pool-equivalence`).
+//! kvm_vcpu_is_reset_bsp; each is made runnable with KVM_SET_MP_STATE). In `Fresh` mode each
+//! input gets a new VM with vCPU id 1, the naive baseline, and `host::HostRunner` compares the two
+//! modes (oracle `pool-equivalence`).
 
 use crate::checks::Context;
 use crate::error::{Error, Result};
