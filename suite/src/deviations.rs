@@ -98,21 +98,21 @@ impl Deviations {
                     || d.host_vendor.is_none()
                     || p.host_vendor == d.host_vendor)
         });
-        match (clash, &d.source) {
-            (Some(p), Some((file, line))) => Err(Error::Fixture {
-                file: file.clone(),
-                line: Some(*line),
-                message: format!(
-                    "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`",
-                    d.check,
-                    d.backend,
-                    p.source
-                        .as_ref()
-                        .map_or("?".into(), |(f, l)| format!("{}:{l}", f.display()))
-                ),
-            }),
-            _ => Ok(()),
-        }
+        let Some(p) = clash else { return Ok(()) };
+        let place = |s: &Option<(PathBuf, usize)>| {
+            s.as_ref()
+                .map_or("?".into(), |(f, l)| format!("{}:{l}", f.display()))
+        };
+        Err(Error::Fixture {
+            file: d.source.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+            line: d.source.as_ref().map(|s| s.1),
+            message: format!(
+                "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`",
+                d.check,
+                d.backend,
+                place(&p.source)
+            ),
+        })
     }
 
     pub fn load_default() -> Result<Deviations> {

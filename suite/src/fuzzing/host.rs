@@ -266,20 +266,15 @@ pub fn run_host(
                 let idx: Vec<u32> = last.keys().copied().collect();
                 let mut seen = Vec::new();
                 // (Nothing accepted: nothing to read back, and no ioctl for it.)
-                let back = if idx.is_empty() {
-                    crate::kvm::raw::MsrIo {
-                        result: Ok(0),
-                        entries: Vec::new(),
+                if !idx.is_empty() {
+                    let back = v.vcpu.get_msrs(&idx);
+                    let m = o::msr_io_count(&back)?;
+                    for e in &back.entries[..m] {
+                        reads.observe(&ctx.catalogue, e.index, e.data, "after KVM_SET_MSRS")?;
+                        let diff = (last[&e.index] ^ e.data).count_ones();
+                        feats.add(&[11, msr_class(ctx, e.index), diff]);
+                        seen.push(visible(ctx, e.index, e.data));
                     }
-                } else {
-                    v.vcpu.get_msrs(&idx)
-                };
-                let m = o::msr_io_count(&back)?;
-                for e in &back.entries[..m] {
-                    reads.observe(&ctx.catalogue, e.index, e.data, "after KVM_SET_MSRS")?;
-                    let diff = (last[&e.index] ^ e.data).count_ones();
-                    feats.add(&[11, msr_class(ctx, e.index), diff]);
-                    seen.push(visible(ctx, e.index, e.data));
                 }
                 trace.push(Obs::Read(seen));
             }

@@ -97,10 +97,8 @@ struct Usage {
     unrecoverable: bool,
     /// An accepted write to a per-VM MSR (`vm_scope`).
     vm_scope_written: bool,
-    /// Any accepted write that changed a value: without one (and without a CPUID change) the
-    /// vCPU is as it was.
-    wrote: bool,
-    /// MSRs such writes went to.
+    /// MSRs an accepted write changed (stored a value other than the one they held): without one
+    /// (and without a CPUID change) the vCPU is as it was.
     changed: BTreeSet<u32>,
     /// A write to the x2APIC range retired the VM.
     retired_vm: bool,
@@ -108,13 +106,20 @@ struct Usage {
     undo: Vec<MsrEntry>,
 }
 
+impl Usage {
+    /// Whether a reset has anything to put back.
+    fn changed_anything(&self) -> bool {
+        !self.changed.is_empty() || self.cpuid_changed
+    }
+}
+
 /// A vCPU lent to one input.
 pub struct PooledVcpu {
     pub vcpu: Vcpu,
     stage: Arc<Stage>,
-    /// Index-list and feature MSRs with their values at creation (the reset target).
+    /// Index-list and feature MSRs with their values at creation (the reset target), sorted by
+    /// index.
     pristine: Vec<MsrEntry>,
-    pristine_set: BTreeSet<u32>,
     /// The CPUID table this vCPU currently has (what a save/restore destination must get).
     pub cpuid: CpuidTable,
     usage: Usage,
@@ -130,7 +135,7 @@ impl PooledVcpu {
     /// implemented, and if KVM does accept a write to one, the vCPU is simply not reused
     /// (`unrecoverable`) -- one ioctl saved per unknown index.
     pub fn needs_old_value(&self, ctx: &Context, index: u32) -> bool {
-        !self.pristine_set.contains(&index)
+        self.pristine_value(index).is_none()
             && ctx.catalogue.get(index).is_some()
             && !self.usage.undo.iter().any(|u| u.index == index)
     }
@@ -186,9 +191,8 @@ impl PooledVcpu {
                 continue;
             }
             self.usage.changed.insert(e.index);
-            self.usage.wrote = true;
             self.usage.vm_scope_written |= vm_scope(e.index);
-            let known = self.pristine_set.contains(&e.index)
+            let known = self.pristine_value(e.index).is_some()
                 || self.usage.undo.iter().any(|u| u.index == e.index)
                 || ctx
                     .catalogue
@@ -213,14 +217,22 @@ impl PooledVcpu {
         {
             return None;
         }
-        if let Ok(k) = self.pristine.binary_search_by_key(&index, |e| e.index) {
-            return Some(self.pristine[k].data);
+        if let Some(data) = self.pristine_value(index) {
+            return Some(data);
         }
         self.usage
             .undo
             .iter()
             .find(|u| u.index == index)
             .map(|u| u.data)
+    }
+
+    /// The value `index` had when the vCPU was created, if it is in the snapshot.
+    fn pristine_value(&self, index: u32) -> Option<u64> {
+        self.pristine
+            .binary_search_by_key(&index, |e| e.index)
+            .ok()
+            .map(|k| self.pristine[k].data)
     }
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
@@ -276,10 +288,17 @@ pub struct PoolStats {
     pub waited: u64,
     /// Resets done on the fuzzing thread (not the supplier's), of vCPUs that never ran / ran.
     pub reset_here: [u64; 2],
-    /// vCPUs dropped, by reason.
+    /// vCPUs dropped, by reason (besides `reset_failures`).
     pub dropped: Drops,
     /// VMs retired by a write to the x2APIC range.
     pub retired_by_x2apic: u64,
+}
+
+impl PoolStats {
+    fn reset_failed(&mut self, why: String) {
+        self.reset_failures += 1;
+        self.last_reset_failure = Some(why);
+    }
 }
 
 /// Why the pool dropped vCPUs (each drop makes the supplier create one more).
@@ -291,8 +310,6 @@ pub struct Drops {
     pub unrecoverable: u64,
     /// A vCPU that ran, with `IDLE_RAN_MAX` already kept.
     pub no_room: u64,
-    /// The reset failed (see `reset_failures`).
-    pub reset_failed: u64,
 }
 
 /// Makes fresh vCPUs: in a shared VM (`Reuse`) or each in a new VM (`Fresh`).
@@ -342,7 +359,7 @@ impl Factory {
         vcpu.fd
             .set_regs(&long_mode::entry_regs(stage.entry, OPS))
             .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
-        // Sorted like `indices` (`PooledVcpu::value_now` searches it).
+        // Sorted like `indices` (`PooledVcpu::pristine_value` searches it).
         let mut pristine = read_all(&vcpu, &self.indices);
         let vm_values = stage.vm_pristine.get_or_init(|| {
             pristine
@@ -356,12 +373,10 @@ impl Factory {
                 e.data = v.data;
             }
         }
-        let pristine_set = pristine.iter().map(|e| e.index).collect();
         Ok(PooledVcpu {
             vcpu,
             stage,
             pristine,
-            pristine_set,
             cpuid: self.cpuid.clone(),
             usage: Usage::default(),
             resets: 0,
@@ -382,7 +397,7 @@ struct Supplier {
     dirty_ran: mpsc::Sender<PooledVcpu>,
     ready_ran: mpsc::Receiver<std::result::Result<PooledVcpu, String>>,
     graveyard: mpsc::Sender<PooledVcpu>,
-    failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+    failures: Arc<std::sync::Mutex<PoolStats>>,
     /// vCPUs sent to `dirty` or `dirty_ran` and not reset yet.
     backlog: Arc<AtomicUsize>,
 }
@@ -398,7 +413,7 @@ struct SupplierWork {
     dirty_ran: mpsc::Receiver<PooledVcpu>,
     ready_ran: mpsc::Sender<std::result::Result<PooledVcpu, String>>,
     graveyard: mpsc::Receiver<PooledVcpu>,
-    failures: Arc<std::sync::Mutex<(u64, Option<String>)>>,
+    failures: Arc<std::sync::Mutex<PoolStats>>,
     backlog: Arc<AtomicUsize>,
 }
 
@@ -416,9 +431,10 @@ impl SupplierWork {
             Ok(mut v) => match self.reset(&mut v) {
                 Ok(()) => Ok(v),
                 Err(why) => {
-                    let mut f = self.failures.lock().expect("supplier stats");
-                    f.0 += 1;
-                    f.1 = Some(why);
+                    self.failures
+                        .lock()
+                        .expect("supplier stats")
+                        .reset_failed(why);
                     return Ok(());
                 }
             },
@@ -469,7 +485,7 @@ impl Supplier {
         let (dirty, used) = mpsc::channel::<PooledVcpu>();
         let (dirty_ran, used_ran) = mpsc::channel::<PooledVcpu>();
         let (ran_tx, ready_ran) = mpsc::channel();
-        let failures = Arc::new(std::sync::Mutex::new((0u64, None)));
+        let failures = Arc::new(std::sync::Mutex::new(PoolStats::default()));
         let backlog = Arc::new(AtomicUsize::new(0));
         let work = SupplierWork {
             backlog: backlog.clone(),
@@ -645,10 +661,7 @@ impl VcpuPool {
             self.ran_in_reset -= 1;
             match r {
                 Ok(v) => self.idle_ran.push(v),
-                Err(why) => {
-                    self.stats.reset_failures += 1;
-                    self.stats.last_reset_failure = Some(why);
-                }
+                Err(why) => self.stats.reset_failed(why),
             }
         }
     }
@@ -675,8 +688,7 @@ impl VcpuPool {
         } else if !self.keep(&mut v) {
             self.stats.dropped.no_room += 1;
         } else {
-            let changed = v.usage.wrote || v.usage.cpuid_changed;
-            if !changed {
+            if !v.usage.changed_anything() {
                 // Host reads and rejected writes change nothing: reusable as it is.
                 v.usage = Usage::default();
                 v.resets += 1;
@@ -688,13 +700,20 @@ impl VcpuPool {
             // otherwise.
             if let (Some(s), false) = (&self.supplier, v.usage.vm_scope_written) {
                 if s.backlog.load(Ordering::Relaxed) == 0 {
+                    // (Counted before the send: the supplier may finish the reset first.)
                     s.backlog.fetch_add(1, Ordering::Relaxed);
-                    if v.ever_ran {
-                        if s.dirty_ran.send(v).is_ok() {
-                            self.ran_in_reset += 1;
-                        }
+                    let ran = v.ever_ran;
+                    let sent = if ran {
+                        s.dirty_ran.send(v)
                     } else {
-                        let _ = s.dirty.send(v);
+                        s.dirty.send(v)
+                    };
+                    match sent {
+                        Ok(()) => self.ran_in_reset += usize::from(ran),
+                        // The supplier stopped; the vCPU goes with the channel.
+                        Err(_) => {
+                            s.backlog.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                     return;
                 }
@@ -708,11 +727,7 @@ impl VcpuPool {
                     self.shelve(v);
                     return;
                 }
-                Err(why) => {
-                    self.stats.reset_failures += 1;
-                    self.stats.dropped.reset_failed += 1;
-                    self.stats.last_reset_failure = Some(why);
-                }
+                Err(why) => self.stats.reset_failed(why),
             }
         }
         // Dropped. Per-VM state it changed goes back, or the VM is retired (an unrecoverable
@@ -728,9 +743,9 @@ impl VcpuPool {
         let mut st = self.stats.clone();
         if let Some(s) = &self.supplier {
             let f = s.failures.lock().expect("supplier stats");
-            st.reset_failures += f.0;
-            if f.1.is_some() {
-                st.last_reset_failure = f.1.clone();
+            st.reset_failures += f.reset_failures;
+            if f.last_reset_failure.is_some() {
+                st.last_reset_failure = f.last_reset_failure.clone();
             }
         }
         st
@@ -837,7 +852,7 @@ fn reset(
 ) -> std::result::Result<(), String> {
     // Host reads and rejected writes change nothing (a rejected write that changed state would
     // be a KVM bug the `pool-equivalence` oracle reports).
-    if v.usage.wrote || v.usage.cpuid_changed {
+    if v.usage.changed_anything() {
         if v.usage.cpuid_changed {
             v.vcpu
                 .fd
