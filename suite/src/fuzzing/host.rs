@@ -4,7 +4,7 @@
 //! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
-use super::pool::{PoolMode, ReadBefore, VcpuPool};
+use super::pool::{PoolMode, VcpuPool};
 use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
 use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
 use crate::checks::Context;
@@ -217,37 +217,31 @@ pub fn run_host(
             HostOp::Set(es) => {
                 let es = &es[..es.len().min(MAX_HOST_ENTRIES)];
                 // One read before the write: the current values the entries' values derive
-                // from, and the old values the pool captures for its reset.
+                // from, the old values the pool captures for its reset, and after KVM_RUN the
+                // feature MSRs' values (immutable then).
                 let wanted: Vec<u32> = es
                     .iter()
                     .map(|e| e.index.resolve(ctx))
                     .zip(es)
                     .filter(|(i, e)| {
-                        !matches!(e.value, HostValue::Pick(_)) || v.needs_old_value(ctx, *i)
+                        !matches!(e.value, HostValue::Pick(_))
+                            || v.needs_old_value(ctx, *i)
+                            || (ran && ctx.facts.is_feature_msr(*i))
                     })
                     .map(|(i, _)| i)
                     .collect();
-                let current = ReadBefore::read(&v.vcpu, &wanted);
+                let current = v.read_before(ctx, &wanted);
                 let entries: Vec<MsrEntry> = es
                     .iter()
                     .map(|e| resolve(ctx, &current.values, e))
                     .collect();
-                let before: BTreeMap<u32, u64> = if ran {
-                    entries
-                        .iter()
-                        .filter(|e| ctx.facts.is_feature_msr(e.index))
-                        .filter_map(|e| v.vcpu.get_msr(e.index).map(|d| (e.index, d)))
-                        .collect()
-                } else {
-                    BTreeMap::new()
-                };
                 let io = v.set_msrs(ctx, &entries, Some(&current));
                 let n = o::msr_io_count(&io)?;
                 if ran {
                     o::feature_msrs_immutable(
                         |i| ctx.facts.is_feature_msr(i),
                         &entries[..n],
-                        &before,
+                        &current.values,
                     )?;
                 }
                 o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;

@@ -15,7 +15,13 @@
 //!   would otherwise cost a never-run vCPU's first entry (~87 us on PVM, the MMU's setup) gets it.
 //!   A vCPU that accepted a write whose old value could not be read is never reused.
 //! - new vCPUs are created in a shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`, by
-//!   a supplier thread, which also destroys dropped ones and does resets while it keeps up.
+//!   a supplier thread, which also resets used vCPUs and destroys dropped ones; the pool hands it
+//!   that work in batches (see `Supplier`). A vCPU that wrote a per-VM MSR is reset on the
+//!   fuzzing thread.
+//! - while an input has changed nothing yet (no accepted write stored a new value, no
+//!   KVM_SET_CPUID2, no KVM_RUN), the values of snapshot MSRs are the snapshot's, which its reset
+//!   verified: a write deriving its value from the current one needs no read for them
+//!   (`PooledVcpu::known_value`).
 //! - a successful write to the x2APIC range retires the shared VM: an ICR write sends an IPI to
 //!   other vCPUs of the VM (lapic.c kvm_x2apic_icr_write), state no MSR read shows.
 //!
@@ -92,6 +98,8 @@ pub fn vm_scope(index: u32) -> bool {
 #[derive(Default)]
 struct Usage {
     ran: bool,
+    /// KVM_SET_CPUID2 succeeded (even with the table the vCPU had).
+    cpuid_set: bool,
     cpuid_changed: bool,
     /// An accepted write whose old value is unknown.
     unrecoverable: bool,
@@ -227,6 +235,41 @@ impl PooledVcpu {
             .map(|u| u.data)
     }
 
+    /// The value `index` holds now without asking KVM: the vCPU is as it was taken (verified by
+    /// its reset or just created: no accepted write changed a value, no KVM_SET_CPUID2, no
+    /// KVM_RUN in this input), `index` is in the snapshot and does not change on its own.
+    pub fn known_value(&self, ctx: &Context, index: u32) -> Option<u64> {
+        let u = &self.usage;
+        if !u.changed.is_empty() || u.cpuid_set || u.ran {
+            return None;
+        }
+        self.value_now(ctx, index)
+    }
+
+    /// Read `indices` (any order, duplicates allowed) before a write: values the pool knows
+    /// (`known_value`) without an ioctl, the others with `read_all`.
+    pub fn read_before(&self, ctx: &Context, indices: &[u32]) -> ReadBefore {
+        let mut attempted = indices.to_vec();
+        attempted.sort_unstable();
+        attempted.dedup();
+        let mut values = std::collections::BTreeMap::new();
+        let mut ask = Vec::new();
+        for &i in &attempted {
+            match self.known_value(ctx, i) {
+                Some(data) => {
+                    values.insert(i, data);
+                }
+                None => ask.push(i),
+            }
+        }
+        values.extend(
+            read_all(&self.vcpu, &ask)
+                .into_iter()
+                .map(|e| (e.index, e.data)),
+        );
+        ReadBefore { attempted, values }
+    }
+
     /// The value `index` had when the vCPU was created, if it is in the snapshot.
     fn pristine_value(&self, index: u32) -> Option<u64> {
         self.pristine
@@ -243,6 +286,7 @@ impl PooledVcpu {
             .set_cpuid2(&table.to_kvm())
             .map_err(|e| e.errno());
         if r.is_ok() {
+            self.usage.cpuid_set = true;
             self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
             self.cpuid = table.clone();
         }
@@ -385,36 +429,60 @@ impl Factory {
     }
 }
 
-/// A thread that keeps a few fresh vCPUs ready -- new ones, and used ones it has reset -- resets
-/// the vCPUs that ran, and destroys the dropped ones, so the fuzzing thread pays for none of it.
-/// It uses the same `Factory::create` and `reset` as the synchronous pool. Used vCPUs that wrote
-/// a per-VM MSR are reset on the fuzzing thread instead: resetting them here would race with the
-/// vCPU of the same VM the next input uses.
+/// A thread that resets used vCPUs, keeps a few new ones ready and destroys the dropped ones, so
+/// the fuzzing thread pays for none of it. It uses the same `Factory::create` and `reset` as the
+/// synchronous pool. Resets come first (two ioctls each, and they make a vCPU available); new
+/// vCPUs are made while fewer than `READY` are unclaimed. Used vCPUs that wrote a per-VM MSR are
+/// reset on the fuzzing thread instead: resetting them here would race with the vCPU of the same
+/// VM the next input uses.
+///
+/// The pool hands work over in batches (`Chores`, `BATCH` vCPUs): a send to the supplier while it
+/// sleeps costs the fuzzing thread a futex wake-up and, on a nested host, an IPI -- about as much
+/// as the reset it hands over. (A supplier that polls instead, spinning or in short sleeps, made
+/// the fuzzing thread slower on the nested test host, 25-50 %.)
 struct Supplier {
-    ready: mpsc::Receiver<Result<PooledVcpu>>,
-    dirty: mpsc::Sender<PooledVcpu>,
-    /// vCPUs that ran, to be reset; they come back through `ready_ran` (or why they could not).
-    dirty_ran: mpsc::Sender<PooledVcpu>,
-    ready_ran: mpsc::Receiver<std::result::Result<PooledVcpu, String>>,
-    graveyard: mpsc::Sender<PooledVcpu>,
-    failures: Arc<std::sync::Mutex<PoolStats>>,
-    /// vCPUs sent to `dirty` or `dirty_ran` and not reset yet.
-    backlog: Arc<AtomicUsize>,
+    /// New and reset vCPUs, in the order the supplier finished them.
+    supply: mpsc::Receiver<Supply>,
+    chores: mpsc::Sender<Chores>,
+    /// New vCPUs sent and not yet taken by an input.
+    unclaimed: Arc<AtomicUsize>,
 }
 
-/// How many fresh vCPUs the supplier keeps ready.
+/// Work for the supplier: vCPUs to reset and vCPUs to destroy.
+#[derive(Default)]
+struct Chores {
+    reset: Vec<PooledVcpu>,
+    bury: Vec<PooledVcpu>,
+}
+
+impl Chores {
+    fn len(&self) -> usize {
+        self.reset.len() + self.bury.len()
+    }
+}
+
+/// What the supplier sends back.
+enum Supply {
+    New(Result<PooledVcpu>),
+    /// A used vCPU after its reset (whether it had run, and why the reset failed if it did).
+    Reset {
+        ran: bool,
+        result: std::result::Result<PooledVcpu, String>,
+    },
+}
+
+/// How many new vCPUs the supplier keeps ready.
 const READY: usize = 8;
+
+/// How many vCPUs the pool collects for the supplier before it hands them over.
+const BATCH: usize = 4;
 
 /// The supplier thread's side of its channels.
 struct SupplierWork {
     factory: Factory,
-    ready: mpsc::SyncSender<Result<PooledVcpu>>,
-    dirty: mpsc::Receiver<PooledVcpu>,
-    dirty_ran: mpsc::Receiver<PooledVcpu>,
-    ready_ran: mpsc::Sender<std::result::Result<PooledVcpu, String>>,
-    graveyard: mpsc::Receiver<PooledVcpu>,
-    failures: Arc<std::sync::Mutex<PoolStats>>,
-    backlog: Arc<AtomicUsize>,
+    supply: mpsc::Sender<Supply>,
+    chores: mpsc::Receiver<Chores>,
+    unclaimed: Arc<AtomicUsize>,
 }
 
 /// The pool that owned the supplier is gone.
@@ -426,89 +494,61 @@ impl SupplierWork {
     }
 
     fn step(&mut self) -> std::result::Result<(), Hangup> {
-        self.bury_and_reset_ran()?;
-        let mut next = match self.dirty.try_recv() {
-            Ok(mut v) => match self.reset(&mut v) {
-                Ok(()) => Ok(v),
-                Err(why) => {
-                    self.failures
-                        .lock()
-                        .expect("supplier stats")
-                        .reset_failed(why);
-                    return Ok(());
-                }
-            },
-            Err(_) => self.factory.create(),
-        };
-        // While `ready` is full, go on resetting the vCPUs that ran as they come back.
-        loop {
-            match self.ready.try_send(next) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(Hangup),
-                Err(mpsc::TrySendError::Full(n)) => next = n,
+        let chores = if self.unclaimed.load(Ordering::Relaxed) < READY {
+            match self.chores.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Hangup),
             }
-            match self.dirty_ran.recv_timeout(Duration::from_millis(1)) {
-                Ok(v) => self.reset_ran(v)?,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+        } else {
+            // Enough new ones ready: sleep until there is work (the pool also sends when it runs
+            // out; the timeout is a backstop).
+            match self.chores.recv_timeout(Duration::from_millis(10)) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Hangup),
             }
-            self.bury_and_reset_ran()?;
+        };
+        let Some(chores) = chores else {
+            // (Counted before the send: the pool may take it first.)
+            self.unclaimed.fetch_add(1, Ordering::Relaxed);
+            return self
+                .supply
+                .send(Supply::New(self.factory.create()))
+                .map_err(|_| Hangup);
+        };
+        for mut v in chores.reset {
+            let ran = v.ever_ran;
+            let result =
+                reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true).map(|()| v);
+            self.supply
+                .send(Supply::Reset { ran, result })
+                .map_err(|_| Hangup)?;
         }
-    }
-
-    fn bury_and_reset_ran(&mut self) -> std::result::Result<(), Hangup> {
-        while let Ok(v) = self.graveyard.try_recv() {
-            drop(v);
-        }
-        while let Ok(v) = self.dirty_ran.try_recv() {
-            self.reset_ran(v)?;
-        }
+        drop(chores.bury);
         Ok(())
-    }
-
-    fn reset_ran(&mut self, mut v: PooledVcpu) -> std::result::Result<(), Hangup> {
-        let r = self.reset(&mut v).map(|()| v);
-        self.ready_ran.send(r).map_err(|_| Hangup)
-    }
-
-    fn reset(&mut self, v: &mut PooledVcpu) -> std::result::Result<(), String> {
-        let r = reset(v, &self.factory.cpuid, &self.factory.volatile, true);
-        self.backlog.fetch_sub(1, Ordering::Relaxed);
-        r
     }
 }
 
 impl Supplier {
     fn start(factory: Factory) -> Supplier {
-        let (ready_tx, ready) = mpsc::sync_channel(READY);
-        let (graveyard, dead) = mpsc::channel::<PooledVcpu>();
-        let (dirty, used) = mpsc::channel::<PooledVcpu>();
-        let (dirty_ran, used_ran) = mpsc::channel::<PooledVcpu>();
-        let (ran_tx, ready_ran) = mpsc::channel();
-        let failures = Arc::new(std::sync::Mutex::new(PoolStats::default()));
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let (supply_tx, supply) = mpsc::channel();
+        let (chores, todo) = mpsc::channel::<Chores>();
+        let unclaimed = Arc::new(AtomicUsize::new(0));
         let work = SupplierWork {
-            backlog: backlog.clone(),
             factory,
-            ready: ready_tx,
-            dirty: used,
-            dirty_ran: used_ran,
-            ready_ran: ran_tx,
-            graveyard: dead,
-            failures: failures.clone(),
+            supply: supply_tx,
+            chores: todo,
+            unclaimed: unclaimed.clone(),
         };
         std::thread::Builder::new()
             .name("kvm-msr-vcpu-supplier".into())
             .spawn(move || work.run())
             .expect("spawning the vCPU supplier thread");
         Supplier {
-            ready,
-            dirty,
-            dirty_ran,
-            ready_ran,
-            graveyard,
-            failures,
-            backlog,
+            supply,
+            chores,
+            unclaimed,
         }
     }
 }
@@ -517,20 +557,27 @@ pub struct VcpuPool {
     pub mode: PoolMode,
     factory: Option<Factory>,
     supplier: Option<Supplier>,
+    /// Reset vCPUs that never ran.
     idle: Vec<PooledVcpu>,
     /// Reset vCPUs that have run: for inputs that cannot tell them from fresh ones.
     idle_ran: Vec<PooledVcpu>,
-    /// vCPUs that ran, being reset on the supplier thread (with `idle_ran`, at most
-    /// `IDLE_RAN_MAX`).
-    ran_in_reset: usize,
+    /// New vCPUs from the supplier, oldest first (used after the reset ones).
+    new: std::collections::VecDeque<PooledVcpu>,
+    /// vCPUs being reset on the supplier thread, of those that never ran / ran (with `idle_ran`,
+    /// at most `IDLE_RAN_MAX` of the latter).
+    in_reset: [usize; 2],
+    /// Why the supplier could not make a vCPU, for the next `take` to return.
+    failed: Option<Error>,
+    /// Work collected for the supplier, not handed over yet.
+    chores: Chores,
     default_cpuid: CpuidTable,
     volatile: Arc<BTreeSet<u32>>,
     stats: PoolStats,
 }
 
 impl VcpuPool {
-    /// A pool; with `background`, fresh vCPUs are made (and dropped ones destroyed) on a thread
-    /// of their own.
+    /// A pool; with `background`, fresh vCPUs are made, used ones reset and dropped ones
+    /// destroyed on a thread of their own.
     pub fn new(ctx: &Context, mode: PoolMode, background: bool) -> Result<VcpuPool> {
         let factory = Factory {
             sys: KvmSystem::open_at(ctx.sys.path())?,
@@ -568,7 +615,10 @@ impl VcpuPool {
             supplier,
             idle: Vec::new(),
             idle_ran: Vec::new(),
-            ran_in_reset: 0,
+            new: Default::default(),
+            in_reset: [0; 2],
+            failed: None,
+            chores: Chores::default(),
             default_cpuid: ctx.facts.supported_cpuid.clone(),
             volatile,
             stats: PoolStats::default(),
@@ -583,66 +633,107 @@ impl VcpuPool {
     /// A vCPU in the state of a freshly created one; with `may_have_run`, possibly one that has
     /// run before and was reset (same MSR values, default CPUID) -- for an input that does nothing
     /// before its first KVM_RUN that KVM answers differently once a vCPU has run (see
-    /// `host::tolerates_a_vcpu_that_ran`).
+    /// `host::tolerates_a_vcpu_that_ran`). Reset vCPUs first, new ones after.
     pub fn take(&mut self, may_have_run: bool) -> Result<PooledVcpu> {
-        // (An input that needs a never-run vCPU leaves the ran ones where they are.)
-        if may_have_run {
-            self.collect_ran();
-        }
-        while let Some(v) = may_have_run.then(|| self.idle_ran.pop()).flatten() {
-            if !v.stage.retired() {
-                self.stats.reused_after_run += 1;
-                return Ok(v);
-            }
-            self.stats.dropped.retired_vm += 1;
-            self.bury(v);
-        }
-        while let Some(v) = self.idle.pop() {
-            if !v.stage.retired() {
-                self.stats.reused += 1;
-                return Ok(v);
-            }
-            self.stats.dropped.retired_vm += 1;
-            self.bury(v);
-        }
-        // (Resets done on the supplier thread come back through `ready`.)
         loop {
-            let v = match (&mut self.factory, &self.supplier) {
-                (Some(f), _) => f.create()?,
-                (None, Some(s)) => match s.ready.try_recv() {
-                    Ok(v) => v,
-                    Err(_) => {
-                        self.stats.waited += 1;
-                        s.ready.recv().map_err(|_| Error::Ioctl {
-                            what: "the vCPU supplier thread (it stopped)",
-                            errno: 0,
-                        })?
+            self.collect(false);
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            // (An input that needs a never-run vCPU leaves the ran ones where they are.)
+            if may_have_run {
+                if let Some(v) = self.idle_ran.pop() {
+                    if self.usable(&v) {
+                        self.stats.reused_after_run += 1;
+                        return Ok(v);
                     }
-                }?,
-                (None, None) => unreachable!("a pool has a factory or a supplier"),
-            };
-            // A vCPU made before its VM was retired is not fresh with respect to it.
-            if v.stage.retired() {
+                    self.bury(v);
+                    continue;
+                }
+            }
+            if let Some(v) = self.idle.pop() {
+                if self.usable(&v) {
+                    self.stats.reused += 1;
+                    return Ok(v);
+                }
                 self.bury(v);
                 continue;
             }
-            if v.resets == 0 {
-                self.stats.created += 1;
-            } else {
-                self.stats.reused += 1;
+            if let Some(v) = self.new.pop_front() {
+                if let Some(s) = &self.supplier {
+                    s.unclaimed.fetch_sub(1, Ordering::Relaxed);
+                }
+                if self.usable(&v) {
+                    self.stats.created += 1;
+                    return Ok(v);
+                }
+                self.bury(v);
+                continue;
             }
-            return Ok(v);
+            match &mut self.factory {
+                Some(f) => {
+                    self.stats.created += 1;
+                    return f.create();
+                }
+                None => {
+                    // Whatever work is collected goes over now; the send also wakes a supplier
+                    // asleep because enough new vCPUs were unclaimed when it last looked.
+                    self.hand_over();
+                    self.stats.waited += 1;
+                    self.collect(true);
+                }
+            }
+        }
+    }
+
+    /// Not made stale by its VM's retirement (a vCPU made or reset before its VM was retired is
+    /// not fresh with respect to it); counted as dropped if it is.
+    fn usable(&mut self, v: &PooledVcpu) -> bool {
+        let stale = v.stage.retired();
+        self.stats.dropped.retired_vm += u64::from(stale);
+        !stale
+    }
+
+    /// Take in what the supplier has finished since the last call; with `wait`, at least one.
+    /// A failure to make a vCPU (or a supplier that stopped) is kept for the next `take`.
+    fn collect(&mut self, wait: bool) {
+        let Some(s) = &self.supplier else { return };
+        let unclaimed = s.unclaimed.clone();
+        let mut got = Vec::new();
+        if wait {
+            match s.supply.recv() {
+                Ok(supply) => got.push(supply),
+                Err(_) => {
+                    self.failed.get_or_insert(Error::Ioctl {
+                        what: "the vCPU supplier thread (it stopped)",
+                        errno: 0,
+                    });
+                }
+            }
+        }
+        got.extend(s.supply.try_iter());
+        for supply in got {
+            match supply {
+                Supply::New(Ok(v)) => self.new.push_back(v),
+                Supply::New(Err(e)) => {
+                    unclaimed.fetch_sub(1, Ordering::Relaxed);
+                    self.failed.get_or_insert(e);
+                }
+                Supply::Reset { ran, result } => {
+                    self.in_reset[usize::from(ran)] -= 1;
+                    match result {
+                        Ok(v) => self.shelve(v),
+                        Err(why) => self.stats.reset_failed(why),
+                    }
+                }
+            }
         }
     }
 
     /// Whether there is room for `v` after its reset: always for one that never ran; for one that
     /// ran, while fewer than `IDLE_RAN_MAX` are kept or being reset.
-    fn keep(&mut self, v: &mut PooledVcpu) -> bool {
-        if !v.ever_ran {
-            return true;
-        }
-        self.collect_ran();
-        self.idle_ran.len() + self.ran_in_reset < IDLE_RAN_MAX
+    fn keep(&mut self, v: &PooledVcpu) -> bool {
+        !v.ever_ran || self.idle_ran.len() + self.in_reset[1] < IDLE_RAN_MAX
     }
 
     /// Keep a reset vCPU for the next input that can use it.
@@ -654,22 +745,27 @@ impl VcpuPool {
         }
     }
 
-    /// Take in the vCPUs that ran which the supplier has reset since the last call.
-    fn collect_ran(&mut self) {
-        let Some(s) = &self.supplier else { return };
-        while let Ok(r) = s.ready_ran.try_recv() {
-            self.ran_in_reset -= 1;
-            match r {
-                Ok(v) => self.idle_ran.push(v),
-                Err(why) => self.stats.reset_failed(why),
-            }
+    /// Destroy a vCPU, on the supplier thread if there is one.
+    fn bury(&mut self, v: PooledVcpu) {
+        if self.supplier.is_some() {
+            self.chores.bury.push(v);
+            self.hand_over_batch();
         }
     }
 
-    /// Destroy a vCPU, on the supplier thread if there is one.
-    fn bury(&self, v: PooledVcpu) {
+    /// Hand the collected work to the supplier once there is a batch of it.
+    fn hand_over_batch(&mut self) {
+        if self.chores.len() >= BATCH {
+            self.hand_over();
+        }
+    }
+
+    /// Hand the collected work to the supplier. (If it stopped, the vCPUs go with the channel
+    /// and the next `take` says so.)
+    fn hand_over(&mut self) {
+        let chores = std::mem::take(&mut self.chores);
         if let Some(s) = &self.supplier {
-            let _ = s.graveyard.send(v);
+            let _ = s.chores.send(chores);
         }
     }
 
@@ -683,9 +779,11 @@ impl VcpuPool {
             self.bury(v);
             return;
         }
+        // (What the supplier has reset so far counts for the room left.)
+        self.collect(false);
         if v.usage.unrecoverable {
             self.stats.dropped.unrecoverable += 1;
-        } else if !self.keep(&mut v) {
+        } else if !self.keep(&v) {
             self.stats.dropped.no_room += 1;
         } else {
             if !v.usage.changed_anything() {
@@ -695,28 +793,13 @@ impl VcpuPool {
                 self.shelve(v);
                 return;
             }
-            // On the supplier thread if there is one and it has caught up (creating vCPUs keeps
-            // it busy), except for a vCPU that wrote a per-VM MSR (see `Supplier`); here
-            // otherwise.
-            if let (Some(s), false) = (&self.supplier, v.usage.vm_scope_written) {
-                if s.backlog.load(Ordering::Relaxed) == 0 {
-                    // (Counted before the send: the supplier may finish the reset first.)
-                    s.backlog.fetch_add(1, Ordering::Relaxed);
-                    let ran = v.ever_ran;
-                    let sent = if ran {
-                        s.dirty_ran.send(v)
-                    } else {
-                        s.dirty.send(v)
-                    };
-                    match sent {
-                        Ok(()) => self.ran_in_reset += usize::from(ran),
-                        // The supplier stopped; the vCPU goes with the channel.
-                        Err(_) => {
-                            s.backlog.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                    return;
-                }
+            // On the supplier thread if there is one, except for a vCPU that wrote a per-VM MSR
+            // (see `Supplier`).
+            if self.supplier.is_some() && !v.usage.vm_scope_written {
+                self.in_reset[usize::from(v.ever_ran)] += 1;
+                self.chores.reset.push(v);
+                self.hand_over_batch();
+                return;
             }
             // A vCPU whose CPUID or feature MSRs an input changed before running cannot be reset
             // (KVM refuses the default values now) and is dropped.
@@ -738,17 +821,9 @@ impl VcpuPool {
         self.bury(v);
     }
 
-    /// The counters, including resets done on the supplier thread.
+    /// The counters.
     pub fn stats(&self) -> PoolStats {
-        let mut st = self.stats.clone();
-        if let Some(s) = &self.supplier {
-            let f = s.failures.lock().expect("supplier stats");
-            st.reset_failures += f.reset_failures;
-            if f.last_reset_failure.is_some() {
-                st.last_reset_failure = f.last_reset_failure.clone();
-            }
-        }
-        st
+        self.stats.clone()
     }
 }
 
@@ -767,26 +842,14 @@ pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
     out
 }
 
-/// Values read just before a write: which indices were tried (sorted) and what those that could be
-/// read held.
+/// Values just before a write (`PooledVcpu::read_before`): which indices were tried (sorted) and
+/// what those that could be read held.
 pub struct ReadBefore {
     attempted: Vec<u32>,
     pub values: std::collections::BTreeMap<u32, u64>,
 }
 
 impl ReadBefore {
-    /// Read `indices` (any order, duplicates allowed) with `read_all`.
-    pub fn read(vcpu: &Vcpu, indices: &[u32]) -> ReadBefore {
-        let mut attempted = indices.to_vec();
-        attempted.sort_unstable();
-        attempted.dedup();
-        let values = read_all(vcpu, &attempted)
-            .into_iter()
-            .map(|e| (e.index, e.data))
-            .collect();
-        ReadBefore { attempted, values }
-    }
-
     /// `index` was read (successfully or not).
     pub fn attempted(&self, index: u32) -> bool {
         self.attempted.binary_search(&index).is_ok()
