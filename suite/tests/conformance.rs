@@ -84,10 +84,11 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
     }
     // The host target reuses vCPUs: all its seeds in a row on one pool, each also on a fresh VM,
     // must observe the same (results never depend on what an earlier input did).
-    let ctx = Arc::clone(ctx);
+    let seeds_ctx = Arc::clone(ctx);
     v.push(Trial::test(
         "corpus.host.all-seeds-on-one-pool",
         move || {
+            let ctx = seeds_ctx;
             let mut runner =
                 fuzzing::HostRunner::new(&ctx, fuzzing::pool::PoolMode::Reuse, 1, true)
                     .map_err(|e| Failed::from(e.to_string()))?;
@@ -104,6 +105,40 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
                     .map_err(|v| Failed::from(format!("{}: {v}", path.display())))?;
             }
             Ok(())
+        },
+    ));
+    // A pool whose inputs keep their vCPUs (a save/restore holds two) must not wait for a
+    // supplier that sleeps because enough new vCPUs were ready when it last looked.
+    let ctx = Arc::clone(ctx);
+    v.push(Trial::test(
+        "fuzzing.pool.runs-dry-without-hanging",
+        move || {
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let r = (|| {
+                    let mut pool =
+                        fuzzing::pool::VcpuPool::new(&ctx, fuzzing::pool::PoolMode::Reuse, true)
+                            .map_err(|e| e.to_string())?;
+                    // Let the supplier make its stock of new vCPUs and go to sleep.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    let mut held = Vec::new();
+                    for _ in 0..24 {
+                        held.push(pool.take(false).map_err(|e| e.to_string())?);
+                    }
+                    for v in held {
+                        pool.give_back(v);
+                    }
+                    Ok::<(), String>(())
+                })();
+                let _ = done.send(r);
+            });
+            match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(r) => r.map_err(Failed::from),
+                Err(_) => Err(Failed::from(
+                    "24 takes without a give-back did not finish in 60 s: the pool waits for a \
+                 supplier that sleeps",
+                )),
+            }
         },
     ));
     v
