@@ -439,7 +439,7 @@ impl Factory {
 /// The pool hands work over in batches (`Chores`, `BATCH` vCPUs): a send to the supplier while it
 /// sleeps costs the fuzzing thread a futex wake-up and, on a nested host, an IPI -- about as much
 /// as the reset it hands over. (A supplier that polls instead, spinning or in short sleeps, made
-/// the fuzzing thread slower on the nested test host, 25-50 %.)
+/// the fuzzing thread slower on the nested test host, by 20-50 %.)
 struct Supplier {
     /// New and reset vCPUs, in the order the supplier finished them.
     supply: mpsc::Receiver<Supply>,
