@@ -141,7 +141,7 @@ impl Asm {
         self
     }
 
-    /// A near branch: `opcode` bytes then a rel32 to `label` (e.g. [0xe9] jmp).
+    /// A near branch: `opcode` bytes then a rel32 to `label` (e.g. `[0xe9]` jmp).
     pub fn br32(&mut self, opcode: &[u8], label: &'static str, text: &str) -> &mut Self {
         let at = self.bytes.len() + opcode.len();
         let mut b = opcode.to_vec();

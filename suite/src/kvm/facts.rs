@@ -138,7 +138,7 @@ pub struct HostFacts {
     pub supported_cpuid_vendor: Vendor,
     /// Names of known CPUID features KVM_GET_SUPPORTED_CPUID reports.
     pub supported_cpuid_features: Vec<String>,
-    /// KVM has the LA57 capability (KVM_GET_SUPPORTED_CPUID 7.0:ECX[16]), which cpuid.c
+    /// KVM has the LA57 capability (KVM_GET_SUPPORTED_CPUID 7.0:ECX bit 16), which cpuid.c
     /// kvm_set_cpu_caps takes from the hardware's CPUID even when the host kernel runs 4-level
     /// paging ("Set LA57 based on hardware capability"): MSR addresses are then canonical at 57
     /// bits instead of 48 (x86.h max_host_virt_addr_bits, used by __kvm_set_msr and
