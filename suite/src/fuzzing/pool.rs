@@ -641,30 +641,23 @@ impl VcpuPool {
                 return Err(e);
             }
             // (An input that needs a never-run vCPU leaves the ran ones where they are.)
-            if may_have_run {
-                if let Some(v) = self.idle_ran.pop() {
-                    if self.usable(&v) {
-                        self.stats.reused_after_run += 1;
-                        return Ok(v);
+            type Counter = fn(&mut PoolStats) -> &mut u64;
+            let next: Option<(PooledVcpu, Counter)> =
+                if let Some(v) = may_have_run.then(|| self.idle_ran.pop()).flatten() {
+                    Some((v, |s| &mut s.reused_after_run))
+                } else if let Some(v) = self.idle.pop() {
+                    Some((v, |s| &mut s.reused))
+                } else if let Some(v) = self.new.pop_front() {
+                    if let Some(s) = &self.supplier {
+                        s.unclaimed.fetch_sub(1, Ordering::Relaxed);
                     }
-                    self.bury(v);
-                    continue;
-                }
-            }
-            if let Some(v) = self.idle.pop() {
+                    Some((v, |s| &mut s.created))
+                } else {
+                    None
+                };
+            if let Some((v, counter)) = next {
                 if self.usable(&v) {
-                    self.stats.reused += 1;
-                    return Ok(v);
-                }
-                self.bury(v);
-                continue;
-            }
-            if let Some(v) = self.new.pop_front() {
-                if let Some(s) = &self.supplier {
-                    s.unclaimed.fetch_sub(1, Ordering::Relaxed);
-                }
-                if self.usable(&v) {
-                    self.stats.created += 1;
+                    *counter(&mut self.stats) += 1;
                     return Ok(v);
                 }
                 self.bury(v);
