@@ -1,6 +1,7 @@
 //! What every check sees: the KVM system fd, the host facts, the catalogue and the deviations.
 
 use crate::catalogue::Catalogue;
+use crate::checks::msr_traits::MsrTraitsTable;
 use crate::deviations::Deviations;
 use crate::kvm::facts::HostFacts;
 use crate::kvm::{CpuidPolicy, KvmSystem};
@@ -11,6 +12,8 @@ pub struct Context {
     pub facts: HostFacts,
     pub catalogue: Catalogue,
     pub deviations: Deviations,
+    /// The lists' and the catalogue's answers per index, for code that asks per entry.
+    pub traits: MsrTraitsTable,
 }
 
 impl Context {
@@ -18,10 +21,12 @@ impl Context {
     pub fn load() -> crate::Result<Context> {
         let sys = KvmSystem::open()?;
         let facts = HostFacts::gather(&sys)?;
+        let catalogue = Catalogue::load_default()?;
         Ok(Context {
+            traits: MsrTraitsTable::new(&facts, &catalogue),
             sys,
             facts,
-            catalogue: Catalogue::load_default()?,
+            catalogue,
             deviations: Deviations::load_default()?,
         })
     }

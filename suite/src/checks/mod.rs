@@ -10,6 +10,7 @@ pub mod features;
 pub mod filter;
 pub mod harness;
 pub mod lists;
+pub mod msr_traits;
 pub mod negotiation;
 pub mod per_msr;
 pub mod pv;

@@ -130,11 +130,7 @@ pub enum Obs {
 const ID_DERIVED: &[u32] = &[0x802, 0x80d];
 
 fn visible(ctx: &Context, index: u32, value: u64) -> (u32, Option<u64>) {
-    let hidden = ID_DERIVED.contains(&index)
-        || ctx
-            .catalogue
-            .get(index)
-            .is_some_and(|m| m.volatile.is_some());
+    let hidden = ID_DERIVED.contains(&index) || ctx.traits.get(index).volatile;
     (index, (!hidden).then_some(value))
 }
 
@@ -185,7 +181,7 @@ pub fn tolerates_a_vcpu_that_ran(ctx: &Context, input: &HostInput) -> bool {
                 if es
                     .iter()
                     .take(MAX_HOST_ENTRIES)
-                    .any(|e| ctx.facts.is_feature_msr(e.index.resolve(ctx)))
+                    .any(|e| ctx.traits.get(e.index.resolve(ctx)).feature)
                 {
                     return false;
                 }
@@ -211,6 +207,7 @@ pub fn run_host(
     // the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
     let mut ran = false;
     let mut reads = RepeatedReads::default();
+    let volatile = |i: u32| ctx.traits.get(i).volatile;
     let mut trace = Vec::new();
     for op in input.ops.iter().take(MAX_HOST_OPS) {
         match op {
@@ -226,7 +223,7 @@ pub fn run_host(
                     .filter(|(i, e)| {
                         !matches!(e.value, HostValue::Pick(_))
                             || v.needs_old_value(ctx, *i)
-                            || (ran && ctx.facts.is_feature_msr(*i))
+                            || (ran && ctx.traits.get(*i).feature)
                     })
                     .map(|(i, _)| i)
                     .collect();
@@ -239,7 +236,7 @@ pub fn run_host(
                 let n = o::msr_io_count(&io)?;
                 if ran {
                     o::feature_msrs_immutable(
-                        |i| ctx.facts.is_feature_msr(i),
+                        |i| ctx.traits.get(i).feature,
                         &entries[..n],
                         &current.values,
                     )?;
@@ -264,7 +261,7 @@ pub fn run_host(
                     let back = v.vcpu.get_msrs(&idx);
                     let m = o::msr_io_count(&back)?;
                     for e in &back.entries[..m] {
-                        reads.observe(&ctx.catalogue, e.index, e.data, "after KVM_SET_MSRS")?;
+                        reads.observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
                         let diff = (last[&e.index] ^ e.data).count_ones();
                         feats.add(&[11, msr_class(ctx, e.index), diff]);
                         seen.push(visible(ctx, e.index, e.data));
@@ -294,7 +291,7 @@ pub fn run_host(
                         u32::from(k < n && e.data == 0),
                     ]);
                     if k < n {
-                        reads.observe(&ctx.catalogue, e.index, e.data, "repeated KVM_GET_MSRS")?;
+                        reads.observe(volatile, e.index, e.data, "repeated KVM_GET_MSRS")?;
                         seen.push(visible(ctx, e.index, e.data));
                     }
                 }
@@ -387,10 +384,10 @@ pub fn run_host(
                 }
                 let restore = dest.set_msrs(ctx, &saved.entries, None);
                 let back = dest.vcpu.get_msrs(list);
-                o::save_restore_equal(&ctx.catalogue, &saved.entries, &restore, &back)?;
+                o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
                 reads.forget();
                 for e in &saved.entries {
-                    reads.observe(&ctx.catalogue, e.index, e.data, "saved")?;
+                    reads.observe(volatile, e.index, e.data, "saved")?;
                 }
                 feats.add(&[15, u32::from(source_ran)]);
                 trace.push(Obs::Saved(n));

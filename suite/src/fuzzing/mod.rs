@@ -169,10 +169,8 @@ impl Features {
 /// Feedback key of an MSR: the index itself for MSRs KVM lists or the catalogue knows (each has
 /// its own behaviour), a coarse range class for everything else.
 pub fn msr_class(ctx: &Context, index: u32) -> u32 {
-    if ctx.facts.is_advertised(index)
-        || ctx.facts.is_feature_msr(index)
-        || ctx.catalogue.get(index).is_some()
-    {
+    let t = ctx.traits.get(index);
+    if t.listed || t.feature || t.catalogued {
         return 0x100 | index;
     }
     match index {

@@ -30,6 +30,7 @@
 //! input gets a new VM with vCPU id 1, the naive baseline, and `host::HostRunner` compares the two
 //! modes (oracle `pool-equivalence`).
 
+use crate::checks::msr_traits::MsrTraits;
 use crate::checks::Context;
 use crate::error::{Error, Result};
 use crate::guest::{layout::OPS, long_mode};
@@ -143,8 +144,9 @@ impl PooledVcpu {
     /// implemented, and if KVM does accept a write to one, the vCPU is simply not reused
     /// (`unrecoverable`) -- one ioctl saved per unknown index.
     pub fn needs_old_value(&self, ctx: &Context, index: u32) -> bool {
-        self.pristine_value(index).is_none()
-            && ctx.catalogue.get(index).is_some()
+        let t = ctx.traits.get(index);
+        t.catalogued
+            && self.pristine_value(t, index).is_none()
             && !self.usage.undo.iter().any(|u| u.index == index)
     }
 
@@ -200,12 +202,10 @@ impl PooledVcpu {
             }
             self.usage.changed.insert(e.index);
             self.usage.vm_scope_written |= vm_scope(e.index);
-            let known = self.pristine_value(e.index).is_some()
+            let t = ctx.traits.get(e.index);
+            let known = self.pristine_value(t, e.index).is_some()
                 || self.usage.undo.iter().any(|u| u.index == e.index)
-                || ctx
-                    .catalogue
-                    .get(e.index)
-                    .is_some_and(|m| m.read_fails.is_some());
+                || t.read_fails;
             if !known {
                 self.usage.unrecoverable = true;
             }
@@ -217,15 +217,11 @@ impl PooledVcpu {
     /// it does not change on its own, and it is in the snapshot (every input starts from it) or its
     /// old value was captured this input.
     fn value_now(&self, ctx: &Context, index: u32) -> Option<u64> {
-        if self.usage.changed.contains(&index)
-            || ctx
-                .catalogue
-                .get(index)
-                .is_some_and(|m| m.volatile.is_some())
-        {
+        let t = ctx.traits.get(index);
+        if t.volatile || self.usage.changed.contains(&index) {
             return None;
         }
-        if let Some(data) = self.pristine_value(index) {
+        if let Some(data) = self.pristine_value(t, index) {
             return Some(data);
         }
         self.usage
@@ -270,8 +266,12 @@ impl PooledVcpu {
         ReadBefore { attempted, values }
     }
 
-    /// The value `index` had when the vCPU was created, if it is in the snapshot.
-    fn pristine_value(&self, index: u32) -> Option<u64> {
+    /// The value `index` (with traits `t`) had when the vCPU was created, if it is in the
+    /// snapshot (which holds the listed and feature MSRs that could be read).
+    fn pristine_value(&self, t: MsrTraits, index: u32) -> Option<u64> {
+        if !t.in_lists() {
+            return None;
+        }
         self.pristine
             .binary_search_by_key(&index, |e| e.index)
             .ok()
