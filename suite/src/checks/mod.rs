@@ -12,6 +12,7 @@ pub mod harness;
 pub mod lists;
 pub mod msr_traits;
 pub mod negotiation;
+pub mod one_reg;
 pub mod per_msr;
 pub mod pv;
 pub mod save_restore;
@@ -108,6 +109,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(features::checks(ctx));
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
+    v.extend(one_reg::checks(ctx));
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));
     v.extend(tsc::checks(ctx));

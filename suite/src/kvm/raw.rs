@@ -2,7 +2,7 @@
 //! (short buffers, over-limit counts). kvm-ioctls' wrappers size their buffers themselves, which
 //! would hide exactly what the checks look at.
 
-use kvm_bindings::{kvm_msr_list, kvm_msrs, KVMIO};
+use kvm_bindings::{kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
@@ -11,6 +11,9 @@ ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
 ioctl_iowr_nr!(KVM_GET_MSR_FEATURE_INDEX_LIST, KVMIO, 0x0a, kvm_msr_list);
 ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
 ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_one_reg);
+ioctl_iow_nr!(KVM_SET_ONE_REG, KVMIO, 0xac, kvm_one_reg);
+ioctl_iowr_nr!(KVM_GET_REG_LIST, KVMIO, 0xb0, kvm_reg_list);
 
 /// Which of the two MSR list ioctls (api.rst 4.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,3 +155,71 @@ pub fn msr_io(fd: &impl AsRawFd, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) ->
 /// The most entries one KVM_GET_MSRS / KVM_SET_MSRS accepts: `nmsrs >= MAX_IO_MSRS (256)` is
 /// rejected with E2BIG (x86.c `msr_io`).
 pub const MAX_IO_MSRS: u32 = 256;
+
+/// The KVM_{GET,SET}_ONE_REG id of MSR `index` (api.rst 4.68: "x86 MSR registers have the following
+/// id bit patterns: 0x2030 0002 <msr number:32>"; uapi asm/kvm.h KVM_X86_REG_MSR).
+pub const fn one_reg_msr_id(index: u32) -> u64 {
+    kvm_bindings::KVM_REG_X86 | kvm_bindings::KVM_REG_SIZE_U64 | (2 << 32) | index as u64
+}
+
+/// KVM_GET_ONE_REG / KVM_SET_ONE_REG (api.rst 4.68, 4.69) of register `id`, any id (malformed
+/// ones exercise KVM's checks of it): GET returns the register's first 8 bytes, SET writes
+/// `value` (zero-extended). The errno on failure.
+pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64, i32> {
+    // The size field of an id names up to 2^8 = 256 bytes (KVM_REG_SIZE_U2048): KVM reads or
+    // writes at most that many at `addr`, whatever the id says.
+    let mut buf = [0u64; 32];
+    buf[0] = value;
+    let reg = kvm_one_reg {
+        id,
+        addr: buf.as_mut_ptr() as u64,
+    };
+    let nr = match op {
+        MsrOp::Get => KVM_GET_ONE_REG(),
+        MsrOp::Set => KVM_SET_ONE_REG(),
+    };
+    // SAFETY: `reg` is a valid kvm_one_reg whose addr points at `buf`, 256 bytes that outlive
+    // the call -- as many as the largest register size an id can encode -- so KVM's copy to or
+    // from addr stays inside it; the fd is a KVM vCPU fd.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, nr, &reg) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(buf[0])
+    }
+}
+
+/// What one KVM_GET_REG_LIST call did (api.rst 4.84): 0 or the errno, the count KVM wrote back
+/// and the ids it copied out.
+#[derive(Clone, Debug)]
+pub struct RegListCall {
+    pub errno: i32,
+    pub written_back: u64,
+    pub ids: Vec<u64>,
+}
+
+/// One KVM_GET_REG_LIST call with room for `room` ids (told to KVM as n).
+pub fn reg_list(fd: &impl AsRawFd, room: usize) -> RegListCall {
+    // kvm_reg_list is { u64 n; u64 reg[] }: a u64 vector lays it out exactly.
+    let mut buf = vec![0u64; 1 + room];
+    buf[0] = room as u64;
+    // SAFETY: `buf` holds a kvm_reg_list header followed by `room` u64 slots and tells KVM n =
+    // room, so KVM writes at most `room` ids inside the allocation; the fd is a KVM vCPU fd.
+    let ret = unsafe { ioctl_with_mut_ptr(fd, KVM_GET_REG_LIST(), buf.as_mut_ptr()) };
+    let errno = if ret < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
+    let written_back = buf[0];
+    let copied = if errno == 0 {
+        (written_back as usize).min(room)
+    } else {
+        0
+    };
+    RegListCall {
+        errno,
+        written_back,
+        ids: buf[1..1 + copied].to_vec(),
+    }
+}
