@@ -585,11 +585,32 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
         }
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails => host.is_none(),
     };
+    // Host writes of an UNSUPPORTED MSR (x86.c kvm_do_msr_access, semantics §1.6 step 3): a
+    // write of 0 succeeds if KVM lists the MSR, any other value fails; under ignore_msrs both
+    // succeed and are dropped.
+    let nonzero = if value != 0 { value } else { 1 };
+    let writes = (g.host == HostWhenClosed::AdvertisedZero).then(|| {
+        (
+            mach.vcpu.set_msr(index, 0),
+            mach.vcpu.set_msr(index, nonzero),
+        )
+    });
+    let ignore = ctx.facts.ignore_msrs();
+    let writes_ok = writes.is_none_or(|(zero, other)| {
+        zero == (ctx.facts.is_advertised(index) || ignore) && other == ignore
+    });
+    let shown = |ok: bool| if ok { "accepted" } else { "rejected" };
     let actual = format!(
-        "guest RDMSR {rd}, WRMSR {} {wr}; host read {host:x?}",
-        hex(value)
+        "guest RDMSR {rd}, WRMSR {} {wr}; host read {host:x?}{}",
+        hex(value),
+        writes.map_or(String::new(), |(zero, other)| format!(
+            ", host write 0 {}, {} {}",
+            shown(zero),
+            hex(nonzero),
+            shown(other)
+        ))
     );
-    if guest_ok && host_ok {
+    if guest_ok && host_ok && writes_ok {
         Outcome::pass(actual)
     } else {
         Outcome::fail(
@@ -601,10 +622,18 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
                     "RDMSR and WRMSR #GP"
                 },
                 g.host,
-                if unsupported && ctx.facts.is_advertised(index) {
-                    " (advertised: reads 0)"
-                } else {
-                    ""
+                match (
+                    unsupported,
+                    ctx.facts.is_advertised(index) || ignore,
+                    ignore
+                ) {
+                    (false, _, _) => String::new(),
+                    (true, _, true) => " (ignore_msrs: host reads 0, writes dropped)".into(),
+                    (true, true, false) => format!(
+                        " (advertised: host reads 0, a host write of 0 succeeds, of {} fails)",
+                        hex(nonzero)
+                    ),
+                    (true, false, false) => " (not advertised: host reads and writes fail)".into(),
                 },
                 g.cite
             ),
