@@ -46,6 +46,8 @@ struct RequiresRaw {
     #[serde(default)]
     kvm_params: Vec<String>,
     #[serde(default)]
+    cpuid_any: Vec<String>,
+    #[serde(default)]
     listed: bool,
     cite: String,
 }
@@ -297,12 +299,22 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
                     return Err(format!("requires.kvm_params names {p:?}, which kvm/facts.rs KVM_PARAMS does not read"));
                 }
             }
-            if r.caps.is_empty() && r.kvm_params.is_empty() && !r.listed {
-                return Err("requires names nothing (caps, kvm_params or listed = true)".into());
+            for f in &r.cpuid_any {
+                if crate::kvm::cpuid::feature(f).is_none() {
+                    return Err(format!(
+                        "requires.cpuid_any names {f:?}, which kvm/cpuid.rs FEATURES does not know"
+                    ));
+                }
+            }
+            if r.caps.is_empty() && r.kvm_params.is_empty() && r.cpuid_any.is_empty() && !r.listed {
+                return Err(
+                    "requires names nothing (caps, kvm_params, cpuid_any or listed = true)".into(),
+                );
             }
             Some(Requirement {
                 caps: r.caps,
                 kvm_params: r.kvm_params,
+                cpuid_any: r.cpuid_any,
                 listed: r.listed,
                 cite: r.cite,
             })

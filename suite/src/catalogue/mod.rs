@@ -111,6 +111,9 @@ pub struct Requirement {
     pub caps: Vec<String>,
     /// kvm module parameters that must be enabled (e.g. enable_pmu).
     pub kvm_params: Vec<String>,
+    /// CPUID features of which KVM_GET_SUPPORTED_CPUID must have at least one (KVM's caps:
+    /// kvm_cpu_cap_has, which KVM_GET_SUPPORTED_CPUID reports).
+    pub cpuid_any: Vec<String>,
     /// KVM lists the MSR in KVM_GET_MSR_INDEX_LIST or KVM_GET_MSR_FEATURE_INDEX_LIST on this host
     /// (KVM lists such MSRs only when the host supports them: x86.c kvm_probe_msr_to_save).
     pub listed: bool,

@@ -63,6 +63,9 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
         if let Some(r) = &m.requires {
             let mut need: Vec<String> = r.caps.clone();
             need.extend(r.kvm_params.iter().map(|p| format!("kvm.{p}=Y")));
+            if !r.cpuid_any.is_empty() {
+                need.push(format!("supported CPUID {}", r.cpuid_any.join(" or ")));
+            }
             if r.listed {
                 need.push("listed by this host's KVM".into());
             }

@@ -4,8 +4,8 @@
 
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::{
-    AccessPath, GateCondition, GateState, GuestVendor, HostWhenClosed, MsrInfo, RuleContext, Setup,
-    WriteOutcome, WriteRule,
+    AccessPath, GateCondition, GateState, GuestVendor, HostWhenClosed, MsrInfo, Requirement,
+    RuleContext, Setup, WriteOutcome, WriteRule,
 };
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::cpuid::{self, Vendor};
@@ -15,6 +15,58 @@ fn info(ctx: &Context, index: u32) -> &MsrInfo {
     ctx.catalogue
         .get(index)
         .expect("checks are generated from catalogue entries")
+}
+
+/// The host conditions of `r` (capabilities, kvm parameters, supported CPUID) that do not hold.
+fn unmet(ctx: &Context, r: &Requirement) -> Vec<String> {
+    let mut missing = Vec::new();
+    for c in &r.caps {
+        if ctx.facts.cap(c) <= 0 {
+            missing.push(format!("{c} is absent"));
+        }
+    }
+    for p in &r.kvm_params {
+        if !matches!(
+            ctx.facts.kvm_params.get(p).map(String::as_str),
+            Some("Y" | "y" | "1")
+        ) {
+            missing.push(format!("kvm.{p} is not enabled"));
+        }
+    }
+    let supported =
+        |n: &String| cpuid::feature(n).is_some_and(|f| ctx.facts.supported_cpuid.has(f));
+    if !r.cpuid_any.is_empty() && !r.cpuid_any.iter().any(supported) {
+        missing.push(format!(
+            "KVM_GET_SUPPORTED_CPUID has none of {}",
+            r.cpuid_any.join(", ")
+        ));
+    }
+    missing
+}
+
+/// The converse of `requires`: an MSR KVM lists only when its conditions hold (x86.c
+/// kvm_init_msr_lists / kvm_probe_msr_to_save) must not be listed while one does not.
+fn listed_only_when_supported(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    let r = m
+        .requires
+        .as_ref()
+        .expect("generated for MSRs with requirements");
+    if !ctx.facts.is_advertised(index) && !ctx.facts.is_feature_msr(index) {
+        return Outcome::skip(format!(
+            "{} is not listed here: nothing to hold to its conditions",
+            m.name
+        ));
+    }
+    let missing = unmet(ctx, r);
+    if missing.is_empty() {
+        Outcome::pass("listed, and every condition for listing it holds")
+    } else {
+        Outcome::fail(
+            format!("listed only when its conditions hold ({})", r.cite),
+            format!("listed, but {}", missing.join("; ")),
+        )
+    }
 }
 
 /// Skip, naming what is missing, when this host's KVM does not implement the MSR at all.
@@ -30,20 +82,7 @@ fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
         }
     }
     let r = m.requires.as_ref()?;
-    let mut missing = Vec::new();
-    for c in &r.caps {
-        if ctx.facts.cap(c) <= 0 {
-            missing.push(format!("{c} is absent"));
-        }
-    }
-    for p in &r.kvm_params {
-        if !matches!(
-            ctx.facts.kvm_params.get(p).map(String::as_str),
-            Some("Y" | "y" | "1")
-        ) {
-            missing.push(format!("kvm.{p} is not enabled"));
-        }
-    }
+    let mut missing = unmet(ctx, r);
     if r.listed && !ctx.facts.is_advertised(m.index) && !ctx.facts.is_feature_msr(m.index) {
         missing.push("KVM does not list it on this host (the host lacks the feature)".into());
     }
@@ -674,6 +713,19 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     )];
     for m in ctx.catalogue.msrs.values() {
         let (index, id, name) = (m.index, m.id.clone(), m.name.clone());
+        if let Some(r) = m
+            .requires
+            .as_ref()
+            .filter(|r| !(r.caps.is_empty() && r.kvm_params.is_empty() && r.cpuid_any.is_empty()))
+        {
+            v.push(Check::new(
+                format!("lists.{id}.listed-only-when-supported"),
+                Some(index),
+                format!("{name}: in KVM's lists only while the conditions for listing it hold"),
+                r.cite.clone(),
+                move |c| listed_only_when_supported(c, index),
+            ));
+        }
         if let Some(r) = &m.reset {
             let cite = format!("{}; {}", r.cite, m.cite);
             v.push(Check::new(
