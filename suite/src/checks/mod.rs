@@ -10,6 +10,7 @@ pub mod features;
 pub mod filter;
 pub mod harness;
 pub mod lists;
+pub mod mce;
 pub mod msr_traits;
 pub mod negotiation;
 pub mod one_reg;
@@ -113,6 +114,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));
     v.extend(tsc::checks(ctx));
+    v.extend(mce::checks(ctx));
     v.extend(pv::checks(ctx));
     v.extend(exits::checks(ctx));
     v.extend(filter::checks(ctx));

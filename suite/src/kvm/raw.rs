@@ -5,7 +5,7 @@
 use kvm_bindings::{kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
+use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
 ioctl_iowr_nr!(KVM_GET_MSR_FEATURE_INDEX_LIST, KVMIO, 0x0a, kvm_msr_list);
@@ -14,6 +14,8 @@ ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
 ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_one_reg);
 ioctl_iow_nr!(KVM_SET_ONE_REG, KVMIO, 0xac, kvm_one_reg);
 ioctl_iowr_nr!(KVM_GET_REG_LIST, KVMIO, 0xb0, kvm_reg_list);
+ioctl_iow_nr!(KVM_X86_SETUP_MCE, KVMIO, 0x9c, u64);
+ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
 
 /// Which of the two MSR list ioctls (api.rst 4.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,5 +223,29 @@ pub fn reg_list(fd: &impl AsRawFd, room: usize) -> RegListCall {
         errno,
         written_back,
         ids: buf[1..1 + copied].to_vec(),
+    }
+}
+
+/// KVM_X86_GET_MCE_CAP_SUPPORTED on the /dev/kvm fd (api.rst 4.106): the MCG_CAP bits
+/// KVM_X86_SETUP_MCE accepts beyond the bank count, or the errno.
+pub fn mce_cap_supported(fd: &impl AsRawFd) -> Result<u64, i32> {
+    let mut caps = 0u64;
+    // SAFETY: KVM writes one u64 to the pointer, which points at `caps`; the fd is /dev/kvm.
+    let ret = unsafe { ioctl_with_mut_ptr(fd, KVM_X86_GET_MCE_CAP_SUPPORTED(), &mut caps) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(caps)
+    }
+}
+
+/// KVM_X86_SETUP_MCE on a vCPU fd (api.rst 4.105): MCG_CAP with the bank count in bits 7:0.
+pub fn setup_mce(fd: &impl AsRawFd, mcg_cap: u64) -> Result<(), i32> {
+    // SAFETY: KVM reads one u64 from the pointer, which points at `mcg_cap`; the fd is a vCPU fd.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, KVM_X86_SETUP_MCE(), &mcg_cap) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(())
     }
 }
