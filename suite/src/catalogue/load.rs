@@ -104,6 +104,8 @@ struct WhenRaw {
 struct ReservedRaw {
     mask: u64,
     base: Option<u64>,
+    #[serde(default)]
+    above_maxphyaddr: bool,
     cite: String,
 }
 
@@ -257,6 +259,7 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             Some(ReservedRule {
                 mask: r.mask,
                 base: r.base,
+                above_maxphyaddr: r.above_maxphyaddr,
                 cite: r.cite,
             })
         }

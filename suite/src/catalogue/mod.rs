@@ -271,6 +271,9 @@ pub struct ReservedRule {
     pub mask: u64,
     /// The value each reserved bit is set on top of (default: the reset value, else 0).
     pub base: Option<u64>,
+    /// Bits from the vCPU's MAXPHYADDR (CPUID 0x80000008 EAX[7:0], 36 without the leaf) up are
+    /// reserved too (x86.c kvm_vcpu_reserved_gpa_bits_raw, for MSRs that hold a GPA).
+    pub above_maxphyaddr: bool,
     pub cite: String,
 }
 

@@ -444,6 +444,33 @@ fn reserved_base(ctx: &Context, m: &MsrInfo) -> u64 {
     })
 }
 
+/// The reserved bits of `r` for this vCPU: the rule's mask, plus the bits from the vCPU's
+/// MAXPHYADDR up where the rule says so (x86.c kvm_vcpu_reserved_gpa_bits_raw: rsvd_bits(
+/// cpuid_maxphyaddr(vcpu), 63); cpuid.c cpuid_query_maxphyaddr: CPUID 0x80000008 EAX[7:0], 36
+/// without the leaf).
+fn reserved_mask(r: &crate::catalogue::ReservedRule, mach: &Machine) -> u64 {
+    if !r.above_maxphyaddr {
+        return r.mask;
+    }
+    let t = mach.vcpu.read_cpuid();
+    let has_leaf = t
+        .as_ref()
+        .and_then(|t| t.reg(0x8000_0000, 0, cpuid::Reg::Eax))
+        .is_some_and(|max| max >= 0x8000_0008);
+    let maxphyaddr = t
+        .as_ref()
+        .filter(|_| has_leaf)
+        .and_then(|t| t.reg(0x8000_0008, 0, cpuid::Reg::Eax))
+        .map_or(36, |eax| eax & 0xff)
+        .min(64);
+    let above = if maxphyaddr >= 64 {
+        0
+    } else {
+        !0u64 << maxphyaddr
+    };
+    r.mask | above
+}
+
 fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64).filter(move |b| mask & (1 << b) != 0)
 }
@@ -462,14 +489,15 @@ fn reserved_host(ctx: &Context, index: u32) -> Outcome {
     if !mach.vcpu.set_msr(index, base) {
         return Outcome::fail(format!("the base value {} accepted", hex(base)), "rejected");
     }
+    let mask = reserved_mask(r, &mach);
     let mut accepted = Vec::new();
-    for b in bits(r.mask) {
+    for b in bits(mask) {
         if mach.vcpu.set_msr(index, base | (1 << b)) {
             accepted.push(b);
             mach.vcpu.set_msr(index, base);
         }
     }
-    let n = r.mask.count_ones();
+    let n = mask.count_ones();
     if accepted.is_empty() {
         Outcome::pass(format!(
             "all {n} reserved bits rejected one at a time on top of {}",
@@ -479,7 +507,7 @@ fn reserved_host(ctx: &Context, index: u32) -> Outcome {
         Outcome::fail(
             format!(
                 "each of the {n} bits of {} rejected ({})",
-                hex(r.mask),
+                hex(mask),
                 r.cite
             ),
             format!("accepted bits {accepted:?}"),
@@ -501,7 +529,8 @@ fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
     if let Some(o) = guest_gate_closed(m, &mach) {
         return o;
     }
-    let walked: Vec<u32> = bits(r.mask).collect();
+    let mask = reserved_mask(r, &mach);
+    let walked: Vec<u32> = bits(mask).collect();
     let mut ops = vec![GuestOp::Wrmsr(index, base)];
     for b in &walked {
         ops.push(GuestOp::Wrmsr(index, base | (1 << b)));
@@ -530,7 +559,7 @@ fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
         ))
     } else {
         Outcome::fail(
-            format!("#GP for each bit of {} ({})", hex(r.mask), r.cite),
+            format!("#GP for each bit of {} ({})", hex(mask), r.cite),
             accepted.join(", "),
         )
     }
