@@ -79,17 +79,14 @@ fn banks(ctx: &Context) -> Outcome {
             }
         }
     }
-    if bad.is_empty() {
-        Outcome::pass(format!(
+    Outcome::unless(
+        bad,
+        "MCG_CAP = the value set, MCi_CTL = all ones for each bank, no bank beyond",
+        format!(
             "1, {}, {max} banks: MCG_CAP as set, every MCi_CTL all ones, the next bank absent",
             4.min(max)
-        ))
-    } else {
-        Outcome::fail(
-            "MCG_CAP = the value set, MCi_CTL = all ones for each bank, no bank beyond",
-            bad.join("; "),
-        )
-    }
+        ),
+    )
 }
 
 /// Setups KVM must refuse: no banks, one bank too many, a capability bit it does not support.
@@ -122,18 +119,12 @@ fn refused(ctx: &Context) -> Outcome {
     if after != before || after.is_none() {
         bad.push(format!("MCG_CAP {before:x?} before, {after:x?} after"));
     }
-    if bad.is_empty() {
-        let names: Vec<String> = cases.iter().map(|(w, c)| format!("{w} ({c:#x})")).collect();
-        Outcome::pass(format!(
-            "-EINVAL for {}; MCG_CAP unchanged",
-            names.join(", ")
-        ))
-    } else {
-        Outcome::fail(
-            "-EINVAL for each, and MCG_CAP left as it was",
-            bad.join("; "),
-        )
-    }
+    let names: Vec<String> = cases.iter().map(|(w, c)| format!("{w} ({c:#x})")).collect();
+    Outcome::unless(
+        bad,
+        "-EINVAL for each, and MCG_CAP left as it was",
+        format!("-EINVAL for {}; MCG_CAP unchanged", names.join(", ")),
+    )
 }
 
 /// With MCG_CTL_P: MCG_CTL reads all ones, and the guest may access it but write only 0 or all

@@ -49,6 +49,18 @@ impl Outcome {
             reason: reason.into(),
         }
     }
+    /// Pass with `detail` when `problems` is empty; else fail, listing every one of them.
+    pub fn unless(
+        problems: Vec<String>,
+        expected: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        if problems.is_empty() {
+            Outcome::pass(detail)
+        } else {
+            Outcome::fail(expected, problems.join("; "))
+        }
+    }
     /// A harness error (a VM could not be created, ...) fails the check that needed it.
     pub fn harness(e: crate::Error) -> Self {
         Outcome::fail(

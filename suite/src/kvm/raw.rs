@@ -17,6 +17,24 @@ ioctl_iowr_nr!(KVM_GET_REG_LIST, KVMIO, 0xb0, kvm_reg_list);
 ioctl_iow_nr!(KVM_X86_SETUP_MCE, KVMIO, 0x9c, u64);
 ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
 
+/// An ioctl's return value: Ok(ret), or the errno when it failed (ret < 0).
+fn ioctl_result(ret: i32) -> Result<usize, i32> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// How many entries an ioctl that writes back a count copied out: that count, at most `room`,
+/// none if it failed. With the errno (0 on success).
+fn copied_out(ret: i32, written_back: usize, room: usize) -> (i32, usize) {
+    match ioctl_result(ret) {
+        Ok(_) => (0, written_back.min(room)),
+        Err(e) => (e, 0),
+    }
+}
+
 /// Which of the two MSR list ioctls (api.rst 4.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListKind {
@@ -63,17 +81,8 @@ pub fn list_call(fd: &impl AsRawFd, kind: ListKind, asked: u32, room: usize) -> 
     // SAFETY: `buf` holds a kvm_msr_list header followed by `room` >= `asked` u32 slots, so KVM
     // writes at most `asked` indices inside the allocation; the fd is a /dev/kvm system fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
-    let errno = if ret < 0 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    } else {
-        0
-    };
     let written_back = buf[0];
-    let copied = if errno == 0 {
-        (written_back as usize).min(room)
-    } else {
-        0
-    };
+    let (errno, copied) = copied_out(ret, written_back as usize, room);
     ListCall {
         asked,
         errno,
@@ -137,11 +146,7 @@ pub fn msr_io(fd: &impl AsRawFd, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) ->
     // SAFETY: the buffer holds a kvm_msrs header and `room` >= nmsrs entries, so KVM reads and
     // writes only inside the allocation; the fd is a KVM vCPU or system fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
-    let result = if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(ret as usize)
-    };
+    let result = ioctl_result(ret);
     let out = (0..entries.len())
         .map(|i| MsrEntry {
             index: buf[1 + 2 * i] as u32,
@@ -184,11 +189,7 @@ pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64,
     // the call -- as many as the largest register size an id can encode -- so KVM's copy to or
     // from addr stays inside it; the fd is a KVM vCPU fd.
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, nr, &reg) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(buf[0])
-    }
+    ioctl_result(ret).map(|_| buf[0])
 }
 
 /// What one KVM_GET_REG_LIST call did (api.rst 4.84): 0 or the errno, the count KVM wrote back
@@ -208,17 +209,8 @@ pub fn reg_list(fd: &impl AsRawFd, room: usize) -> RegListCall {
     // SAFETY: `buf` holds a kvm_reg_list header followed by `room` u64 slots and tells KVM n =
     // room, so KVM writes at most `room` ids inside the allocation; the fd is a KVM vCPU fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, KVM_GET_REG_LIST(), buf.as_mut_ptr()) };
-    let errno = if ret < 0 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    } else {
-        0
-    };
     let written_back = buf[0];
-    let copied = if errno == 0 {
-        (written_back as usize).min(room)
-    } else {
-        0
-    };
+    let (errno, copied) = copied_out(ret, written_back as usize, room);
     RegListCall {
         errno,
         written_back,
@@ -232,20 +224,12 @@ pub fn mce_cap_supported(fd: &impl AsRawFd) -> Result<u64, i32> {
     let mut caps = 0u64;
     // SAFETY: KVM writes one u64 to the pointer, which points at `caps`; the fd is /dev/kvm.
     let ret = unsafe { ioctl_with_mut_ptr(fd, KVM_X86_GET_MCE_CAP_SUPPORTED(), &mut caps) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(caps)
-    }
+    ioctl_result(ret).map(|_| caps)
 }
 
 /// KVM_X86_SETUP_MCE on a vCPU fd (api.rst 4.105): MCG_CAP with the bank count in bits 7:0.
 pub fn setup_mce(fd: &impl AsRawFd, mcg_cap: u64) -> Result<(), i32> {
     // SAFETY: KVM reads one u64 from the pointer, which points at `mcg_cap`; the fd is a vCPU fd.
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, KVM_X86_SETUP_MCE(), &mcg_cap) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(())
-    }
+    ioctl_result(ret).map(|_| ())
 }
