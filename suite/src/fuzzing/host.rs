@@ -9,7 +9,7 @@ use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueC
 use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
 use crate::checks::Context;
 use crate::guest::layout::PORT_DONE;
-use crate::kvm::cpuid::{Vendor, FEATURES};
+use crate::kvm::cpuid::{self, Vendor};
 use crate::kvm::raw::{self, MsrEntry, MsrOp};
 use crate::kvm::{CpuidTable, Exit};
 use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
@@ -53,11 +53,62 @@ pub struct HostEntry {
     pub value: HostValue,
 }
 
+/// The features `CpuidChoice` names by number. Frozen: a corpus input names a feature by its
+/// position here, so features added to `kvm::cpuid::FEATURES` later must not renumber them.
+pub const CPUID_CHOICES: &[&str] = &[
+    "SSE3",
+    "MWAIT",
+    "MSR",
+    "APIC",
+    "SEP",
+    "MTRR",
+    "MCE",
+    "PAT",
+    "DS",
+    "VMX",
+    "PDCM",
+    "X2APIC",
+    "TSC_DEADLINE",
+    "XSAVE",
+    "HYPERVISOR",
+    "TSC_ADJUST",
+    "MPX",
+    "RDPID",
+    "SHSTK",
+    "WAITPKG",
+    "IBT",
+    "SPEC_CTRL",
+    "FLUSH_L1D",
+    "ARCH_CAPABILITIES",
+    "CORE_CAPABILITIES",
+    "SSBD",
+    "XSAVES",
+    "SYSCALL",
+    "NX",
+    "RDTSCP",
+    "LM",
+    "SVM",
+    "OSVW",
+    "AMD_IBPB",
+    "AMD_IBRS",
+    "AMD_STIBP",
+    "AMD_SSBD",
+    "VIRT_SSBD",
+    "SBPB",
+    "KVM_CLOCKSOURCE",
+    "KVM_ASYNC_PF",
+    "KVM_STEAL_TIME",
+    "KVM_PV_EOI",
+    "KVM_CLOCKSOURCE2",
+    "KVM_POLL_CONTROL",
+    "KVM_ASYNC_PF_INT",
+];
+
 /// A KVM_SET_CPUID2 table: KVM's supported CPUID, edited.
 #[derive(Clone, Copy, Debug, Arbitrary)]
 pub enum CpuidChoice {
     Supported,
-    /// Without the n-th feature of `kvm::cpuid::FEATURES`.
+    /// Without the n-th feature of `CPUID_CHOICES`.
     Without(u8),
     /// With the n-th feature, supported or not.
     With(u8),
@@ -68,7 +119,10 @@ pub enum CpuidChoice {
 impl CpuidChoice {
     pub fn table(self, supported: &CpuidTable) -> CpuidTable {
         let mut t = supported.clone();
-        let f = |n: u8| FEATURES[n as usize % FEATURES.len()];
+        let f = |n: u8| {
+            let name = CPUID_CHOICES[n as usize % CPUID_CHOICES.len()];
+            cpuid::feature(name).expect("CPUID_CHOICES names features of kvm::cpuid::FEATURES")
+        };
         match self {
             CpuidChoice::Supported => {}
             CpuidChoice::Without(n) => {

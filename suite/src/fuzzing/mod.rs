@@ -283,4 +283,13 @@ mod tests {
         // Other MSRs keep their value.
         assert_eq!(confine(0x10, 0x4001), 0x4001);
     }
+
+    #[test]
+    fn the_fuzzers_cpuid_choices_are_known_features() {
+        // The list is frozen (corpus inputs number its entries); every name must still resolve.
+        assert_eq!(host::CPUID_CHOICES.len(), 46);
+        for name in host::CPUID_CHOICES {
+            assert!(crate::kvm::cpuid::feature(name).is_some(), "{name}");
+        }
+    }
 }

@@ -84,7 +84,6 @@ pub const FEATURES: &[Feature] = &[
     feature!("KVM_POLL_CONTROL", 0x4000_0001, 0, Eax, 12),
     feature!("KVM_ASYNC_PF_INT", 0x4000_0001, 0, Eax, 14),
     feature!("XFD", 0xd, 1, Eax, 4),
-    feature!("FRED", 0x7, 1, Eax, 17),
 ];
 
 /// Look a feature up by name (case-insensitive).

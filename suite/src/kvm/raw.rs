@@ -171,11 +171,12 @@ pub const fn one_reg_msr_id(index: u32) -> u64 {
 
 /// KVM_GET_ONE_REG / KVM_SET_ONE_REG (api.rst 4.68, 4.69) of register `id`, any id (malformed
 /// ones exercise KVM's checks of it): GET returns the register's first 8 bytes, SET writes
-/// `value` (zero-extended). The errno on failure.
+/// `value` (zero-extended to the size the id names). The errno on failure.
 pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64, i32> {
-    // The size field of an id names up to 2^8 = 256 bytes (KVM_REG_SIZE_U2048): KVM reads or
-    // writes at most that many at `addr`, whatever the id says.
-    let mut buf = [0u64; 32];
+    // The id's size field (bits 55:52, KVM_REG_SIZE) names 2^field bytes, up to 32 KiB: the
+    // buffer holds that many (and at least the 8 of the value), whatever the id is.
+    let bytes = 1usize << ((id >> 52) & 0xf);
+    let mut buf = vec![0u64; bytes.div_ceil(8).max(1)];
     buf[0] = value;
     let reg = kvm_one_reg {
         id,
@@ -185,9 +186,9 @@ pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64,
         MsrOp::Get => KVM_GET_ONE_REG(),
         MsrOp::Set => KVM_SET_ONE_REG(),
     };
-    // SAFETY: `reg` is a valid kvm_one_reg whose addr points at `buf`, 256 bytes that outlive
-    // the call -- as many as the largest register size an id can encode -- so KVM's copy to or
-    // from addr stays inside it; the fd is a KVM vCPU fd.
+    // SAFETY: `reg` is a valid kvm_one_reg whose addr points at `buf`, which outlives the call
+    // and is as large as the register size the id names (KVM_REG_SIZE(id)), the most KVM copies
+    // to or from addr for that id; the fd is a KVM vCPU fd.
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, nr, &reg) };
     ioctl_result(ret).map(|_| buf[0])
 }
