@@ -5,6 +5,7 @@ pub const IA32_TSC: u32 = 0x10;
 pub const IA32_APIC_BASE: u32 = 0x1b;
 pub const IA32_MCG_CAP: u32 = 0x179;
 pub const IA32_MCG_STATUS: u32 = 0x17a;
+pub const IA32_MCG_CTL: u32 = 0x17b;
 pub const IA32_PAT: u32 = 0x277;
 pub const X2APIC_TPR: u32 = 0x808;
 pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;

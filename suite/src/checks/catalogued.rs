@@ -52,7 +52,7 @@ fn listed_only_when_supported(ctx: &Context, index: u32) -> Outcome {
         .requires
         .as_ref()
         .expect("generated for MSRs with requirements");
-    if !ctx.facts.is_advertised(index) && !ctx.facts.is_feature_msr(index) {
+    if !ctx.traits.get(index).in_lists() {
         return Outcome::skip(format!(
             "{} is not listed here: nothing to hold to its conditions",
             m.name
@@ -92,7 +92,7 @@ fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
     }
     let r = m.requires.as_ref()?;
     let mut missing = unmet(ctx, r);
-    if r.listed && !ctx.facts.is_advertised(m.index) && !ctx.facts.is_feature_msr(m.index) {
+    if r.listed && !ctx.traits.get(m.index).in_lists() {
         missing.push("KVM does not list it on this host (the host lacks the feature)".into());
     }
     (!missing.is_empty()).then(|| {
@@ -672,7 +672,10 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
         return Outcome::fail("the guest program to complete", d.to_string());
     }
     let unsupported = g.host == HostWhenClosed::AdvertisedZero;
-    let ignored = ctx.facts.ignore_msrs() && unsupported;
+    let ignore = ctx.facts.ignore_msrs();
+    let ignored = ignore && unsupported;
+    // An UNSUPPORTED host access with value 0 succeeds: listed (the 0-exemption) or ignore_msrs.
+    let zero_ok = ctx.facts.is_advertised(index) || ignore;
     let (rd, wr) = (run.outcomes[0], run.outcomes[1]);
     let guest_ok = if ignored {
         rd == OpOutcome::Read(0) && wr == OpOutcome::Wrote
@@ -682,17 +685,10 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let host_ok = match g.host {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
         HostWhenClosed::Exempt => host.is_some(),
-        HostWhenClosed::AdvertisedZero
-            if ctx.facts.is_advertised(index) || ctx.facts.ignore_msrs() =>
-        {
-            host == Some(0)
-        }
+        HostWhenClosed::AdvertisedZero if zero_ok => host == Some(0),
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails => host.is_none(),
     };
-    let ignore = ctx.facts.ignore_msrs();
-    let writes_ok = writes.is_none_or(|(zero, other)| {
-        zero == (ctx.facts.is_advertised(index) || ignore) && other == ignore
-    });
+    let writes_ok = writes.is_none_or(|(zero, other)| zero == zero_ok && other == ignore);
     let shown = |ok: bool| if ok { "accepted" } else { "rejected" };
     let actual = format!(
         "guest RDMSR {rd}, WRMSR {} {wr}; host read {host:x?}{}",
@@ -716,11 +712,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
                     "RDMSR and WRMSR #GP"
                 },
                 g.host,
-                match (
-                    unsupported,
-                    ctx.facts.is_advertised(index) || ignore,
-                    ignore
-                ) {
+                match (unsupported, zero_ok, ignore) {
                     (false, _, _) => String::new(),
                     (true, _, true) => " (ignore_msrs: host reads 0, writes dropped)".into(),
                     (true, true, false) => format!(

@@ -7,13 +7,12 @@ use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::filter::set_msr_filter;
 use crate::machine::{Machine, MsrExit, MsrReply};
 use crate::model::filter::{Filter, Range};
-use crate::msr_index::UNKNOWN;
+use crate::msr_index::{IA32_MCG_CTL as MCG_CTL, UNKNOWN};
 
 pub const REASON_INVAL: u32 = 1;
 pub const REASON_UNKNOWN: u32 = 2;
 pub const REASON_FILTER: u32 = 4;
 const CAP: u32 = kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR;
-const MCG_CTL: u32 = 0x17b;
 const REPLY: u64 = 0x1122_3344_5566_7788;
 
 /// A machine with the given exit-reason mask enabled; skips without the capability.

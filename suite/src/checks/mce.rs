@@ -7,9 +7,8 @@ use super::{hex, Check, Context, Outcome};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::raw;
 use crate::machine::Machine;
+use crate::msr_index::{IA32_MCG_CAP as MCG_CAP, IA32_MCG_CTL as MCG_CTL};
 
-const MCG_CAP: u32 = 0x179;
-const MCG_CTL: u32 = 0x17b;
 /// MCG_CAP.MCG_CTL_P (SDM vol. 3B 16.3.1.1).
 const MCG_CTL_P: u64 = 1 << 8;
 const ALL_ONES: u64 = !0;

@@ -471,7 +471,7 @@ fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
 /// which both read 0 (x86.c kvm_do_msr_access).
 fn core_capabilities_unsupported(ctx: &Context) -> Outcome {
     const CORE_CAPS: u32 = 0xcf;
-    if ctx.facts.is_advertised(CORE_CAPS) || ctx.facts.is_feature_msr(CORE_CAPS) {
+    if ctx.traits.get(CORE_CAPS).in_lists() {
         return Outcome::fail(
             "0xcf in neither MSR list (upstream never implements it)",
             "listed by this host's KVM",
