@@ -11,6 +11,37 @@ use crate::kvm::facts::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What the vCPUs KVM runs on really are, where that matters for a record: KVM nested in QEMU's
+/// TCG executes guest instructions that the backend does not intercept in QEMU's emulation of
+/// the CPU, not in silicon.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    /// QEMU's TCG CPU model (its CPUID brand string starts "QEMU TCG CPU", target/i386/cpu.c).
+    QemuTcg,
+    /// Anything else (hardware, or a hypervisor that runs guest code on the CPU).
+    Other,
+}
+
+impl Platform {
+    /// From the host CPU's model name (/proc/cpuinfo, the CPUID brand string).
+    pub fn from_model_name(model_name: &str) -> Platform {
+        if model_name.starts_with("QEMU TCG CPU") {
+            Platform::QemuTcg
+        } else {
+            Platform::Other
+        }
+    }
+}
+
+/// The host a record is matched against.
+#[derive(Clone, Copy, Debug)]
+pub struct HostKey {
+    pub backend: Backend,
+    pub vendor: Vendor,
+    pub platform: Platform,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Deviation {
@@ -25,6 +56,16 @@ pub struct Deviation {
     /// If set, the deviation matches only when the check reports exactly this `actual`.
     #[serde(default)]
     pub actual: Option<String>,
+    /// If set, the deviation matches when every fact the check reports (its `actual`, split at
+    /// "; ") is one of these. A record states which bits deviate and in which direction, so a CPU
+    /// model that shows fewer of them still matches, while a fact not listed (another bit, the
+    /// other direction) stays a failure, and a check that passes turns the record stale.
+    #[serde(default)]
+    pub facts: Option<Vec<String>>,
+    /// If set, the record holds only on this platform: `qemu-tcg` for QEMU's TCG CPU, whose
+    /// emulation artifacts are recorded like a backend's deviations (see `Platform`).
+    #[serde(default)]
+    pub platform: Option<Platform>,
     /// If set, the record holds only on hosts with this CPU vendor (the host's own CPUID): a
     /// backend whose deviation follows the host CPU (PVM passes host CPUID bits through) is
     /// recorded once per vendor it was measured on.
@@ -66,6 +107,19 @@ impl Deviations {
             if !["vmx", "svm", "pvm"].contains(&d.backend.as_str()) {
                 return Err(bad("backend must be vmx, svm or pvm"));
             }
+            if d.actual.is_some() && d.facts.is_some() {
+                return Err(bad(
+                    "give `actual` (one exact observation) or `facts`, not both",
+                ));
+            }
+            if d.facts
+                .as_ref()
+                .is_some_and(|f| f.is_empty() || f.iter().any(|x| x.contains("; ")))
+            {
+                return Err(bad(
+                    "`facts` lists one or more facts, none containing \"; \"",
+                ));
+            }
             if d.upstream.trim().is_empty() || d.reason.trim().is_empty() {
                 return Err(bad(
                     "`upstream` (the cited upstream behaviour) and `reason` are required",
@@ -91,12 +145,14 @@ impl Deviations {
     /// One record per check, backend and host vendor: two that could both apply would make the
     /// verdict depend on their order.
     fn not_a_duplicate(all: &[Deviation], d: &Deviation) -> Result<()> {
+        fn overlap<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+            a.is_none() || b.is_none() || a == b
+        }
         let clash = all.iter().find(|p| {
             p.check == d.check
                 && p.backend == d.backend
-                && (p.host_vendor.is_none()
-                    || d.host_vendor.is_none()
-                    || p.host_vendor == d.host_vendor)
+                && overlap(&p.host_vendor, &d.host_vendor)
+                && overlap(&p.platform, &d.platform)
         });
         let Some(p) = clash else { return Ok(()) };
         let place = |s: &Option<(PathBuf, usize)>| {
@@ -107,7 +163,7 @@ impl Deviations {
             file: d.source.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
             line: d.source.as_ref().map(|s| s.1),
             message: format!(
-                "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`",
+                "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor` or `platform`",
                 d.check,
                 d.backend,
                 place(&p.source)
@@ -119,13 +175,34 @@ impl Deviations {
         Self::load_dir(&crate::fixtures::fixtures_dir().join("deviations"))
     }
 
-    /// The record for `check` on `backend` with a host CPU of `vendor`, if any.
-    pub fn find(&self, check: &str, backend: Backend, vendor: Vendor) -> Option<&Deviation> {
+    /// The record for `check` on this host, if any.
+    pub fn find(&self, check: &str, host: HostKey) -> Option<&Deviation> {
         self.all.iter().find(|d| {
             d.check == check
-                && d.backend == backend.name()
-                && d.host_vendor.is_none_or(|v| v == vendor)
+                && d.backend == host.backend.name()
+                && d.host_vendor.is_none_or(|v| v == host.vendor)
+                && d.platform.is_none_or(|p| p == host.platform)
         })
+    }
+}
+
+impl Deviation {
+    /// Whether a failure that reported `actual` is the deviation this record describes.
+    pub fn covers(&self, actual: &str) -> bool {
+        match (&self.actual, &self.facts) {
+            (Some(a), _) => a == actual,
+            (None, Some(facts)) => actual.split("; ").all(|f| facts.iter().any(|x| x == f)),
+            (None, None) => true,
+        }
+    }
+
+    /// What the record expects, for a failure that does not match it.
+    pub fn expects(&self) -> String {
+        match (&self.actual, &self.facts) {
+            (Some(a), _) => format!("recorded actual {a:?}"),
+            (None, Some(f)) => format!("recorded facts (any of) {f:?}"),
+            (None, None) => "any failure".into(),
+        }
     }
 }
 
@@ -169,11 +246,72 @@ actual = "on intel"
     #[test]
     fn host_vendor_selects_the_record() {
         let d = load(ONE).unwrap();
-        let on = |v| d.find("c", Backend::Pvm, v).and_then(|r| r.actual.clone());
+        let key = |backend, vendor| HostKey {
+            backend,
+            vendor,
+            platform: Platform::Other,
+        };
+        let on = |v| {
+            d.find("c", key(Backend::Pvm, v))
+                .and_then(|r| r.actual.clone())
+        };
         assert_eq!(on(Vendor::Amd).as_deref(), Some("on amd"));
         assert_eq!(on(Vendor::Intel).as_deref(), Some("on intel"));
         assert_eq!(on(Vendor::Hygon), None);
-        assert!(d.find("c", Backend::Vmx, Vendor::Amd).is_none());
+        assert!(d.find("c", key(Backend::Vmx, Vendor::Amd)).is_none());
+    }
+
+    #[test]
+    fn facts_match_any_subset_and_nothing_else() {
+        let text = r#"
+[[deviation]]
+check = "c"
+backend = "pvm"
+upstream = "u"
+reason = "r"
+facts = ["A=false: x true", "B=false: x true"]
+"#;
+        let d = load(text).unwrap();
+        let r = &d.all[0];
+        assert!(r.covers("A=false: x true"));
+        assert!(r.covers("B=false: x true; A=false: x true"));
+        assert!(!r.covers("A=true: x false"));
+        assert!(!r.covers("A=false: x true; C=false: x true"));
+        let both = text.replace("facts =", "actual = \"a\"\nfacts =");
+        assert!(load(&both).is_err());
+        let empty = text.replace(r#"["A=false: x true", "B=false: x true"]"#, "[]");
+        assert!(load(&empty).is_err());
+    }
+
+    #[test]
+    fn platform_selects_the_record() {
+        let text = r#"
+[[deviation]]
+check = "c"
+backend = "svm"
+platform = "qemu-tcg"
+upstream = "u"
+reason = "r"
+"#;
+        let d = load(text).unwrap();
+        let on = |platform| {
+            d.find(
+                "c",
+                HostKey {
+                    backend: Backend::Svm,
+                    vendor: Vendor::Amd,
+                    platform,
+                },
+            )
+            .is_some()
+        };
+        assert!(on(Platform::QemuTcg));
+        assert!(!on(Platform::Other));
+        assert_eq!(
+            Platform::from_model_name("QEMU TCG CPU version 2.5+"),
+            Platform::QemuTcg
+        );
+        assert_eq!(Platform::from_model_name("AMD EPYC"), Platform::Other);
     }
 
     #[test]

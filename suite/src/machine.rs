@@ -113,6 +113,8 @@ pub struct Machine {
     resume: Option<u64>,
     /// The last entry label looked up and its address.
     entry_cache: Option<(String, u64)>,
+    /// Long mode was set up (false for a bare vCPU, which cannot run the runtime).
+    entered: bool,
 }
 
 /// One run of the benchmark loop (`guest::msr_loop`).
@@ -128,8 +130,17 @@ impl Machine {
         let mut vm = Vm::new(sys, &config.vm)?;
         let runtime = long_mode::install(&mut vm.mem);
         let vcpu = vm.create_vcpu(0, &config.cpuid)?;
-        long_mode::enter(&vcpu)?;
+        // A bare vCPU (no KVM_SET_CPUID2) stays in its reset state: KVM_SET_SREGS validates
+        // EFER.LME against the guest's CPUID (x86.c kvm_is_valid_sregs -> kvm_valid_efer, "KVM:
+        // x86: Check EFER validity in KVM_SET_SREGS against guest caps", Cc: stable, in 6.12.y
+        // and later), so long mode needs CPUID.80000001:EDX.LM set first. Such a machine is for
+        // host-side checks only; running it is refused (see `drive`).
+        let entered = !matches!(config.cpuid, CpuidPolicy::Bare);
+        if entered {
+            long_mode::enter(&vcpu)?;
+        }
         Ok(Machine {
+            entered,
             vm,
             vcpu,
             runtime,
@@ -241,6 +252,14 @@ impl Machine {
         budget: usize,
         on_msr_exit: &mut dyn FnMut(&MsrExit),
     ) -> Option<GuestDeath> {
+        if !self.entered {
+            return Some(GuestDeath {
+                exit: Exit::RunError {
+                    errno: libc::EINVAL,
+                },
+                detail: "harness: a bare vCPU (no KVM_SET_CPUID2) is not in long mode and cannot run the runtime".into(),
+            });
+        }
         let entry = match &self.entry_cache {
             Some((l, a)) if l == label => *a,
             _ => {

@@ -75,7 +75,7 @@ pub fn run_check(check: &Check, ctx: &Context) -> CheckResult {
     let duration = start.elapsed();
     let deviation = ctx
         .deviations
-        .find(&check.id, ctx.facts.backend, ctx.facts.cpu.vendor)
+        .find(&check.id, ctx.facts.deviation_key())
         .cloned();
     let mut r = CheckResult {
         id: check.id.clone(),
@@ -112,15 +112,12 @@ pub fn run_check(check: &Check, ctx: &Context) -> CheckResult {
             r.actual = Some(actual);
         }
         (Outcome::Fail { expected, actual }, Some(d)) => {
-            if d.actual.as_ref().is_none_or(|a| *a == actual) {
+            if d.covers(&actual) {
                 r.verdict = Verdict::Deviation;
                 r.detail = d.reason.clone();
             } else {
                 r.verdict = Verdict::Fail;
-                r.detail = format!(
-                    "deviates differently from the record: recorded actual {:?}",
-                    d.actual.as_deref().unwrap_or("")
-                );
+                r.detail = format!("deviates differently from the record: {}", d.expects());
             }
             r.expected = Some(expected);
             r.actual = Some(actual);

@@ -362,11 +362,7 @@ pub fn run_host(
                 // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
                 let same_refused = ctx
                     .deviations
-                    .find(
-                        SAME_CPUID_AFTER_RUN,
-                        ctx.facts.backend,
-                        ctx.facts.cpu.vendor,
-                    )
+                    .find(SAME_CPUID_AFTER_RUN, ctx.facts.deviation_key())
                     .is_some();
                 if ran && r.is_ok() != same && !(same && same_refused) {
                     return Err(Violation {

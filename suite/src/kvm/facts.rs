@@ -210,6 +210,15 @@ fn host_cpu() -> HostCpu {
 }
 
 impl HostFacts {
+    /// What deviation records are matched against: backend, host CPU vendor, platform.
+    pub fn deviation_key(&self) -> crate::deviations::HostKey {
+        crate::deviations::HostKey {
+            backend: self.backend,
+            vendor: self.cpu.vendor,
+            platform: crate::deviations::Platform::from_model_name(&self.cpu.model_name),
+        }
+    }
+
     /// Gather every fact. Fails only if an ioctl the harness depends on fails.
     pub fn gather(sys: &KvmSystem) -> Result<HostFacts> {
         let backend = Backend::detect();
