@@ -6,7 +6,8 @@
 //!   rsi  current operation record (see `program::RECORD_SIZE` for its layout)
 //!   r10  address of the guarded RDMSR/WRMSR that may fault
 //!   r11  where to resume after it faults (the instruction after it)
-//! An exception whose RIP is r10 is expected: the handler records vector and error code in the
+//!   r12  the forced-emulation prefix before it, in the `_fep` interpreter (0 otherwise)
+//! An exception whose RIP is r10 (or r12) is expected: the handler records vector and error code in the
 //! record and resumes at r11. Any other exception is reported through the mailbox and the
 //! PORT_UNEXPECTED exit (like KVM selftests' KVM_ASM_SAFE, in general-purpose registers only).
 
@@ -170,7 +171,10 @@ fn common_handler(a: &mut Asm) {
     a.i(&[0x50], "push rax");
     a.i(&[0x48, 0x8b, 0x44, 0x24, 0x18], "mov rax,[rsp+0x18]"); // faulting RIP
     a.i(&[0x4c, 0x39, 0xd0], "cmp rax,r10");
+    a.br8(0x74, "expected", "je expected");
+    a.i(&[0x4c, 0x39, 0xe0], "cmp rax,r12"); // the forced-emulation prefix of the guarded op
     a.br8(0x75, "unexpected", "jne unexpected");
+    a.label("expected");
     a.i(&[0x8a, 0x44, 0x24, 0x08], "mov al,[rsp+8]"); // vector
     a.i(&[0x88, 0x46, 0x19], "mov [rsi+0x19],al");
     a.i(&[0x8b, 0x44, 0x24, 0x10], "mov eax,[rsp+0x10]"); // error code
@@ -239,9 +243,11 @@ const PLAIN: Variant = Variant {
     cpuid_insn: "guarded_cpuid",
 };
 
-/// The same interpreter with every guarded RDMSR/WRMSR behind KVM_FEP. A fault is reported at
-/// the prefix (KVM selftests' KVM_ASM_SAFE_FEP puts its fault label before KVM_FEP), so r10
-/// points at the prefix and r11 after the instruction.
+/// The same interpreter with every guarded RDMSR/WRMSR behind KVM_FEP. KVM skips the prefix
+/// before it emulates the instruction (x86.c handle_ud: kvm_rip_write(rip + sizeof(sig)), then
+/// EMULTYPE_TRAP_UD_FORCED), so a fault the emulated instruction raises is reported at the
+/// instruction, not at the prefix: r10 points after the prefix and r11 after the instruction, as
+/// KVM selftests' `__KVM_ASM_SAFE(insn, KVM_FEP)` places its fault label (`fep "1: " insn`).
 const FEP: Variant = Variant {
     fep: true,
     entry: "interpreter_fep",
@@ -255,16 +261,25 @@ const FEP: Variant = Variant {
 };
 
 fn guarded(a: &mut Asm, v: &Variant, label: &'static str, insn: [u8; 2], text: &str) {
-    // r10 -> the guarded bytes (the prefix, if any); r11 -> after the instruction.
-    let len = 2 + if v.fep { KVM_FEP.len() as u8 } else { 0 };
-    a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]");
-    a.i(
-        &[0x4c, 0x8d, 0x1d, len, 0, 0, 0],
-        &format!("lea r11,[rip+{len}]"),
-    );
-    a.label(label);
+    // r10 -> the guarded instruction, r11 -> after it. Behind KVM_FEP, r12 -> the prefix too:
+    // with the prefix not honoured, its ud2 raises #UD there (harness.fep-prefix-faults-...).
     if v.fep {
+        let prefix = KVM_FEP.len() as u8;
+        a.i(
+            &[0x4c, 0x8d, 0x15, 14 + prefix, 0, 0, 0],
+            &format!("lea r10,[rip+{:#x}]", 14 + prefix),
+        );
+        a.i(
+            &[0x4c, 0x8d, 0x1d, 9 + prefix, 0, 0, 0],
+            &format!("lea r11,[rip+{:#x}]", 9 + prefix),
+        );
+        a.i(&[0x4c, 0x8d, 0x25, 0, 0, 0, 0], "lea r12,[rip]");
+        a.label(label);
         a.data(&KVM_FEP, "kvm forced-emulation prefix: ud2; .ascii \"kvm\"");
+    } else {
+        a.i(&[0x4c, 0x8d, 0x15, 0x07, 0, 0, 0], "lea r10,[rip+7]");
+        a.i(&[0x4c, 0x8d, 0x1d, 0x02, 0, 0, 0], "lea r11,[rip+2]");
+        a.label(label);
     }
     a.i(&insn, text);
 }
@@ -273,9 +288,10 @@ fn interpreter(a: &mut Asm, v: &Variant) {
     // rsi = first record. Record: +0 op (0 end, 1 rdmsr, 2 wrmsr), +4 index, +8 value to write,
     // +0x10 value read, +0x18 outcome (bit 0 continued, bit 1 faulted), +0x19 vector, +0x1c error.
     a.label(v.entry);
+    a.i(&[0x45, 0x31, 0xe4], "xor r12d,r12d"); // no prefix guarded (a RIP is never 0)
     a.i(&[0x8b, 0x06], "mov eax,[rsi]");
     a.i(&[0x85, 0xc0], "test eax,eax");
-    a.br8(0x74, v.done, &format!("je {}", v.done));
+    a.br32(&[0x0f, 0x84], v.done, &format!("je {}", v.done));
     a.i(&[0x8b, 0x4e, 0x04], "mov ecx,[rsi+4]");
     a.i(&[0x83, 0xf8, 0x03], "cmp eax,3");
     a.br8(0x74, v.cpuid, &format!("je {}", v.cpuid));
@@ -374,26 +390,35 @@ mod tests {
     #[test]
     fn rip_relative_leas_point_at_the_guarded_instructions() {
         let code = runtime(0x1_0000);
-        for (guard, lea_r10, len) in [
-            ("guarded_rdmsr", 2, 2),
-            ("guarded_wrmsr", 2, 2),
-            ("guarded_rdmsr_fep", 2, 7),
-            ("guarded_wrmsr_fep", 2, 7),
-            ("loop_rdmsr", 2, 2),
-            ("loop_wrmsr", 2, 2),
-            ("loop_empty", 2, 0),
+        for (guard, prefix, len) in [
+            ("guarded_rdmsr", 0, 2),
+            ("guarded_wrmsr", 0, 2),
+            ("guarded_rdmsr_fep", 5, 7),
+            ("guarded_wrmsr_fep", 5, 7),
+            ("guarded_cpuid_fep", 0, 2),
+            ("loop_rdmsr", 0, 2),
+            ("loop_wrmsr", 0, 2),
+            ("loop_empty", 0, 0),
         ] {
             let g = code.label(guard);
-            // The two LEAs right before the guarded instruction: r10 -> it, r11 -> after it.
+            // The LEAs right before the guarded bytes: r10 -> the instruction (after a
+            // forced-emulation prefix), r11 -> after it, r12 -> the prefix.
             let idx = code.lines.iter().position(|l| l.addr == g).unwrap();
-            let r10 = &code.lines[idx - lea_r10];
-            let r11 = &code.lines[idx - 1];
             let target = |l: &crate::guest::asm::Line| {
                 let d = i32::from_le_bytes(l.bytes[3..7].try_into().unwrap());
                 (l.addr + l.bytes.len() as u64).wrapping_add_signed(d.into())
             };
-            assert_eq!(target(r10), g, "{guard}: r10");
-            assert_eq!(target(r11), g + len, "{guard}: r11");
+            let lea = |reg: &str| {
+                code.lines[idx.saturating_sub(3)..idx]
+                    .iter()
+                    .find(|l| l.text.starts_with(&format!("lea {reg},")))
+                    .map(target)
+            };
+            assert_eq!(lea("r10"), Some(g + prefix), "{guard}: r10");
+            assert_eq!(lea("r11"), Some(g + len), "{guard}: r11");
+            if prefix > 0 {
+                assert_eq!(lea("r12"), Some(g), "{guard}: r12");
+            }
         }
     }
 
