@@ -63,6 +63,15 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Compare two `report --format json` files check by check (e.g. two kernels, or two sets of
+    /// module parameters): every check whose verdict changed, with each side's reason, and the
+    /// checks that ran on one side only. Exit status: 0 no difference, 1 some, 2 bad input.
+    Compare {
+        /// Report of side A.
+        a: std::path::PathBuf,
+        /// Report of side B.
+        b: std::path::PathBuf,
+    },
     /// Compare benchmark summaries (target/kvm-msr-bench/summary.json from `cargo bench`) of
     /// two kernels on one machine: the runs of A, `--`, the runs of B. Interleave the runs
     /// (A B A B ...) and give each side 3 to 5. Exit status: 0 no benchmark differs beyond the
@@ -197,6 +206,29 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn compare(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
+    use kvm_msr_suite::report::compare::{compare, ReportFile};
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|t| ReportFile::parse(&t, &p.display().to_string()))
+    };
+    match read(a).and_then(|ra| read(b).map(|rb| (ra, rb))) {
+        Ok((ra, rb)) => {
+            let c = compare(&ra, &rb);
+            print!(
+                "{}",
+                c.to_text(&ra, &rb, &a.display().to_string(), &b.display().to_string())
+            );
+            ExitCode::from(if c.differs() { 1 } else { 0 })
+        }
+        Err(e) => {
+            eprintln!("kvm-msr: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -344,6 +376,7 @@ fn main() -> ExitCode {
         Command::Probe { format } => probe(format),
         Command::Replay { file, target } => replay(&file, target),
         Command::Diff { a, b } => diff(&a, &b),
+        Command::Compare { a, b } => compare(&a, &b),
         Command::BenchCompare { a, b } => bench_compare(&a, &b),
     }
 }

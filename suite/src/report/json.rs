@@ -2,7 +2,7 @@ use super::Report;
 
 pub fn render(r: &Report) -> String {
     let v = serde_json::json!({
-        "schema": "kvm-msr-report/1",
+        "schema": super::compare::SCHEMA,
         "host": r.host,
         "unavailable": r.unavailable,
         "counts": r.counts(),

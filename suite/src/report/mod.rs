@@ -1,5 +1,6 @@
 //! Verdicts to text: a readable table, JSON (with the host fingerprint) and KTAP v1.
 
+pub mod compare;
 mod json;
 mod ktap;
 pub mod matrix;
