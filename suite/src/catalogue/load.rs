@@ -330,6 +330,8 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
 #[serde(deny_unknown_fields)]
 struct VolatileRaw {
     rule: String,
+    #[serde(default)]
+    vm_clock: bool,
     cite: String,
 }
 
@@ -342,7 +344,9 @@ struct GateRaw {
     host_only: Option<bool>,
     /// Any of these KVM PV feature bits, when KVM_CAP_ENFORCE_PV_FEATURE_CPUID is enabled.
     pv_feature: Option<Vec<String>>,
-    /// "exempt", "advertised-zero" or "fails".
+    /// "interface", "synic" or "syndbg": a Hyper-V MSR's guest gate.
+    hyperv: Option<String>,
+    /// "exempt", "advertised-zero", "fails" or "zero-only".
     host: String,
     cite: String,
 }
@@ -405,7 +409,11 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 if v.cite.trim().is_empty() {
                     return Err(e("volatile.cite is empty".into()));
                 }
-                Some(VolatileRule { rule, cite: v.cite })
+                Some(VolatileRule {
+                    rule,
+                    vm_clock: v.vm_clock,
+                    cite: v.cite,
+                })
             }
         };
         let gate = match m.gate {
@@ -414,14 +422,26 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 let conds = usize::from(g.cpuid.is_some())
                     + usize::from(g.mcg_cap_bit.is_some())
                     + usize::from(g.host_only == Some(true))
-                    + usize::from(g.pv_feature.is_some());
+                    + usize::from(g.pv_feature.is_some())
+                    + usize::from(g.hyperv.is_some());
                 if conds != 1 {
                     return Err(e(
-                        "gate needs exactly one of `cpuid`, `pv_feature`, `mcg_cap_bit`, `host_only = true`"
+                        "gate needs exactly one of `cpuid`, `pv_feature`, `hyperv`, `mcg_cap_bit`, `host_only = true`"
                             .into(),
                     ));
                 }
-                let condition = if let Some(names) = g.pv_feature {
+                let condition = if let Some(hv) = g.hyperv {
+                    GateCondition::Hyperv(match hv.as_str() {
+                        "interface" => HvGate::Interface,
+                        "synic" => HvGate::Synic,
+                        "syndbg" => HvGate::Syndbg,
+                        other => {
+                            return Err(e(format!(
+                                "gate.hyperv {other:?}: expected interface, synic or syndbg"
+                            )))
+                        }
+                    })
+                } else if let Some(names) = g.pv_feature {
                     let mut known = Vec::new();
                     for n in &names {
                         match crate::kvm::cpuid::feature(n) {
@@ -453,9 +473,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                     "exempt" => HostWhenClosed::Exempt,
                     "advertised-zero" => HostWhenClosed::AdvertisedZero,
                     "fails" => HostWhenClosed::Fails,
+                    "zero-only" => HostWhenClosed::ZeroOnly,
                     other => {
                         return Err(e(format!(
-                            "gate.host {other:?}: expected exempt, advertised-zero or fails"
+                            "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
                         )))
                     }
                 };

@@ -35,7 +35,28 @@ pub enum GateCondition {
     /// Any of these KVM_CPUID_FEATURES bits, enforced only once userspace enables
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID on the vCPU (cpuid.h guest_pv_has).
     PvFeature(Vec<&'static str>),
+    /// The Hyper-V interface in the vCPU's CPUID (hyperv.c kvm_hv_get/set_msr_common:
+    /// `!host && !vcpu->arch.hyperv_enabled -> 1`), plus what the MSR's group needs.
+    Hyperv(HvGate),
 }
+
+/// What a Hyper-V MSR needs beyond the Hyper-V interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HvGate {
+    /// CPUID 0x40000001.EAX = "Hv#1" (cpuid.c kvm_cpuid_has_hyperv).
+    Interface,
+    /// ... and SynIC activated on the vCPU (KVM_CAP_HYPERV_SYNIC/SYNIC2). The harness never
+    /// activates it, so this gate is always closed here.
+    Synic,
+    /// ... and CPUID 0x40000082.EAX bit 1, HV_X64_SYNDBG_CAP_ALLOW_KERNEL_DEBUGGING
+    /// (hyperv.c kvm_hv_is_syndbg_enabled).
+    Syndbg,
+}
+
+/// CPUID 0x40000001.EAX of a vCPU with the Hyper-V interface: "Hv#1"
+/// (HYPERV_CPUID_SIGNATURE_EAX, cpuid.c kvm_cpuid_has_hyperv).
+pub const HYPERV_SIGNATURE_EAX: u32 = 0x3123_7648;
 
 /// What a host access does while the gate is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +69,10 @@ pub enum HostWhenClosed {
     AdvertisedZero,
     /// The host access fails too.
     Fails,
+    /// Host reads succeed; a host write of 0 succeeds and any other value fails, whatever
+    /// kvm.ignore_msrs says (the handler returns 1, not KVM_MSR_RET_UNSUPPORTED): the SynIC and
+    /// synthetic timer MSRs (hyperv.c synic_set_msr / stimer_set_config, b1e34d325397, v5.18).
+    ZeroOnly,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +85,9 @@ pub struct Gate {
 #[derive(Clone, Debug, Serialize)]
 pub struct VolatileRule {
     pub rule: Volatility,
+    /// The value follows the VM's own clock: a fresh VM restarts it, KVM_SET_MSRS does not
+    /// restore it (a VMM carries it with KVM_GET_CLOCK/KVM_SET_CLOCK).
+    pub vm_clock: bool,
     pub cite: String,
 }
 
@@ -315,6 +343,18 @@ impl Gate {
                             .any(|n| cpuid::feature(n).is_some_and(|f| c.has(f)))
                     })
             }
+            GateCondition::Hyperv(hv) => cpuid.is_some_and(|c| {
+                let interface =
+                    c.reg(0x4000_0001, 0, cpuid::Reg::Eax) == Some(HYPERV_SIGNATURE_EAX);
+                interface
+                    && match hv {
+                        HvGate::Interface => true,
+                        HvGate::Synic => false,
+                        HvGate::Syndbg => {
+                            c.reg(0x4000_0082, 0, cpuid::Reg::Eax).is_some_and(|a| a & 2 != 0)
+                        }
+                    }
+            }),
         };
         if open {
             GateState::Open
@@ -331,6 +371,9 @@ impl Gate {
             GateCondition::PvFeature(n) => {
                 format!("KVM PV feature {} (when enforced)", n.join(" or "))
             }
+            GateCondition::Hyperv(HvGate::Interface) => "Hyper-V interface (CPUID 0x40000001.EAX \"Hv#1\")".into(),
+            GateCondition::Hyperv(HvGate::Synic) => "Hyper-V interface and SynIC activated".into(),
+            GateCondition::Hyperv(HvGate::Syndbg) => "Hyper-V interface and CPUID 0x40000082.EAX[1] (synthetic debugger)".into(),
         }
     }
 }

@@ -660,8 +660,10 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     // write of 0 succeeds if KVM lists the MSR, any other value fails; under ignore_msrs both
     // succeed and are dropped. Before KVM_RUN: after it, do_set_msr refuses any change to an
     // immutable feature MSR (ARCH_CAPABILITIES, PERF_CAPABILITIES) before that rule applies.
+    // A zero-only MSR: 0 accepted, any other value refused, ignore_msrs or not.
     let nonzero = if value != 0 { value } else { 1 };
-    let writes = (g.host == HostWhenClosed::AdvertisedZero).then(|| {
+    let zero_only = g.host == HostWhenClosed::ZeroOnly;
+    let writes = (g.host == HostWhenClosed::AdvertisedZero || zero_only).then(|| {
         (
             mach.vcpu.set_msr(index, 0),
             mach.vcpu.set_msr(index, nonzero),
@@ -684,11 +686,17 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     };
     let host_ok = match g.host {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
-        HostWhenClosed::Exempt => host.is_some(),
+        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => host.is_some(),
         HostWhenClosed::AdvertisedZero if zero_ok => host == Some(0),
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails => host.is_none(),
     };
-    let writes_ok = writes.is_none_or(|(zero, other)| zero == zero_ok && other == ignore);
+    let writes_ok = writes.is_none_or(|(zero, other)| {
+        if zero_only {
+            zero && !other
+        } else {
+            zero == zero_ok && other == ignore
+        }
+    });
     let shown = |ok: bool| if ok { "accepted" } else { "rejected" };
     let actual = format!(
         "guest RDMSR {rd}, WRMSR {} {wr}; host read {host:x?}{}",
@@ -713,6 +721,10 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
                 },
                 g.host,
                 match (unsupported, zero_ok, ignore) {
+                    _ if zero_only => format!(
+                        " (a host write of 0 succeeds, of {} fails)",
+                        hex(nonzero)
+                    ),
                     (false, _, _) => String::new(),
                     (true, _, true) => " (ignore_msrs: host reads 0, writes dropped)".into(),
                     (true, true, false) => format!(

@@ -138,7 +138,7 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
                 guest.is_gp()
             };
             let host_ok = match g.host {
-                HostWhenClosed::Exempt => after.is_some(),
+                HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => after.is_some(),
                 HostWhenClosed::AdvertisedZero => after == Some(0),
                 HostWhenClosed::Fails => after.is_none(),
             };

@@ -75,6 +75,7 @@ pub const FEATURES: &[Feature] = &[
     feature!("AMD_STIBP", 0x8000_0008, 0, Ebx, 15),
     feature!("AMD_SSBD", 0x8000_0008, 0, Ebx, 24),
     feature!("VIRT_SSBD", 0x8000_0008, 0, Ebx, 25),
+    feature!("TSCRATEMSR", 0x8000_000a, 0, Edx, 4),
     feature!("SBPB", 0x8000_0021, 0, Eax, 27),
     feature!("KVM_CLOCKSOURCE", 0x4000_0001, 0, Eax, 0),
     feature!("KVM_ASYNC_PF", 0x4000_0001, 0, Eax, 4),
