@@ -11,6 +11,7 @@
 # WHAT     report (default): `kvm-msr probe` and `kvm-msr report`, both as JSON.
 #          fuzz: a short campaign of every fuzz target with the kernel-log oracle on (needs
 #          `cargo fuzz build`; see ci/upstream-fuzz.sh).
+#          fetch: only download and unpack the kernel (prints its release).
 #
 # Output in target/upstream-vm/<kernel>-<profile>/: report.json, probe.json, kmsg.txt,
 # console.txt, and a summary line "N passed, N failed, N skipped, N deviations" on stdout.
@@ -40,7 +41,7 @@ case "$profile" in
   all) params_kvm="ignore_msrs=1 force_emulation_prefix=1" ;;
   *) echo "upstream-vm: unknown profile '$profile'" >&2; usage ;;
 esac
-case "$what" in report|fuzz) ;; *) echo "upstream-vm: unknown WHAT '$what'" >&2; usage ;; esac
+case "$what" in report|fuzz|fetch) ;; *) echo "upstream-vm: unknown WHAT '$what'" >&2; usage ;; esac
 
 base="$root/target/upstream-vm"
 cache="$base/cache"
@@ -123,6 +124,10 @@ moddir=$(ls -d "$tree"/usr/lib/modules/*/ "$tree"/lib/modules/*/ 2>/dev/null | h
 release=$(basename "$moddir")
 vmlinuz=$(ls "$tree"/boot/vmlinuz-* "$moddir"vmlinuz 2>/dev/null | head -n 1 || true)
 [ -n "$vmlinuz" ] || die 11 "no vmlinuz in the kernel packages ($debs)"
+if [ "$what" = fetch ]; then
+  echo "$release"
+  exit 0
+fi
 kernel_name=$kernel_arg
 [ -d "$kernel_arg" ] && kernel_name=$release
 out="$base/$kernel_name-$profile"

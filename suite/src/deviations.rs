@@ -40,6 +40,7 @@ pub struct HostKey {
     pub backend: Backend,
     pub vendor: Vendor,
     pub platform: Platform,
+    pub ignore_msrs: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +67,10 @@ pub struct Deviation {
     /// emulation artifacts are recorded like a backend's deviations (see `Platform`).
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// If set, the record holds only with kvm.ignore_msrs set so (true: Y): for deviations whose
+    /// observation the parameter changes (it turns KVM_MSR_RET_UNSUPPORTED into success).
+    #[serde(default)]
+    pub ignore_msrs: Option<bool>,
     /// If set, the record holds only on hosts with this CPU vendor (the host's own CPUID): a
     /// backend whose deviation follows the host CPU (PVM passes host CPUID bits through) is
     /// recorded once per vendor it was measured on.
@@ -153,6 +158,7 @@ impl Deviations {
                 && p.backend == d.backend
                 && overlap(&p.host_vendor, &d.host_vendor)
                 && overlap(&p.platform, &d.platform)
+                && overlap(&p.ignore_msrs, &d.ignore_msrs)
         });
         let Some(p) = clash else { return Ok(()) };
         let place = |s: &Option<(PathBuf, usize)>| {
@@ -163,7 +169,7 @@ impl Deviations {
             file: d.source.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
             line: d.source.as_ref().map(|s| s.1),
             message: format!(
-                "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor` or `platform`",
+                "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`, `platform` or `ignore_msrs`",
                 d.check,
                 d.backend,
                 place(&p.source)
@@ -182,6 +188,7 @@ impl Deviations {
                 && d.backend == host.backend.name()
                 && d.host_vendor.is_none_or(|v| v == host.vendor)
                 && d.platform.is_none_or(|p| p == host.platform)
+                && d.ignore_msrs.is_none_or(|i| i == host.ignore_msrs)
         })
     }
 }
@@ -250,6 +257,7 @@ actual = "on intel"
             backend,
             vendor,
             platform: Platform::Other,
+            ignore_msrs: false,
         };
         let on = |v| {
             d.find("c", key(Backend::Pvm, v))
@@ -301,6 +309,7 @@ reason = "r"
                     backend: Backend::Svm,
                     vendor: Vendor::Amd,
                     platform,
+                    ignore_msrs: false,
                 },
             )
             .is_some()

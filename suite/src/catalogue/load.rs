@@ -474,11 +474,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                     "advertised-zero" => HostWhenClosed::AdvertisedZero,
                     "fails" => HostWhenClosed::Fails,
                     "zero-only" => HostWhenClosed::ZeroOnly,
-                    other => {
-                        return Err(e(format!(
-                            "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
-                        )))
-                    }
+                    other => return Err(e(format!(
+                        "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
+                    ))),
                 };
                 if g.cite.trim().is_empty() {
                     return Err(e("gate.cite is empty".into()));
@@ -495,7 +493,12 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
         for st in &m.setup {
             setup.push(match st.as_str() {
                 "x2apic-mode" => Setup::X2apicMode,
-                other => return Err(e(format!("setup {other:?}: expected x2apic-mode"))),
+                "hyperv-interface" => Setup::HypervInterface,
+                other => {
+                    return Err(e(format!(
+                        "setup {other:?}: expected x2apic-mode or hyperv-interface"
+                    )))
+                }
             });
         }
         let count = m.count.unwrap_or(1);

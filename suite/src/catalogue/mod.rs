@@ -130,6 +130,9 @@ pub enum Setup {
     /// IA32_APIC_BASE = 0xfee00d00 (enabled, x2APIC, BSP): the x2APIC registers exist as MSRs
     /// only in x2APIC mode (SDM vol. 3A 12.12.1; lapic.c kvm_x2apic_msr_read).
     X2apicMode,
+    /// The vCPU's CPUID presents the Hyper-V interface instead of KVM's leaves
+    /// (`CpuidTable::set_hyperv_interface`), so Hyper-V MSRs are open to the guest.
+    HypervInterface,
 }
 
 /// What must hold on the host for KVM to implement an MSR at all.
@@ -350,9 +353,9 @@ impl Gate {
                     && match hv {
                         HvGate::Interface => true,
                         HvGate::Synic => false,
-                        HvGate::Syndbg => {
-                            c.reg(0x4000_0082, 0, cpuid::Reg::Eax).is_some_and(|a| a & 2 != 0)
-                        }
+                        HvGate::Syndbg => c
+                            .reg(0x4000_0082, 0, cpuid::Reg::Eax)
+                            .is_some_and(|a| a & 2 != 0),
                     }
             }),
         };
@@ -371,9 +374,13 @@ impl Gate {
             GateCondition::PvFeature(n) => {
                 format!("KVM PV feature {} (when enforced)", n.join(" or "))
             }
-            GateCondition::Hyperv(HvGate::Interface) => "Hyper-V interface (CPUID 0x40000001.EAX \"Hv#1\")".into(),
+            GateCondition::Hyperv(HvGate::Interface) => {
+                "Hyper-V interface (CPUID 0x40000001.EAX \"Hv#1\")".into()
+            }
             GateCondition::Hyperv(HvGate::Synic) => "Hyper-V interface and SynIC activated".into(),
-            GateCondition::Hyperv(HvGate::Syndbg) => "Hyper-V interface and CPUID 0x40000082.EAX[1] (synthetic debugger)".into(),
+            GateCondition::Hyperv(HvGate::Syndbg) => {
+                "Hyper-V interface and CPUID 0x40000082.EAX[1] (synthetic debugger)".into()
+            }
         }
     }
 }

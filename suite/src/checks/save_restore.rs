@@ -88,7 +88,10 @@ fn roundtrip(ctx: &Context, index: u32) -> Outcome {
         return Outcome::fail("the restored value readable", "KVM_GET_MSRS failed");
     };
     let info = ctx.catalogue.get(index);
-    if let Some(v) = info.and_then(|i| i.volatile.as_ref()).filter(|v| v.vm_clock) {
+    if let Some(v) = info
+        .and_then(|i| i.volatile.as_ref())
+        .filter(|v| v.vm_clock)
+    {
         return Outcome::pass(format!(
             "{} accepted; it reads {} from the fresh VM's own clock, which KVM_SET_MSRS does not carry ({})",
             hex(value),

@@ -206,6 +206,33 @@ impl CpuidTable {
     }
 
     /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
+    /// Present the Hyper-V interface instead of KVM's own hypervisor leaves: leaves
+    /// 0x40000000..=0x400000ff are replaced by 0x40000000 ("Microsoft Hv", max leaf 0x40000001)
+    /// and 0x40000001 (EAX "Hv#1"), which is what KVM checks (cpuid.c kvm_cpuid_has_hyperv:
+    /// 0x40000001.EAX == HYPERV_CPUID_SIGNATURE_EAX). No Hyper-V feature leaf is given, which
+    /// matters only once KVM_CAP_HYPERV_ENFORCE_CPUID is enabled (never, here).
+    pub fn set_hyperv_interface(&mut self) {
+        self.entries
+            .retain(|e| !(0x4000_0000..=0x4000_00ff).contains(&e.function));
+        let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
+        let leaf = |function, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+            function,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        self.entries.push(leaf(
+            0x4000_0000,
+            0x4000_0001,
+            word(b"Micr"),
+            word(b"osof"),
+            word(b"t Hv"),
+        ));
+        self.entries.push(leaf(0x4000_0001, word(b"Hv#1"), 0, 0, 0));
+    }
+
     pub fn set_vendor(&mut self, vendor: Vendor) {
         let sig: &[u8; 12] = match vendor {
             Vendor::Intel => b"GenuineIntel",

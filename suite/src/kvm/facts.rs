@@ -216,6 +216,7 @@ impl HostFacts {
             backend: self.backend,
             vendor: self.cpu.vendor,
             platform: crate::deviations::Platform::from_model_name(&self.cpu.model_name),
+            ignore_msrs: self.ignore_msrs(),
         }
     }
 
