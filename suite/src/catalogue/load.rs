@@ -93,6 +93,7 @@ fn same() -> String {
 #[serde(deny_unknown_fields)]
 struct WhenRaw {
     backend: Option<String>,
+    kernel_before: Option<String>,
     guest_vendor: Option<String>,
     path: Option<String>,
     outcome: String,
@@ -156,9 +157,33 @@ fn parse_outcome(s: &str) -> std::result::Result<WriteOutcome, String> {
         "ignored" => WriteOutcome::Ignored,
         "reads-zero" => WriteOutcome::ReadsZero,
         "rejected" => WriteOutcome::Rejected,
+        "unsupported" => WriteOutcome::Unsupported,
         o => {
             return Err(format!(
-                "outcome {o:?}: expected same, low32, canonical, ignored, reads-zero or rejected"
+                "outcome {o:?}: expected same, low32, canonical, ignored, reads-zero, rejected or unsupported"
+            ))
+        }
+    })
+}
+
+fn parse_kernel(s: &str) -> std::result::Result<KernelVersion, String> {
+    match KernelVersion::parse(s) {
+        Some(v) if v.to_string() == s => Ok(v),
+        _ => Err(format!(
+            "kernel version {s:?}: expected MAJOR.MINOR, e.g. \"6.13\""
+        )),
+    }
+}
+
+fn parse_host_mode(s: &str) -> std::result::Result<HostWhenClosed, String> {
+    Ok(match s {
+        "exempt" => HostWhenClosed::Exempt,
+        "advertised-zero" => HostWhenClosed::AdvertisedZero,
+        "fails" => HostWhenClosed::Fails,
+        "zero-only" => HostWhenClosed::ZeroOnly,
+        other => {
+            return Err(format!(
+                "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
             ))
         }
     })
@@ -233,6 +258,7 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             cited(&format!("write {:?} when", w.name), &c.cite)?;
             when.push(When {
                 backend: c.backend.as_deref().map(parse_backend).transpose()?,
+                kernel_before: c.kernel_before.as_deref().map(parse_kernel).transpose()?,
                 guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
                 path: c.path.as_deref().map(parse_path).transpose()?,
                 outcome: parse_outcome(&c.outcome)?,
@@ -347,6 +373,16 @@ struct GateRaw {
     /// "interface", "synic" or "syndbg": a Hyper-V MSR's guest gate.
     hyperv: Option<String>,
     /// "exempt", "advertised-zero", "fails" or "zero-only".
+    host: String,
+    cite: String,
+    /// { kernel = "X.Y", host, cite }: the host behaviour on kernels older than X.Y.
+    host_until: Option<HostUntilRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostUntilRaw {
+    kernel: String,
     host: String,
     cite: String,
 }
@@ -469,14 +505,19 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 } else {
                     GateCondition::HostOnly
                 };
-                let host = match g.host.as_str() {
-                    "exempt" => HostWhenClosed::Exempt,
-                    "advertised-zero" => HostWhenClosed::AdvertisedZero,
-                    "fails" => HostWhenClosed::Fails,
-                    "zero-only" => HostWhenClosed::ZeroOnly,
-                    other => return Err(e(format!(
-                        "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
-                    ))),
+                let host = parse_host_mode(&g.host).map_err(&e)?;
+                let host_until = match g.host_until {
+                    None => None,
+                    Some(u) => {
+                        if u.cite.trim().is_empty() {
+                            return Err(e("gate.host_until.cite is empty".into()));
+                        }
+                        Some((
+                            parse_kernel(&u.kernel).map_err(&e)?,
+                            parse_host_mode(&u.host).map_err(&e)?,
+                            u.cite,
+                        ))
+                    }
                 };
                 if g.cite.trim().is_empty() {
                     return Err(e("gate.cite is empty".into()));
@@ -485,6 +526,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                     condition,
                     host,
                     cite: g.cite,
+                    host_until,
                 })
             }
         };
@@ -698,6 +740,7 @@ when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.
         .unwrap();
         let w = &m[0].writes[0];
         let rc = |backend, v| RuleContext {
+            kernel: None,
             backend,
             guest_vendor: Some(v),
             path: AccessPath::Guest,

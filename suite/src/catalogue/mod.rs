@@ -80,6 +80,8 @@ pub struct Gate {
     pub condition: GateCondition,
     pub host: HostWhenClosed,
     pub cite: String,
+    /// On kernels older than this version the host behaves as given instead (with its cite).
+    pub host_until: Option<(KernelVersion, HostWhenClosed, String)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -184,12 +186,40 @@ pub enum WriteOutcome {
     ReadsZero,
     /// Rejected: the host write fails, the guest gets #GP.
     Rejected,
+    /// KVM_MSR_RET_UNSUPPORTED (or 6.1's KVM_MSR_RET_INVALID): rejected, but with kvm.ignore_msrs
+    /// accepted and dropped, the value unchanged (x86.c kvm_do_msr_access /
+    /// kvm_msr_ignored_check).
+    Unsupported,
+}
+
+/// A kernel's major.minor version, for rules that changed between kernels (each such rule names
+/// the commit that tells them apart). Parsed from the running kernel's release; a release that
+/// does not parse matches no version condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KernelVersion(pub u32, pub u32);
+
+impl KernelVersion {
+    /// "6.13", or a release such as "6.12.118+deb13-amd64".
+    pub fn parse(s: &str) -> Option<KernelVersion> {
+        let mut it = s.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some(KernelVersion(major, minor))
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
 }
 
 /// Conditions under which a different outcome applies; all given fields must match.
 #[derive(Clone, Debug, Serialize)]
 pub struct When {
     pub backend: Option<Backend>,
+    /// Kernels older than this version (the rule names the commit that changed it there).
+    pub kernel_before: Option<KernelVersion>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: Option<AccessPath>,
     pub outcome: WriteOutcome,
@@ -214,6 +244,7 @@ pub struct WriteRule {
 #[derive(Clone, Copy, Debug)]
 pub struct RuleContext {
     pub backend: Backend,
+    pub kernel: Option<KernelVersion>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: AccessPath,
 }
@@ -223,6 +254,8 @@ impl WriteRule {
     pub fn outcome_for(&self, rc: RuleContext) -> (WriteOutcome, &str) {
         for w in &self.when {
             let ok = w.backend.is_none_or(|b| b == rc.backend)
+                && w.kernel_before
+                    .is_none_or(|v| rc.kernel.is_some_and(|k| k < v))
                 && w.guest_vendor.is_none_or(|v| Some(v) == rc.guest_vendor)
                 && w.path.is_none_or(|p| p == rc.path);
             if ok {
@@ -363,6 +396,22 @@ impl Gate {
             GateState::Open
         } else {
             GateState::Closed
+        }
+    }
+
+    /// What a host access does while the gate is closed, on kernel `kernel`.
+    pub fn host_on(&self, kernel: Option<KernelVersion>) -> HostWhenClosed {
+        match &self.host_until {
+            Some((v, h, _)) if kernel.is_some_and(|k| k < *v) => *h,
+            _ => self.host,
+        }
+    }
+
+    /// The citation for the host behaviour on `kernel`.
+    pub fn host_cite(&self, kernel: Option<KernelVersion>) -> &str {
+        match &self.host_until {
+            Some((v, _, c)) if kernel.is_some_and(|k| k < *v) => c,
+            _ => &self.cite,
         }
     }
 

@@ -10,6 +10,9 @@ fn outcome_text(o: WriteOutcome) -> &'static str {
         WriteOutcome::Ignored => "accepted, value unchanged",
         WriteOutcome::ReadsZero => "accepted, reads 0",
         WriteOutcome::Rejected => "rejected (#GP / KVM_SET_MSRS stops)",
+        WriteOutcome::Unsupported => {
+            "rejected as unsupported (with kvm.ignore_msrs: accepted, value unchanged)"
+        }
     }
 }
 
@@ -82,6 +85,12 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
                 g.host,
                 src(&g.cite)
             ));
+            if let Some((v, h, c)) = &g.host_until {
+                out.push_str(&format!(
+                    "        kernels before {v}: host while closed: {h:?}{}\n",
+                    src(c)
+                ));
+            }
         }
         if let Some(r) = &m.reset {
             let mut s = format!("{:#x}", r.value);
@@ -112,6 +121,9 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
                 }
                 if let Some(p) = c.path {
                     cond.push(format!("{p:?} path"));
+                }
+                if let Some(v) = c.kernel_before {
+                    cond.push(format!("kernel before {v}"));
                 }
                 out.push_str(&format!(
                     "        when {}: {}{}\n",

@@ -179,6 +179,7 @@ fn outcome_on(
         .and_then(|c| vendor_class(c.vendor()));
     let (o, cite) = rule.outcome_for(RuleContext {
         backend: ctx.facts.backend,
+        kernel: ctx.facts.kernel_version(),
         guest_vendor,
         path,
     });
@@ -215,8 +216,17 @@ fn canonical(v: u64, la57: bool) -> u64 {
 }
 
 /// The value a read returns after writing `value` over `before` with `outcome`; None: rejected.
-fn expected_after(outcome: WriteOutcome, value: u64, before: u64, la57: bool) -> Option<u64> {
+/// With `ignore` (kvm.ignore_msrs) an unsupported write is accepted and dropped.
+fn expected_after(
+    outcome: WriteOutcome,
+    value: u64,
+    before: u64,
+    la57: bool,
+    ignore: bool,
+) -> Option<u64> {
     match outcome {
+        WriteOutcome::Unsupported if ignore => Some(before),
+        WriteOutcome::Unsupported => None,
         WriteOutcome::Same => Some(value),
         WriteOutcome::Low32 => Some(value & 0xffff_ffff),
         WriteOutcome::Canonical => Some(canonical(value, la57)),
@@ -248,7 +258,12 @@ fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
     };
     let got = mach.vcpu.get_msr(index);
     // A closed gate changes what the host reads (semantics §1.6).
-    let want = match (gate_state(m, &mach), m.gate.as_ref().map(|g| g.host)) {
+    let want = match (
+        gate_state(m, &mach),
+        m.gate
+            .as_ref()
+            .map(|g| g.host_on(ctx.facts.kernel_version())),
+    ) {
         (Some(GateState::Closed), Some(HostWhenClosed::AdvertisedZero))
             if ctx.facts.is_advertised(index) =>
         {
@@ -310,7 +325,7 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     if gate == Some(GateState::Closed)
         && m.gate
             .as_ref()
-            .is_some_and(|g| g.host != HostWhenClosed::Exempt)
+            .is_some_and(|g| g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
     {
         return Outcome::skip(format!(
             "gate closed for this vCPU and host writes follow it ({})",
@@ -325,7 +340,13 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     let before = mach.vcpu.get_msr(index);
     let accepted = mach.vcpu.set_msr(index, rule.value);
     let after = mach.vcpu.get_msr(index);
-    let want = expected_after(outcome, rule.value, before.unwrap_or(0), ctx.facts.kvm_la57);
+    let want = expected_after(
+        outcome,
+        rule.value,
+        before.unwrap_or(0),
+        ctx.facts.kvm_la57,
+        ctx.facts.ignore_msrs(),
+    );
     let written = format!("host writes {}", hex(rule.value));
     if m.read_fails.is_some() {
         // Write-only: acceptance is all there is to see.
@@ -415,7 +436,13 @@ fn write_guest(
     }
     let host_after = mach.vcpu.get_msr(index);
     let written = format!("guest writes {}", hex(rule.value));
-    let want = expected_after(outcome, rule.value, before.unwrap_or(0), ctx.facts.kvm_la57);
+    let want = expected_after(
+        outcome,
+        rule.value,
+        before.unwrap_or(0),
+        ctx.facts.kvm_la57,
+        ctx.facts.ignore_msrs(),
+    );
     let guest_read = if readable {
         Some(run.outcomes[1])
     } else {
@@ -678,8 +705,9 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     // immutable feature MSR (ARCH_CAPABILITIES, PERF_CAPABILITIES) before that rule applies.
     // A zero-only MSR: 0 accepted, any other value refused, ignore_msrs or not.
     let nonzero = if value != 0 { value } else { 1 };
-    let zero_only = g.host == HostWhenClosed::ZeroOnly;
-    let writes = (g.host == HostWhenClosed::AdvertisedZero || zero_only).then(|| {
+    let host_mode = g.host_on(ctx.facts.kernel_version());
+    let zero_only = host_mode == HostWhenClosed::ZeroOnly;
+    let writes = (host_mode == HostWhenClosed::AdvertisedZero || zero_only).then(|| {
         (
             mach.vcpu.set_msr(index, 0),
             mach.vcpu.set_msr(index, nonzero),
@@ -689,7 +717,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     if let Some(d) = run.death {
         return Outcome::fail("the guest program to complete", d.to_string());
     }
-    let unsupported = g.host == HostWhenClosed::AdvertisedZero;
+    let unsupported = host_mode == HostWhenClosed::AdvertisedZero;
     let ignore = ctx.facts.ignore_msrs();
     let ignored = ignore && unsupported;
     // An UNSUPPORTED host access with value 0 succeeds: listed (the 0-exemption) or ignore_msrs.
@@ -700,7 +728,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     } else {
         (rd.is_gp() || write_only_read_ignored(ctx, m, rd)) && wr.is_gp()
     };
-    let host_ok = match g.host {
+    let host_ok = match host_mode {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
         HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => host.is_some(),
         HostWhenClosed::AdvertisedZero if zero_ok => host == Some(0),
@@ -735,7 +763,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
                 } else {
                     "RDMSR and WRMSR #GP"
                 },
-                g.host,
+                host_mode,
                 match (unsupported, zero_ok, ignore) {
                     _ if zero_only =>
                         format!(" (a host write of 0 succeeds, of {} fails)", hex(nonzero)),

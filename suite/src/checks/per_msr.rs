@@ -131,13 +131,14 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
         let guest = run.outcomes[0];
         if let Some((g, GateState::Closed)) = gate {
             // The guest may not read it; the host follows the documented exemption.
-            let ignored = ctx.facts.ignore_msrs() && g.host == HostWhenClosed::AdvertisedZero;
+            let host_mode = g.host_on(ctx.facts.kernel_version());
+            let ignored = ctx.facts.ignore_msrs() && host_mode == HostWhenClosed::AdvertisedZero;
             let guest_ok = if ignored {
                 guest == OpOutcome::Read(0)
             } else {
                 guest.is_gp()
             };
-            let host_ok = match g.host {
+            let host_ok = match host_mode {
                 HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => after.is_some(),
                 HostWhenClosed::AdvertisedZero => after == Some(0),
                 HostWhenClosed::Fails => after.is_none(),
@@ -150,7 +151,7 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
                 } else {
                     "#GP"
                 },
-                g.host,
+                host_mode,
                 g.cite
             );
             let actual = format!("guest {guest}, host {after:x?}");

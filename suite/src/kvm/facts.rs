@@ -210,6 +210,11 @@ fn host_cpu() -> HostCpu {
 }
 
 impl HostFacts {
+    /// The running kernel's major.minor (None if its release does not parse).
+    pub fn kernel_version(&self) -> Option<crate::catalogue::KernelVersion> {
+        crate::catalogue::KernelVersion::parse(&self.kernel_release)
+    }
+
     /// What deviation records are matched against: backend, host CPU vendor, platform.
     pub fn deviation_key(&self) -> crate::deviations::HostKey {
         crate::deviations::HostKey {
