@@ -50,12 +50,14 @@ mkdir -p "$cache"
 # --- tools --------------------------------------------------------------------------------------
 need_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod && file -L /bin/busybox 2>/dev/null | grep -q static \
-  || need_pkgs+=(busybox-static)
+# (grep without -q: an early exit would give busybox SIGPIPE and fail the pipeline)
+{ [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x insmod >/dev/null \
+  && file -L /bin/busybox 2>/dev/null | grep static >/dev/null; } || need_pkgs+=(busybox-static)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v xz >/dev/null || need_pkgs+=(xz-utils)
 command -v zstd >/dev/null || need_pkgs+=(zstd)
 command -v file >/dev/null || need_pkgs+=(file)
+command -v python3 >/dev/null || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "upstream-vm: installing ${need_pkgs[*]}" >&2
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"; } \

@@ -154,13 +154,14 @@ fn parse_outcome(s: &str) -> std::result::Result<WriteOutcome, String> {
         "same" => WriteOutcome::Same,
         "low32" => WriteOutcome::Low32,
         "canonical" => WriteOutcome::Canonical,
+        "canonical-48" => WriteOutcome::Canonical48,
         "ignored" => WriteOutcome::Ignored,
         "reads-zero" => WriteOutcome::ReadsZero,
         "rejected" => WriteOutcome::Rejected,
         "unsupported" => WriteOutcome::Unsupported,
         o => {
             return Err(format!(
-                "outcome {o:?}: expected same, low32, canonical, ignored, reads-zero, rejected or unsupported"
+                "outcome {o:?}: expected same, low32, canonical, canonical-48, ignored, reads-zero, rejected or unsupported"
             ))
         }
     })
@@ -181,9 +182,10 @@ fn parse_host_mode(s: &str) -> std::result::Result<HostWhenClosed, String> {
         "advertised-zero" => HostWhenClosed::AdvertisedZero,
         "fails" => HostWhenClosed::Fails,
         "zero-only" => HostWhenClosed::ZeroOnly,
+        "unsupported" => HostWhenClosed::Unsupported,
         other => {
             return Err(format!(
-                "gate.host {other:?}: expected exempt, advertised-zero, fails or zero-only"
+                "gate.host {other:?}: expected exempt, advertised-zero, fails, zero-only or unsupported"
             ))
         }
     })

@@ -69,6 +69,10 @@ pub enum HostWhenClosed {
     AdvertisedZero,
     /// The host access fails too.
     Fails,
+    /// KVM_MSR_RET_UNSUPPORTED without the advertised-MSR exemption (kernels before 6.12 for
+    /// emulated MSRs): host reads and writes fail, unless kvm.ignore_msrs, which makes every
+    /// access succeed (reads 0, writes dropped) for host and guest alike.
+    Unsupported,
     /// Host reads succeed; a host write of 0 succeeds and any other value fails, whatever
     /// kvm.ignore_msrs says (the handler returns 1, not KVM_MSR_RET_UNSUPPORTED): the SynIC and
     /// synthetic timer MSRs (hyperv.c synic_set_msr / stimer_set_config, b1e34d325397, v5.18).
@@ -180,6 +184,9 @@ pub enum WriteOutcome {
     /// Accepted; reads back the value made canonical at KVM's address width: 57 bits with KVM's
     /// LA57 capability, 48 without (x86.h max_host_virt_addr_bits).
     Canonical,
+    /// Accepted; reads back the value made canonical at 48 bits (the width of the guest's
+    /// 4-level paging, which this suite's guests use).
+    Canonical48,
     /// Accepted; the MSR keeps its previous value.
     Ignored,
     /// Accepted; reads back 0.

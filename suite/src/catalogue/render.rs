@@ -7,6 +7,7 @@ fn outcome_text(o: WriteOutcome) -> &'static str {
         WriteOutcome::Same => "reads back",
         WriteOutcome::Low32 => "reads back the low 32 bits",
         WriteOutcome::Canonical => "reads back canonicalized",
+        WriteOutcome::Canonical48 => "reads back canonicalized at 48 bits",
         WriteOutcome::Ignored => "accepted, value unchanged",
         WriteOutcome::ReadsZero => "accepted, reads 0",
         WriteOutcome::Rejected => "rejected (#GP / KVM_SET_MSRS stops)",

@@ -230,6 +230,7 @@ fn expected_after(
         WriteOutcome::Same => Some(value),
         WriteOutcome::Low32 => Some(value & 0xffff_ffff),
         WriteOutcome::Canonical => Some(canonical(value, la57)),
+        WriteOutcome::Canonical48 => Some(canonical(value, false)),
         WriteOutcome::Ignored => Some(before),
         WriteOutcome::ReadsZero => Some(0),
         WriteOutcome::Rejected => None,
@@ -269,9 +270,17 @@ fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
         {
             Some(0)
         }
-        (Some(GateState::Closed), Some(HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails)) => {
-            None
+        (Some(GateState::Closed), Some(HostWhenClosed::Unsupported)) if ctx.facts.ignore_msrs() => {
+            Some(0)
         }
+        (
+            Some(GateState::Closed),
+            Some(
+                HostWhenClosed::AdvertisedZero
+                | HostWhenClosed::Fails
+                | HostWhenClosed::Unsupported,
+            ),
+        ) => None,
         _ => Some(want),
     };
     if got == want {
@@ -707,7 +716,9 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let nonzero = if value != 0 { value } else { 1 };
     let host_mode = g.host_on(ctx.facts.kernel_version());
     let zero_only = host_mode == HostWhenClosed::ZeroOnly;
-    let writes = (host_mode == HostWhenClosed::AdvertisedZero || zero_only).then(|| {
+    let exemption = host_mode == HostWhenClosed::AdvertisedZero;
+    let unsupported = exemption || host_mode == HostWhenClosed::Unsupported;
+    let writes = (unsupported || zero_only).then(|| {
         (
             mach.vcpu.set_msr(index, 0),
             mach.vcpu.set_msr(index, nonzero),
@@ -717,11 +728,11 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     if let Some(d) = run.death {
         return Outcome::fail("the guest program to complete", d.to_string());
     }
-    let unsupported = host_mode == HostWhenClosed::AdvertisedZero;
     let ignore = ctx.facts.ignore_msrs();
     let ignored = ignore && unsupported;
-    // An UNSUPPORTED host access with value 0 succeeds: listed (the 0-exemption) or ignore_msrs.
-    let zero_ok = ctx.facts.is_advertised(index) || ignore;
+    // An UNSUPPORTED host access with value 0 succeeds: listed (the 0-exemption, where the
+    // kernel has it for this MSR) or ignore_msrs.
+    let zero_ok = (exemption && ctx.facts.is_advertised(index)) || ignore;
     let (rd, wr) = (run.outcomes[0], run.outcomes[1]);
     let guest_ok = if ignored {
         rd == OpOutcome::Read(0) && wr == OpOutcome::Wrote
@@ -731,8 +742,12 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let host_ok = match host_mode {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
         HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => host.is_some(),
-        HostWhenClosed::AdvertisedZero if zero_ok => host == Some(0),
-        HostWhenClosed::AdvertisedZero | HostWhenClosed::Fails => host.is_none(),
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => {
+            host == Some(0)
+        }
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported | HostWhenClosed::Fails => {
+            host.is_none()
+        }
     };
     let writes_ok = writes.is_none_or(|(zero, other)| {
         if zero_only {

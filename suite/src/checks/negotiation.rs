@@ -110,7 +110,13 @@ fn immutable_after_run(ctx: &Context, index: u32) -> Outcome {
     let same = m.vcpu.set_msr(index, cur);
     let different = m.vcpu.set_msr(index, other);
     let back = m.vcpu.get_msr(index);
-    let mutable = index == UCODE_REV;
+    // Before 0094f62c7eaa "KVM: x86: Disallow writes to immutable feature MSRs after KVM_RUN"
+    // (6.4) every feature MSR stayed writable.
+    let before_freeze = ctx
+        .facts
+        .kernel_version()
+        .is_some_and(|k| k < crate::catalogue::KernelVersion(6, 4));
+    let mutable = index == UCODE_REV || before_freeze;
     let ok = same && (different == mutable) && back == Some(if mutable { other } else { cur });
     let actual = format!(
         "same value accepted={same}, {} accepted={different}, reads {back:x?}",
@@ -121,7 +127,12 @@ fn immutable_after_run(ctx: &Context, index: u32) -> Outcome {
     } else if mutable {
         Outcome::fail(
             format!(
-                "UCODE_REV stays writable after KVM_RUN: {} accepted",
+                "{} after KVM_RUN: {} accepted",
+                if before_freeze {
+                    "before 0094f62c7eaa (6.4) every feature MSR stays writable"
+                } else {
+                    "UCODE_REV stays writable"
+                },
                 hex(other)
             ),
             actual,

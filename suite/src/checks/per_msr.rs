@@ -132,7 +132,11 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
         if let Some((g, GateState::Closed)) = gate {
             // The guest may not read it; the host follows the documented exemption.
             let host_mode = g.host_on(ctx.facts.kernel_version());
-            let ignored = ctx.facts.ignore_msrs() && host_mode == HostWhenClosed::AdvertisedZero;
+            let ignored = ctx.facts.ignore_msrs()
+                && matches!(
+                    host_mode,
+                    HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported
+                );
             let guest_ok = if ignored {
                 guest == OpOutcome::Read(0)
             } else {
@@ -141,6 +145,8 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
             let host_ok = match host_mode {
                 HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => after.is_some(),
                 HostWhenClosed::AdvertisedZero => after == Some(0),
+                HostWhenClosed::Unsupported if ignored => after == Some(0),
+                HostWhenClosed::Unsupported => after.is_none(),
                 HostWhenClosed::Fails => after.is_none(),
             };
             let expected = format!(

@@ -139,9 +139,20 @@ pub struct CpuidTable {
 }
 
 impl CpuidTable {
+    /// The entries of a KVM_GET_CPUID2/KVM_GET_SUPPORTED_CPUID answer. All-zero entries are
+    /// dropped: before ab322c43cce9 "KVM: x86: Update number of entries for KVM_GET_CPUID2 on
+    /// success, not failure" (6.5) KVM_GET_CPUID2 left `nent` at the count userspace asked for,
+    /// so the table came back padded with zeroed entries (no real leaf is all zero: leaf 0
+    /// carries the vendor).
     pub fn from_kvm(c: &CpuId) -> Self {
+        let zero = kvm_cpuid_entry2::default();
         CpuidTable {
-            entries: c.as_slice().to_vec(),
+            entries: c
+                .as_slice()
+                .iter()
+                .filter(|e| **e != zero)
+                .copied()
+                .collect(),
         }
     }
 
