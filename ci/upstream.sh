@@ -3,7 +3,8 @@
 # QEMU TCG, see ci/upstream-vm.sh), then the kernel A/B view: `kvm-msr diff` of their probes and
 # `kvm-msr compare` of their reports (which checks change verdict between kernels, and why).
 #
-# UPSTREAM_KERNELS (default "latest 6.12 6.1") and UPSTREAM_PROFILES (default "default all")
+# UPSTREAM_KERNELS (default "latest 6.12 6.1") and UPSTREAM_PROFILES (default "default
+# ignore-msrs fep all")
 # choose the cells; two cells run at a time (one TCG vCPU each, on a 2-core machine).
 # Every cell must end with 0 failed (exit 0 from ci/upstream-vm.sh), except the cells named in
 # UPSTREAM_NOT_GATED, whose results are printed and reported as not gated (an issue still open
@@ -16,7 +17,7 @@ if [ "${UPSTREAM_SKIP:-0}" = 1 ]; then
   exit 0
 fi
 kernels=${UPSTREAM_KERNELS:-latest 6.12 6.1}
-profiles=${UPSTREAM_PROFILES:-default all}
+profiles=${UPSTREAM_PROFILES:-default ignore-msrs fep all}
 not_gated=" ${UPSTREAM_NOT_GATED-} "
 
 cargo build --release --locked --bin kvm-msr || exit 1
@@ -46,6 +47,8 @@ while [ $i -lt ${#cells[@]} ]; do
 done
 
 rc=0
+summary=target/ci-upstream-summary.txt
+: >"$summary"
 echo "# upstream testbed (kvm_amd under QEMU TCG): one line per cell"
 for c in "${cells[@]}"; do
   k=${c%-*} p=${c##*-}
@@ -61,6 +64,7 @@ for c in "${cells[@]}"; do
     rc=1
     continue
   fi
+  echo "# upstream $c ($release): $line" >>"$summary"
   if [ "$cell_rc" = 0 ]; then
     echo "ok   $c ($release): $line"
   elif [ "$gated" = no ]; then

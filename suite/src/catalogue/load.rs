@@ -50,6 +50,15 @@ struct RequiresRaw {
     #[serde(default)]
     listed: bool,
     cite: String,
+    /// { kernel = "X.Y", cite }: before X.Y KVM listed the MSR whatever `kvm_params` said.
+    params_listing_since: Option<SinceRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceRaw {
+    kernel: String,
+    cite: String,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +103,8 @@ fn same() -> String {
 struct WhenRaw {
     backend: Option<String>,
     kernel_before: Option<String>,
+    #[serde(default)]
+    kvm_cpuid_none: Vec<String>,
     guest_vendor: Option<String>,
     path: Option<String>,
     outcome: String,
@@ -261,6 +272,15 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             when.push(When {
                 backend: c.backend.as_deref().map(parse_backend).transpose()?,
                 kernel_before: c.kernel_before.as_deref().map(parse_kernel).transpose()?,
+                kvm_cpuid_none: c
+                    .kvm_cpuid_none
+                    .iter()
+                    .map(|n| {
+                        crate::kvm::cpuid::feature(n).map(|f| f.name).ok_or_else(|| {
+                            format!("when.kvm_cpuid_none names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)")
+                        })
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
                 guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
                 path: c.path.as_deref().map(parse_path).transpose()?,
                 outcome: parse_outcome(&c.outcome)?,
@@ -342,12 +362,20 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
                     "requires names nothing (caps, kvm_params, cpuid_any or listed = true)".into(),
                 );
             }
+            let params_listing_since = match r.params_listing_since {
+                None => None,
+                Some(since) => {
+                    cited("requires.params_listing_since", &since.cite)?;
+                    Some((parse_kernel(&since.kernel)?, since.cite))
+                }
+            };
             Some(Requirement {
                 caps: r.caps,
                 kvm_params: r.kvm_params,
                 cpuid_any: r.cpuid_any,
                 listed: r.listed,
                 cite: r.cite,
+                params_listing_since,
             })
         }
     };
@@ -743,6 +771,7 @@ when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.
         let w = &m[0].writes[0];
         let rc = |backend, v| RuleContext {
             kernel: None,
+            kvm_cpuid: None,
             backend,
             guest_vendor: Some(v),
             path: AccessPath::Guest,

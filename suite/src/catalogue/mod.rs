@@ -155,6 +155,9 @@ pub struct Requirement {
     /// (KVM lists such MSRs only when the host supports them: x86.c kvm_probe_msr_to_save).
     pub listed: bool,
     pub cite: String,
+    /// Kernels older than this listed the MSR whatever `kvm_params` said (with the cite of the
+    /// commit that made the listing follow them).
+    pub params_listing_since: Option<(KernelVersion, String)>,
 }
 
 /// Which access path a rule is about.
@@ -227,6 +230,8 @@ pub struct When {
     pub backend: Option<Backend>,
     /// Kernels older than this version (the rule names the commit that changed it there).
     pub kernel_before: Option<KernelVersion>,
+    /// KVM_GET_SUPPORTED_CPUID has none of these features (e.g. the host lacks IBPB).
+    pub kvm_cpuid_none: Vec<&'static str>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: Option<AccessPath>,
     pub outcome: WriteOutcome,
@@ -249,16 +254,18 @@ pub struct WriteRule {
 
 /// The facts a rule's conditions are evaluated against.
 #[derive(Clone, Copy, Debug)]
-pub struct RuleContext {
+pub struct RuleContext<'a> {
     pub backend: Backend,
     pub kernel: Option<KernelVersion>,
+    /// KVM_GET_SUPPORTED_CPUID, for `kvm_cpuid_none` (None: such conditions do not match).
+    pub kvm_cpuid: Option<&'a CpuidTable>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: AccessPath,
 }
 
 impl WriteRule {
     /// The outcome and its citation under `rc` (first matching `when`, else the default).
-    pub fn outcome_for(&self, rc: RuleContext) -> (WriteOutcome, &str) {
+    pub fn outcome_for(&self, rc: RuleContext<'_>) -> (WriteOutcome, &str) {
         for w in &self.when {
             let ok = w.backend.is_none_or(|b| b == rc.backend)
                 && w.kernel_before

@@ -18,7 +18,7 @@ fn info(ctx: &Context, index: u32) -> &MsrInfo {
 }
 
 /// The host conditions of `r` (capabilities, kvm parameters, supported CPUID) that do not hold.
-fn unmet(ctx: &Context, r: &Requirement) -> Vec<String> {
+pub(super) fn unmet(ctx: &Context, r: &Requirement) -> Vec<String> {
     let mut missing = Vec::new();
     for c in &r.caps {
         if ctx.facts.cap(c) <= 0 {
@@ -67,9 +67,22 @@ fn listed_only_when_supported(ctx: &Context, index: u32) -> Outcome {
             "kvm.{p} could not be read (/sys/module/kvm/parameters): its condition is unknown"
         ));
     }
-    let missing = unmet(ctx, r);
+    let mut missing = unmet(ctx, r);
+    let mut note = String::new();
+    if let Some((v, cite)) = &r.params_listing_since {
+        if ctx.facts.kernel_version().is_some_and(|k| k < *v) {
+            // Before `v` the listing did not look at the kvm parameters (`cite`).
+            missing.retain(|m| !m.starts_with("kvm."));
+            note = format!(
+                " (before {v} KVM lists it whatever kvm.{} says: {cite})",
+                r.kvm_params.join(", kvm.")
+            );
+        }
+    }
     if missing.is_empty() {
-        Outcome::pass("listed, and every condition for listing it holds")
+        Outcome::pass(format!(
+            "listed, and every condition for listing it holds{note}"
+        ))
     } else {
         Outcome::fail(
             format!("listed only when its conditions hold ({})", r.cite),
@@ -180,6 +193,7 @@ fn outcome_on(
     let (o, cite) = rule.outcome_for(RuleContext {
         backend: ctx.facts.backend,
         kernel: ctx.facts.kernel_version(),
+        kvm_cpuid: Some(&ctx.facts.supported_cpuid),
         guest_vendor,
         path,
     });
@@ -547,10 +561,41 @@ fn reserved_host(ctx: &Context, index: u32) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    if !mach.vcpu.set_msr(index, base) {
-        return Outcome::fail(format!("the base value {} accepted", hex(base)), "rejected");
-    }
+    let base_ok = mach.vcpu.set_msr(index, base);
     let mask = reserved_mask(r, &mach);
+    if !base_ok {
+        // A write rule may say that this host refuses the base value itself (e.g. PRED_CMD
+        // before 6.7 on a host without IBPB): then every reserved bit must be refused too.
+        let refused_here = m.writes.iter().find(|w| {
+            w.value == base
+                && w.path != Some(AccessPath::Guest)
+                && outcome_on(ctx, &mach, w, AccessPath::Host).0 == WriteOutcome::Rejected
+        });
+        let Some(w) = refused_here else {
+            return Outcome::fail(format!("the base value {} accepted", hex(base)), "rejected");
+        };
+        let accepted: Vec<u32> = bits(mask)
+            .filter(|b| mach.vcpu.set_msr(index, base | (1 << b)))
+            .collect();
+        return if accepted.is_empty() {
+            Outcome::pass(format!(
+                "the base value {} is refused on this host ({}), and so is each of the {} reserved bits",
+                hex(base),
+                outcome_on(ctx, &mach, w, AccessPath::Host).1,
+                mask.count_ones()
+            ))
+        } else {
+            Outcome::fail(
+                format!(
+                    "each of the {} bits of {} rejected ({})",
+                    mask.count_ones(),
+                    hex(mask),
+                    r.cite
+                ),
+                format!("accepted bits {accepted:?}"),
+            )
+        };
+    }
     let mut accepted = Vec::new();
     for b in bits(mask) {
         if mach.vcpu.set_msr(index, base | (1 << b)) {
@@ -742,9 +787,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let host_ok = match host_mode {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
         HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => host.is_some(),
-        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => {
-            host == Some(0)
-        }
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => host == Some(0),
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported | HostWhenClosed::Fails => {
             host.is_none()
         }

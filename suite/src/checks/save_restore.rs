@@ -113,6 +113,22 @@ fn roundtrip(ctx: &Context, index: u32) -> Outcome {
                 return Outcome::skip("KVM_GET_TSC_KHZ unavailable: no bound for a counting MSR");
             }
             let elapsed_ns = saved_at.elapsed().as_nanos() as u64;
+            if index == crate::msr_index::IA32_TSC
+                && ctx
+                    .facts
+                    .kernel_version()
+                    .is_some_and(|k| k < crate::catalogue::KernelVersion(6, 7))
+            {
+                // Before bf328e22e472 "KVM: x86: Don't sync user-written TSC against startup
+                // values" (6.7), kvm_synchronize_tsc takes a write within one second's cycles
+                // of the VM's own TSC as an attempt to synchronize, keeping the VM's TSC.
+                let window = khz * 1000 + elapsed_ns * khz / 1_000_000 * 2;
+                return if back.abs_diff(value) <= window {
+                    Outcome::pass(format!("{} written, reads {} (kernel before 6.7: a write within 1 s of cycles synchronizes instead, bf328e22e472)", hex(value), hex(back)))
+                } else {
+                    Outcome::fail(format!("within 1 s of cycles ({}) of {} (before bf328e22e472, 6.7, kvm_synchronize_tsc treats such a write as synchronization)", hex(window), hex(value)), hex(back))
+                };
+            }
             let slack = khz * 10; // 10 ms of ticks for timer and scheduling noise
             let limit = value + elapsed_ns * khz / 1_000_000 * 2 + slack;
             if back >= value && back <= limit {
