@@ -158,6 +158,7 @@ impl Machine {
             self.vcpu.effective_cpuid.as_ref(),
             self.vcpu.get_msr(crate::msr_index::IA32_MCG_CAP),
             self.vcpu.pv_enforced,
+            self.vcpu.synic_active,
         )
     }
 

@@ -566,9 +566,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
             setup.push(match st.as_str() {
                 "x2apic-mode" => Setup::X2apicMode,
                 "hyperv-interface" => Setup::HypervInterface,
+                "hyperv-synic" => Setup::HypervSynic,
                 other => {
                     return Err(e(format!(
-                        "setup {other:?}: expected x2apic-mode or hyperv-interface"
+                        "setup {other:?}: expected x2apic-mode, hyperv-interface or hyperv-synic"
                     )))
                 }
             });
@@ -709,6 +710,10 @@ gate = { cpuid = ["RDTSCP", "RDPID"], host = "exempt", cite = "x86.c" }
         "t.toml:1",
         "id"
     )]
+    #[case::bad_kernel_version("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"w\", value = 1, cite = \"c\", when = [{ kernel_before = \"6\", outcome = \"rejected\", cite = \"c\" }] }]\n", "t.toml:1", "MAJOR.MINOR")]
+    #[case::bad_hyperv_gate("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\ngate = { hyperv = \"vmbus\", host = \"exempt\", cite = \"c\" }\n", "t.toml:1", "vmbus")]
+    #[case::host_until_without_cite("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\ngate = { host_only = true, host = \"exempt\", cite = \"c\", host_until = { kernel = \"6.13\", host = \"fails\", cite = \"\" } }\n", "t.toml:1", "host_until.cite")]
+    #[case::unknown_cpuid_condition("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"w\", value = 1, cite = \"c\", when = [{ kvm_cpuid_none = [\"WARP\"], outcome = \"rejected\", cite = \"c\" }] }]\n", "t.toml:1", "WARP")]
     fn rejects_bad_entries_naming_file_and_line(
         #[case] text: &str,
         #[case] place: &str,
@@ -738,6 +743,96 @@ gate = { cpuid = ["RDTSCP", "RDPID"], host = "exempt", cite = "x86.c" }
         assert!(
             e.contains("b.toml:2") && e.contains("duplicate index 0x10") && e.contains("a.toml:1"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn version_conditions_follow_the_running_kernel() {
+        let m = parse(
+            r#"
+[[msr]]
+index = 0x10a
+name = "A"
+id = "a"
+cite = "x"
+gate = { cpuid = ["ARCH_CAPABILITIES"], host = "advertised-zero", cite = "new", host_until = { kernel = "6.13", host = "exempt", cite = "old" } }
+write = [{ name = "w", value = 0, outcome = "unsupported", cite = "new", when = [{ kernel_before = "6.13", outcome = "rejected", cite = "old" }] }]
+"#,
+        )
+        .unwrap();
+        let g = m[0].gate.as_ref().unwrap();
+        let (old, new) = (
+            KernelVersion::parse("6.12.118+deb13-amd64"),
+            KernelVersion::parse("7.2.13"),
+        );
+        assert_eq!(old, Some(KernelVersion(6, 12)));
+        assert_eq!(g.host_on(old), HostWhenClosed::Exempt);
+        assert_eq!(g.host_on(new), HostWhenClosed::AdvertisedZero);
+        assert_eq!(g.host_on(None), HostWhenClosed::AdvertisedZero);
+        assert_eq!(g.host_cite(old), "old");
+        let rc = |kernel| RuleContext {
+            backend: Backend::Svm,
+            kernel,
+            kvm_cpuid: None,
+            guest_vendor: None,
+            path: AccessPath::Guest,
+        };
+        assert_eq!(
+            m[0].writes[0].outcome_for(rc(old)).0,
+            WriteOutcome::Rejected
+        );
+        assert_eq!(
+            m[0].writes[0].outcome_for(rc(new)).0,
+            WriteOutcome::Unsupported
+        );
+        assert_eq!(
+            m[0].writes[0].outcome_for(rc(None)).0,
+            WriteOutcome::Unsupported
+        );
+        assert!(KernelVersion::parse("unknown").is_none());
+    }
+
+    #[test]
+    fn hyperv_gates_open_with_the_hyperv_interface() {
+        let gate = |hv: &str| {
+            parse(&format!("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\ngate = {{ hyperv = \"{hv}\", host = \"exempt\", cite = \"c\" }}\n"))
+                .unwrap()[0]
+                .gate
+                .clone()
+                .unwrap()
+        };
+        let kvm_leaves = crate::kvm::CpuidTable {
+            entries: Vec::new(),
+        };
+        let mut hv = kvm_leaves.clone();
+        hv.set_hyperv_interface();
+        for name in ["interface", "syndbg"] {
+            let g = gate(name);
+            assert_eq!(
+                g.state(Some(&kvm_leaves), None, false, false),
+                GateState::Closed,
+                "{name}"
+            );
+            assert_eq!(
+                g.state(Some(&hv), None, false, false),
+                GateState::Open,
+                "{name}"
+            );
+            assert_eq!(
+                g.state(None, None, false, false),
+                GateState::Closed,
+                "{name}"
+            );
+        }
+        let synic = gate("synic");
+        assert_eq!(
+            synic.state(Some(&hv), None, false, false),
+            GateState::Closed
+        );
+        assert_eq!(synic.state(Some(&hv), None, false, true), GateState::Open);
+        assert_eq!(
+            synic.state(Some(&kvm_leaves), None, false, true),
+            GateState::Closed
         );
     }
 

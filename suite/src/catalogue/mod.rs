@@ -46,8 +46,7 @@ pub enum GateCondition {
 pub enum HvGate {
     /// CPUID 0x40000001.EAX = "Hv#1" (cpuid.c kvm_cpuid_has_hyperv).
     Interface,
-    /// ... and SynIC activated on the vCPU (KVM_CAP_HYPERV_SYNIC/SYNIC2). The harness never
-    /// activates it, so this gate is always closed here.
+    /// ... and SynIC activated on the vCPU (KVM_CAP_HYPERV_SYNIC/SYNIC2, setup `hyperv-synic`).
     Synic,
     /// ... and CPUID 0x40000082.EAX bit 1, HV_X64_SYNDBG_CAP_ALLOW_KERNEL_DEBUGGING
     /// (hyperv.c kvm_hv_is_syndbg_enabled).
@@ -139,6 +138,9 @@ pub enum Setup {
     /// The vCPU's CPUID presents the Hyper-V interface instead of KVM's leaves
     /// (`CpuidTable::set_hyperv_interface`), so Hyper-V MSRs are open to the guest.
     HypervInterface,
+    /// The Hyper-V interface and SynIC activated on the vCPU (KVM_ENABLE_CAP
+    /// KVM_CAP_HYPERV_SYNIC2, hyperv.c kvm_hv_activate_synic), for the SynIC and timer MSRs.
+    HypervSynic,
 }
 
 /// What must hold on the host for KVM to implement an MSR at all.
@@ -376,6 +378,7 @@ impl Gate {
         cpuid: Option<&CpuidTable>,
         mcg_cap: Option<u64>,
         pv_enforced: bool,
+        synic_active: bool,
     ) -> GateState {
         let open = match &self.condition {
             GateCondition::AnyCpuid(names) => cpuid.is_some_and(|c| {
@@ -399,7 +402,7 @@ impl Gate {
                 interface
                     && match hv {
                         HvGate::Interface => true,
-                        HvGate::Synic => false,
+                        HvGate::Synic => synic_active,
                         HvGate::Syndbg => c
                             .reg(0x4000_0082, 0, cpuid::Reg::Eax)
                             .is_some_and(|a| a & 2 != 0),
@@ -440,7 +443,9 @@ impl Gate {
             GateCondition::Hyperv(HvGate::Interface) => {
                 "Hyper-V interface (CPUID 0x40000001.EAX \"Hv#1\")".into()
             }
-            GateCondition::Hyperv(HvGate::Synic) => "Hyper-V interface and SynIC activated".into(),
+            GateCondition::Hyperv(HvGate::Synic) => {
+                "Hyper-V interface and SynIC activated (KVM_CAP_HYPERV_SYNIC2)".into()
+            }
             GateCondition::Hyperv(HvGate::Syndbg) => {
                 "Hyper-V interface and CPUID 0x40000082.EAX[1] (synthetic debugger)".into()
             }

@@ -147,18 +147,29 @@ fn machine_quirks(
         Some(GuestVendor::Amd) => t.set_vendor(Vendor::Amd),
         None => {}
     }
-    if m.setup.contains(&Setup::HypervInterface) {
+    if m.setup.contains(&Setup::HypervInterface) || m.setup.contains(&Setup::HypervSynic) {
         t.set_hyperv_interface();
     }
-    let mach = ctx.machine_with(t, quirks_off)?;
-    apply_setup(&mach, m)?;
+    let mut mach = ctx.machine_with(t, quirks_off)?;
+    apply_setup(&mut mach, m, true)?;
     Ok(mach)
 }
 
-fn apply_setup(mach: &Machine, m: &MsrInfo) -> crate::Result<()> {
+/// The MSR's setup steps after the machine exists (`open_gates`: also the steps that open a
+/// gate, which the gate-closed check leaves out).
+fn apply_setup(mach: &mut Machine, m: &MsrInfo, open_gates: bool) -> crate::Result<()> {
     for s in &m.setup {
         match s {
             Setup::HypervInterface => {} // in the CPUID: machine_quirks
+            // The gate-closed check keeps SynIC off: that is its closed state.
+            Setup::HypervSynic if !open_gates => {}
+            Setup::HypervSynic => {
+                mach.vcpu.activate_synic().map_err(|errno| {
+                    crate::Error::Usage(format!(
+                        "setup hyperv-synic: KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2) failed with errno {errno}"
+                    ))
+                })?;
+            }
             Setup::X2apicMode => {
                 if !mach
                     .vcpu
@@ -727,7 +738,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     }
     let mut mach = match ctx
         .machine_with_cpuid(t)
-        .and_then(|x| apply_setup(&x, m).map(|()| x))
+        .and_then(|mut x| apply_setup(&mut x, m, false).map(|()| x))
     {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),

@@ -216,12 +216,12 @@ impl CpuidTable {
         }
     }
 
-    /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
     /// Present the Hyper-V interface instead of KVM's own hypervisor leaves: leaves
     /// 0x40000000..=0x400000ff are replaced by 0x40000000 ("Microsoft Hv", max leaf 0x40000001)
     /// and 0x40000001 (EAX "Hv#1"), which is what KVM checks (cpuid.c kvm_cpuid_has_hyperv:
-    /// 0x40000001.EAX == HYPERV_CPUID_SIGNATURE_EAX). No Hyper-V feature leaf is given, which
-    /// matters only once KVM_CAP_HYPERV_ENFORCE_CPUID is enabled (never, here).
+    /// 0x40000001.EAX == HYPERV_CPUID_SIGNATURE_EAX), plus the synthetic-debugger capability.
+    /// No Hyper-V feature leaf (0x40000003) is given, which matters only once
+    /// KVM_CAP_HYPERV_ENFORCE_CPUID is enabled (never, here).
     pub fn set_hyperv_interface(&mut self) {
         self.entries
             .retain(|e| !(0x4000_0000..=0x4000_00ff).contains(&e.function));
@@ -242,8 +242,20 @@ impl CpuidTable {
             word(b"t Hv"),
         ));
         self.entries.push(leaf(0x4000_0001, word(b"Hv#1"), 0, 0, 0));
+        // The synthetic debugger range: 0x40000080 (max leaf 0x40000082) and 0x40000082.EAX
+        // bit 1, HV_X64_SYNDBG_CAP_ALLOW_KERNEL_DEBUGGING, which kvm_hv_set_cpuid caches for
+        // kvm_hv_is_syndbg_enabled (the SYNDBG MSRs' guest gate).
+        self.entries.push(leaf(
+            0x4000_0080,
+            0x4000_0082,
+            word(b"Micr"),
+            word(b"osof"),
+            word(b"t VS"),
+        ));
+        self.entries.push(leaf(0x4000_0082, 1 << 1, 0, 0, 0));
     }
 
+    /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
     pub fn set_vendor(&mut self, vendor: Vendor) {
         let sig: &[u8; 12] = match vendor {
             Vendor::Intel => b"GenuineIntel",

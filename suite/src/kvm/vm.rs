@@ -133,6 +133,7 @@ impl Vm {
             effective_cpuid: None,
             set_cpuid_errno: None,
             pv_enforced: false,
+            synic_active: false,
             kvm_runs: 0,
             deadline: Deadline::new(),
         };
@@ -156,6 +157,8 @@ pub struct Vcpu {
     pub set_cpuid_errno: Option<i32>,
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID was enabled on this vCPU.
     pub pv_enforced: bool,
+    /// KVM_CAP_HYPERV_SYNIC2 was enabled on this vCPU (Hyper-V SynIC active).
+    pub synic_active: bool,
     /// KVM_RUN calls made through [`Vcpu::run`], each a return to userspace (EINTR included).
     pub kvm_runs: u64,
     deadline: Deadline,
@@ -231,6 +234,14 @@ impl Vcpu {
     pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), i32> {
         self.enable_cap(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID, [1, 0, 0, 0])?;
         self.pv_enforced = true;
+        Ok(())
+    }
+
+    /// KVM_CAP_HYPERV_SYNIC2 (api.rst 7.x): activate the vCPU's Hyper-V SynIC (needs an
+    /// in-kernel LAPIC; hyperv.c kvm_hv_activate_synic).
+    pub fn activate_synic(&mut self) -> std::result::Result<(), i32> {
+        self.enable_cap(kvm_bindings::KVM_CAP_HYPERV_SYNIC2, [0; 4])?;
+        self.synic_active = true;
         Ok(())
     }
 
