@@ -309,6 +309,33 @@ fn bench_compare_decides_from_interleaved_runs() -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// A reader that stops early (`kvm-msr list | head -c 100`) closes the pipe: the command must end
+/// quietly with its own status, not panic on EPIPE. Needs no /dev/kvm (`list` and `compare`).
+fn closed_stdout_is_not_a_panic() -> Outcome {
+    use std::io::Read;
+    use std::process::Stdio;
+    for args in [vec!["list"], vec!["list", "--json"]] {
+        let mut child = kvm_msr()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut first = [0u8; 64];
+        child.stdout.take().expect("piped").read_exact(&mut first)?; // then the pipe closes
+        let out = child.wait_with_output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        check(!err.contains("panicked"), format!("{args:?}: {err}"))?;
+        check(
+            out.status.code() == Some(0),
+            format!(
+                "{args:?}: exit {:?} (signal or error): {err}",
+                out.status.code()
+            ),
+        )?;
+    }
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -348,6 +375,7 @@ fn main() {
             "bench_compare_decides_from_interleaved_runs",
             bench_compare_decides_from_interleaved_runs,
         ),
+        ("closed_stdout_is_not_a_panic", closed_stdout_is_not_a_panic),
     ];
     let trials = tests
         .into_iter()

@@ -9,6 +9,33 @@ use kvm_msr_suite::report::{Format, Report};
 use kvm_msr_suite::runner::{run_check, select, CheckResult};
 use std::process::ExitCode;
 
+/// Write to stdout; a reader that went away (`kvm-msr report | head -1`) is not an error: the
+/// rest of the output is dropped and the command ends with its own status, with no panic
+/// (`print!` panics on EPIPE). Any other write error is reported once on stderr.
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("kvm-msr: cannot write the output: {e}");
+        }
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+
+macro_rules! outln {
+    () => { write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "kvm-msr",
@@ -114,7 +141,7 @@ fn probe(format: ProbeFormat) -> ExitCode {
     };
     match Probe::gather(&ctx, &tables) {
         Ok(p) => {
-            print!("{}", if json { p.to_json() } else { p.to_text() });
+            out!("{}", if json { p.to_json() } else { p.to_text() });
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -150,7 +177,7 @@ fn diff(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
     match (probes, tables) {
         (Ok((pa, pb)), Ok(t)) => {
             let d = kvm_msr_suite::features::diff::diff(&pa, &pb, &t);
-            print!(
+            out!(
                 "{}",
                 d.to_text(&a.display().to_string(), &b.display().to_string())
             );
@@ -195,14 +222,14 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
             ExitCode::from(2)
         }
         Ok((described, result)) => {
-            println!("target {target}, {} bytes:\n{described}", bytes.len());
+            outln!("target {target}, {} bytes:\n{described}", bytes.len());
             match result {
                 Ok(()) => {
-                    println!("no oracle violated");
+                    outln!("no oracle violated");
                     ExitCode::SUCCESS
                 }
                 Err(v) => {
-                    println!("{v}");
+                    outln!("{v}");
                     ExitCode::from(1)
                 }
             }
@@ -220,7 +247,7 @@ fn compare(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
     match read(a).and_then(|ra| read(b).map(|rb| (ra, rb))) {
         Ok((ra, rb)) => {
             let c = compare(&ra, &rb);
-            print!(
+            out!(
                 "{}",
                 c.to_text(&ra, &rb, &a.display().to_string(), &b.display().to_string())
             );
@@ -248,7 +275,7 @@ fn bench_compare(a: &[std::path::PathBuf], b: &[std::path::PathBuf]) -> ExitCode
     match read(a).and_then(|sa| read(b).map(|sb| (sa, sb))) {
         Ok((sa, sb)) => {
             let c = compare(&sa, &sb);
-            print!("{}", c.to_text(sa.len(), sb.len()));
+            out!("{}", c.to_text(sa.len(), sb.len()));
             ExitCode::from(if c.differs() { 1 } else { 0 })
         }
         Err(e) => {
@@ -272,12 +299,12 @@ fn list(filter: Vec<String>, brief: bool, json: bool) -> ExitCode {
         return ExitCode::from(2);
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&entries).expect("catalogue serializes")
         );
     } else {
-        print!("{}", render::text(&entries, !brief));
+        out!("{}", render::text(&entries, !brief));
     }
     ExitCode::SUCCESS
 }
@@ -323,7 +350,7 @@ fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) 
                 results: Vec::new(),
             };
             if !list {
-                print!("{}", r.render(format));
+                out!("{}", r.render(format));
             }
             return ExitCode::from(if require_kvm() { 1 } else { 4 });
         }
@@ -340,7 +367,7 @@ fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) 
     }
     if list {
         for c in &selected {
-            println!("{}  —  {}", c.id, c.summary);
+            outln!("{}  —  {}", c.id, c.summary);
         }
         return ExitCode::SUCCESS;
     }
@@ -355,7 +382,7 @@ fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) 
         unavailable: None,
         results,
     };
-    print!("{}", r.render(format));
+    out!("{}", r.render(format));
     ExitCode::from(r.exit_code() as u8)
 }
 
