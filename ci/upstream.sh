@@ -28,8 +28,9 @@ for k in $kernels; do
   bash ci/upstream-vm.sh "$k" default fetch >/dev/null || echo "# fetching kernel $k failed; its cells will say why"
 done
 
+# A cell is KERNEL:PROFILE (profile names contain '-'); its folder is KERNEL-PROFILE.
 cells=()
-for k in $kernels; do for p in $profiles; do cells+=("$k-$p"); done; done
+for k in $kernels; do for p in $profiles; do cells+=("$k:$p"); done; done
 run_cell() { # kernel profile
   local log="target/upstream-vm/$1-$2.log"
   mkdir -p target/upstream-vm
@@ -39,7 +40,7 @@ i=0
 while [ $i -lt ${#cells[@]} ]; do
   pids=()
   for c in "${cells[@]:$i:2}"; do
-    run_cell "${c%-*}" "${c##*-}" &
+    run_cell "${c%%:*}" "${c#*:}" &
     pids+=($!)
   done
   wait "${pids[@]}"
@@ -50,8 +51,9 @@ rc=0
 summary=target/ci-upstream-summary.txt
 : >"$summary"
 echo "# upstream testbed (kvm_amd under QEMU TCG): one line per cell"
-for c in "${cells[@]}"; do
-  k=${c%-*} p=${c##*-}
+for cell in "${cells[@]}"; do
+  k=${cell%%:*} p=${cell#*:}
+  c="$k-$p"
   dir="target/upstream-vm/$k-$p"
   log="target/upstream-vm/$k-$p.log"
   line=$(tail -n 1 "$log.out" 2>/dev/null)
