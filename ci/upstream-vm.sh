@@ -21,16 +21,18 @@
 # boot, 13 a module failed to load or /dev/kvm did not appear, 14 the guest kernel panicked,
 # 15 the VM timed out, 16 the results did not come back.
 #
-# Environment: UPSTREAM_VM_TIMEOUT (seconds, default 1500), UPSTREAM_VM_SMP (default 1: with 2 vCPUs, 6.1 soft-locks under multi-threaded TCG),
-# UPSTREAM_VM_MEM (default 3G), UPSTREAM_VM_REFRESH=1 (look for a newer kernel even if one is
-# cached), KVM_MSR_BIN (a prebuilt kvm-msr; default: build target/release/kvm-msr),
-# UPSTREAM_VM_REPORT_ARGS (extra arguments to `kvm-msr report`, e.g. "--filter guest-fep.").
+# Environment: UPSTREAM_VM_TIMEOUT (seconds, default 1500); UPSTREAM_VM_SMP (default 1: with
+# two vCPUs, 6.1 soft-locks under multi-threaded TCG); UPSTREAM_VM_MEM (default 3G);
+# UPSTREAM_VM_REFRESH=1 (look for a newer kernel even if one is cached); KVM_MSR_BIN (a prebuilt
+# kvm-msr; default: build target/release/kvm-msr); UPSTREAM_VM_REPORT_ARGS (extra arguments to
+# `kvm-msr report`, e.g. "--filter guest-fep.").
 set -euo pipefail
+caller="$PWD"
 cd "$(dirname "$0")/.."
 root="$PWD"
 
 die() { local code=$1; shift; echo "upstream-vm: $*" >&2; exit "$code"; }
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 10; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 10; }
 
 [ $# -ge 2 ] && [ $# -le 3 ] || usage
 kernel_arg=$1 profile=$2 what=${3:-report}
@@ -110,6 +112,7 @@ case "$kernel_arg" in
   6.12) debs=$(fetch_series 6.12 trixie trixie-updates trixie-security) ;;
   latest) debs=$(fetch_series latest sid) ;;
   *)
+    case "$kernel_arg" in /*) ;; *) kernel_arg="$caller/$kernel_arg" ;; esac
     [ -d "$kernel_arg" ] || die 10 "KERNEL must be 6.1, 6.12, latest or a folder of .deb files; '$kernel_arg' is none"
     ls "$kernel_arg"/*.deb >/dev/null 2>&1 || die 10 "no .deb files in $kernel_arg"
     debs=$(cd "$kernel_arg" && pwd) ;;
