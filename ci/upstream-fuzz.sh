@@ -19,7 +19,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 (cd fuzz && cargo fuzz build --sanitizer none)
-targets=$(cd fuzz && cargo fuzz list)
+targets=$(cd fuzz && cargo fuzz list | tr "\n" " ")
 payload=target/upstream-vm/fuzz-payload
 rm -rf "$payload"
 mkdir -p "$payload/bin" "$payload/corpus"

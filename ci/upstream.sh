@@ -9,7 +9,8 @@
 # Every cell must end with 0 failed (exit 0 from ci/upstream-vm.sh), except the cells named in
 # UPSTREAM_NOT_GATED, whose results are printed and reported as not gated (an issue still open
 # says why). Any other exit (the VM did not boot, a module failed to load, a timeout) fails.
-# UPSTREAM_SKIP=1 skips the whole step (for a quick local .ci/run).
+# Then every fuzz target runs a short campaign inside the first kernel's VM (ci/upstream-fuzz.sh);
+# a finding fails the step. UPSTREAM_SKIP=1 skips the whole step (for a quick local .ci/run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${UPSTREAM_SKIP:-0}" = 1 ]; then
@@ -88,6 +89,23 @@ PY
     rc=1
   fi
 done
+
+# Fuzzing against upstream: every fuzz target for a short campaign inside the VM of the first
+# kernel, kernel-log oracle on (UPSTREAM_FUZZ_SECONDS each, default 30; 0 skips it).
+fuzz_secs=${UPSTREAM_FUZZ_SECONDS:-30}
+if [ "$fuzz_secs" -gt 0 ]; then
+  first=${kernels%% *}
+  echo
+  echo "# fuzzing against upstream ($first, ${fuzz_secs}s per target)"
+  if UPSTREAM_FUZZ_SECONDS=$fuzz_secs bash ci/upstream-fuzz.sh "$first" default >target/upstream-vm/fuzz.log 2>&1; then
+    grep -E '^(== |Done |upstream fuzzing)' target/upstream-vm/fuzz.log | sed 's/^/  /'
+    echo "# upstream fuzz ($first): no finding" >>"$summary"
+  else
+    tail -n 40 target/upstream-vm/fuzz.log | sed 's/^/  /'
+    echo "FAIL fuzzing against upstream ($first): see target/upstream-vm/fuzz.log and its artifacts"
+    rc=1
+  fi
+fi
 
 # Kernel A/B: the MSR surface (probe diff) and the verdicts (report compare), newest first.
 set -- $kernels

@@ -13,3 +13,6 @@ pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// An index no KVM handles: the KVM selftests use it as their unknown MSR
 /// (userspace_msr_exit_test.c, MSR_NON_EXISTENT-style 0xdeadbeef).
 pub const UNKNOWN: u32 = 0xdead_beef;
+/// HV_X64_MSR_RESET (Hyper-V TLFS): a write of 1 asks for a reset of the partition
+/// (hyperv.c kvm_hv_set_msr_pw: KVM_REQ_HV_RESET, reported as KVM_EXIT_SYSTEM_EVENT).
+pub const HV_X64_MSR_RESET: u32 = 0x4000_0003;

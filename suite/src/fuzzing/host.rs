@@ -260,6 +260,7 @@ pub fn run_host(
     // Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done, which
     // the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
     let mut ran = false;
+    let mut reset_requested = false;
     let mut reads = RepeatedReads::default();
     let volatile = |i: u32| ctx.traits.get(i).volatile;
     let mut trace = Vec::new();
@@ -296,6 +297,12 @@ pub fn run_host(
                     )?;
                 }
                 o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;
+                // hyperv.c kvm_hv_set_msr_pw HV_X64_MSR_RESET: 'if (data == 1)
+                // kvm_make_request(KVM_REQ_HV_RESET, vcpu)', host writes included: the next
+                // KVM_RUN ends in KVM_EXIT_SYSTEM_EVENT (reset) instead of running the guest.
+                reset_requested |= entries[..n]
+                    .iter()
+                    .any(|e| e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1);
                 reads.forget();
                 trace.push(Obs::Set { accepted: n });
                 for (k, e) in entries.iter().enumerate() {
@@ -388,6 +395,13 @@ pub fn run_host(
             HostOp::Run => {
                 let exit = v.run_empty(Duration::from_secs(5));
                 let done = matches!(&exit, Exit::IoOut { port, .. } if *port == PORT_DONE);
+                let reset = matches!(&exit, Exit::SystemEvent { kind } if *kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET);
+                if reset && std::mem::take(&mut reset_requested) {
+                    // The requested reset, reported to userspace; the guest did not run.
+                    feats.add(&[14, 1]);
+                    trace.push(Obs::Run);
+                    continue;
+                }
                 if !done {
                     return Err(Violation {
                         oracle: "guest-alive",

@@ -13,7 +13,8 @@
 //!   are frozen (semantics §1.11), so it only serves inputs that do nothing before their first
 //!   KVM_RUN that could tell (`host::tolerates_a_vcpu_that_ran`); an input whose first KVM_RUN
 //!   would otherwise cost a never-run vCPU's first entry (~87 us on PVM, the MMU's setup) gets it.
-//!   A vCPU that accepted a write whose old value could not be read is never reused.
+//!   A vCPU that accepted a write whose old value could not be read is never reused, nor one with
+//!   a reset request pending (a write of 1 to HV_X64_MSR_RESET).
 //! - new vCPUs are created in a shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`, by
 //!   a supplier thread, which also resets used vCPUs and destroys dropped ones; the pool hands it
 //!   that work in batches (see `Supplier`). A vCPU that wrote a per-VM MSR is reset on the
@@ -192,6 +193,11 @@ impl PooledVcpu {
             }
         }
         for e in accepted {
+            if e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1 {
+                // A pending KVM_REQ_HV_RESET (hyperv.c kvm_hv_set_msr_pw): state no MSR write
+                // takes back, so the vCPU is not lent again.
+                self.usage.unrecoverable = true;
+            }
             if (0x800..=0x8ff).contains(&e.index) {
                 self.usage.retired_vm |= !self.stage.retired();
                 self.stage.retire();

@@ -266,6 +266,11 @@ pub enum Exit {
     RunError {
         errno: i32,
     },
+    /// KVM_EXIT_SYSTEM_EVENT with its type (api.rst: KVM_SYSTEM_EVENT_SHUTDOWN 1, _RESET 2,
+    /// _CRASH 3, ...), e.g. after a write of 1 to HV_X64_MSR_RESET.
+    SystemEvent {
+        kind: u32,
+    },
     /// Any other exit reason, by number.
     Other {
         reason: u32,
@@ -320,6 +325,15 @@ impl std::fmt::Display for Exit {
                     "KVM_RUN failed: {}",
                     std::io::Error::from_raw_os_error(*errno)
                 )
+            }
+            Exit::SystemEvent { kind } => {
+                let name = match *kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => " (shutdown)",
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => " (reset)",
+                    kvm_bindings::KVM_SYSTEM_EVENT_CRASH => " (crash)",
+                    _ => "",
+                };
+                write!(f, "KVM_EXIT_SYSTEM_EVENT type {kind}{name}")
             }
             Exit::Other { reason } => write!(f, "exit reason {reason}"),
         }
@@ -398,6 +412,9 @@ pub fn decode_exit(run: &kvm_bindings::kvm_run) -> Exit {
                     reason: m.reason,
                 }
             }
+            KVM_EXIT_SYSTEM_EVENT => Exit::SystemEvent {
+                kind: run.__bindgen_anon_1.system_event.type_,
+            },
             other => Exit::Other { reason: other },
         }
     }
