@@ -241,14 +241,10 @@ fn canonical(v: u64, la57: bool) -> u64 {
 }
 
 /// The value a read returns after writing `value` over `before` with `outcome`; None: rejected.
-/// With `ignore` (kvm.ignore_msrs) an unsupported write is accepted and dropped.
-fn expected_after(
-    outcome: WriteOutcome,
-    value: u64,
-    before: u64,
-    la57: bool,
-    ignore: bool,
-) -> Option<u64> {
+/// The host decides the canonical width (KVM's LA57) and whether an unsupported write is dropped
+/// (kvm.ignore_msrs) instead of refused.
+fn expected_after(ctx: &Context, outcome: WriteOutcome, value: u64, before: u64) -> Option<u64> {
+    let (la57, ignore) = (ctx.facts.kvm_la57, ctx.facts.ignore_msrs());
     match outcome {
         WriteOutcome::Unsupported if ignore => Some(before),
         WriteOutcome::Unsupported => None,
@@ -374,13 +370,7 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     let before = mach.vcpu.get_msr(index);
     let accepted = mach.vcpu.set_msr(index, rule.value);
     let after = mach.vcpu.get_msr(index);
-    let want = expected_after(
-        outcome,
-        rule.value,
-        before.unwrap_or(0),
-        ctx.facts.kvm_la57,
-        ctx.facts.ignore_msrs(),
-    );
+    let want = expected_after(ctx, outcome, rule.value, before.unwrap_or(0));
     let written = format!("host writes {}", hex(rule.value));
     if m.read_fails.is_some() {
         // Write-only: acceptance is all there is to see.
@@ -470,13 +460,7 @@ fn write_guest(
     }
     let host_after = mach.vcpu.get_msr(index);
     let written = format!("guest writes {}", hex(rule.value));
-    let want = expected_after(
-        outcome,
-        rule.value,
-        before.unwrap_or(0),
-        ctx.facts.kvm_la57,
-        ctx.facts.ignore_msrs(),
-    );
+    let want = expected_after(ctx, outcome, rule.value, before.unwrap_or(0));
     let guest_read = if readable {
         Some(run.outcomes[1])
     } else {
