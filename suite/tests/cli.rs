@@ -336,6 +336,26 @@ fn closed_stdout_is_not_a_panic() -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// `replay --help` names exactly the fuzz targets that exist (from the list the code uses).
+fn replay_help_lists_every_fuzz_target() -> Outcome {
+    let out = kvm_msr().args(["replay", "--help"]).output()?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    let listed = help
+        .split("[possible values: ")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap_or("");
+    let names: Vec<&str> = listed.split(", ").collect();
+    check(
+        names == kvm_msr_suite::fuzzing::TARGETS,
+        format!(
+            "help lists {names:?}, the code has {:?}",
+            kvm_msr_suite::fuzzing::TARGETS
+        ),
+    )?;
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -376,6 +396,10 @@ fn main() {
             bench_compare_decides_from_interleaved_runs,
         ),
         ("closed_stdout_is_not_a_panic", closed_stdout_is_not_a_panic),
+        (
+            "replay_help_lists_every_fuzz_target",
+            replay_help_lists_every_fuzz_target,
+        ),
     ];
     let trials = tests
         .into_iter()

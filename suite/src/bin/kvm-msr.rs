@@ -86,8 +86,8 @@ enum Command {
     /// oracles. Exit status: 0 no oracle violated, 1 violated, 2 bad input, 4 no /dev/kvm.
     Replay {
         file: std::path::PathBuf,
-        /// The fuzz target (set_batch, guest, filter); default: the directory the file is in.
-        #[arg(long)]
+        /// The fuzz target; default: the directory the file is in.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kvm_msr_suite::fuzzing::TARGETS))]
         target: Option<String>,
     },
     /// Compare two `report --format json` files check by check (e.g. two kernels, or two sets of
