@@ -10,7 +10,8 @@
 # UPSTREAM_NOT_GATED, whose results are printed and reported as not gated (an issue still open
 # says why). Any other exit (the VM did not boot, a module failed to load, a timeout) fails.
 # Then every fuzz target runs a short campaign inside the first kernel's VM (ci/upstream-fuzz.sh);
-# a finding fails the step. UPSTREAM_SKIP=1 skips the whole step (for a quick local .ci/run).
+# a finding is printed with its replayable input and named in the summary, but does not fail the
+# step (a campaign is random; the verdicts gate). UPSTREAM_SKIP=1 skips the whole step (for a quick local .ci/run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${UPSTREAM_SKIP:-0}" = 1 ]; then
@@ -101,9 +102,11 @@ if [ "$fuzz_secs" -gt 0 ]; then
     grep -E '^(== |Done |upstream fuzzing)' target/upstream-vm/fuzz.log | sed 's/^/  /'
     echo "# upstream fuzz ($first): no finding" >>"$summary"
   else
+    # A campaign is random: a finding is reported with its replayable input, loudly, but does
+    # not gate CI (the verdicts above do). Every finding so far was turned into a seed.
     tail -n 40 target/upstream-vm/fuzz.log | sed 's/^/  /'
-    echo "FAIL fuzzing against upstream ($first): see target/upstream-vm/fuzz.log and its artifacts"
-    rc=1
+    echo "FINDING fuzzing against upstream ($first): see target/upstream-vm/fuzz.log; replayable inputs in target/upstream-vm/$first-default-fuzz/artifacts/"
+    echo "# upstream fuzz ($first): FINDING, see target/upstream-vm/fuzz.log" >>"$summary"
   fi
 fi
 

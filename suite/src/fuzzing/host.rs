@@ -360,7 +360,8 @@ pub fn run_host(
             }
             HostOp::SetCpuid(c) => {
                 let table = c.table(pool.default_cpuid());
-                let same = table.entries == v.cpuid.entries;
+                // Bits KVM owns at run time do not make a table different after KVM_RUN.
+                let same = table.same_but_runtime_bits(&v.cpuid);
                 let r = v.set_cpuid(&table);
                 if let Err(e) = r {
                     o::SET_CPUID2.check(e)?;

@@ -41,6 +41,8 @@ pub const FEATURES: &[Feature] = &[
     feature!("MWAIT", 0x1, 0, Ecx, 3),
     feature!("MSR", 0x1, 0, Edx, 5),
     feature!("APIC", 0x1, 0, Edx, 9),
+    feature!("OSXSAVE", 0x1, 0, Ecx, 27),
+    feature!("OSPKE", 0x7, 0, Ecx, 4),
     feature!("SEP", 0x1, 0, Edx, 11),
     feature!("MTRR", 0x1, 0, Edx, 12),
     feature!("MCE", 0x1, 0, Edx, 7),
@@ -253,6 +255,21 @@ impl CpuidTable {
             word(b"t VS"),
         ));
         self.entries.push(leaf(0x4000_0082, 1 << 1, 0, 0, 0));
+    }
+
+    /// Equal once the bits KVM owns at run time are set aside: cpuid.c kvm_update_cpuid_runtime
+    /// sets APIC from APIC_BASE, OSXSAVE and OSPKE from CR4, and kvm_cpuid_check_equal applies it
+    /// to a table userspace sets after KVM_RUN before comparing (MWAIT too, but only with
+    /// KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, which this does not cover).
+    pub fn same_but_runtime_bits(&self, other: &CpuidTable) -> bool {
+        let strip = |t: &CpuidTable| {
+            let mut t = t.clone();
+            for name in ["APIC", "OSXSAVE", "OSPKE"] {
+                t.set(feature(name).expect("in FEATURES"), false);
+            }
+            t.entries
+        };
+        strip(self) == strip(other)
     }
 
     /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
