@@ -828,7 +828,7 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
                     ),
                     (true, false, false) => " (not advertised: host reads and writes fail)".into(),
                 },
-                g.cite
+                g.host_cite(ctx.facts.kernel_version())
             ),
             actual,
         )

@@ -180,7 +180,7 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
                     "#GP"
                 },
                 host_mode,
-                g.cite
+                g.host_cite(ctx.facts.kernel_version())
             );
             let actual = format!("guest {guest}, host {after:x?}");
             return if guest_ok && host_ok {
