@@ -137,8 +137,13 @@ impl Deviations {
     }
 
     pub fn load_dir(dir: &Path) -> Result<Deviations> {
+        Self::load_files(crate::fixtures::toml_files(dir, "deviations")?)
+    }
+
+    /// Load `(file, text)` pairs in order, refusing overlapping records.
+    pub fn load_files(files: Vec<(PathBuf, String)>) -> Result<Deviations> {
         let mut all = Vec::new();
-        for (f, text) in crate::fixtures::toml_files(dir, "deviations")? {
+        for (f, text) in files {
             for d in Self::parse(&f, &text)? {
                 Self::not_a_duplicate(&all, &d)?;
                 all.push(d);
@@ -177,8 +182,9 @@ impl Deviations {
         })
     }
 
+    /// `fixtures/deviations` as embedded at build time, or the given tree's.
     pub fn load_default() -> Result<Deviations> {
-        Self::load_dir(&crate::fixtures::fixtures_dir().join("deviations"))
+        Self::load_files(crate::fixtures::files("deviations", "deviations")?)
     }
 
     /// The record for `check` on this host, if any.

@@ -356,6 +356,59 @@ fn replay_help_lists_every_fuzz_target() -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// The binary carries its fixtures: copied into an empty folder and run from there, with no
+/// KVM_MSR_FIXTURES, `list` works and names its sources relative to the fixtures root, and
+/// `report --list` too where /dev/kvm is usable (the check list needs the host's MSR lists).
+fn copied_binary_carries_its_fixtures() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("kvm-msr-copied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join("kvm-msr");
+    std::fs::copy(env!("CARGO_BIN_EXE_kvm-msr"), &bin)?;
+    let run = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("KVM_MSR_FIXTURES")
+            .output()
+    };
+    let result = (|| {
+        let list = run(&["list", "--json"])?;
+        let text = String::from_utf8_lossy(&list.stdout);
+        check(list.status.success(), String::from_utf8_lossy(&list.stderr))?;
+        let entries: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Failed::from(format!("list --json: {e}")))?;
+        let sources: Vec<&str> = entries
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["source"][0].as_str()).collect())
+            .unwrap_or_default();
+        check(!sources.is_empty(), "list --json named no source")?;
+        check(
+            sources.iter().all(|s| s.starts_with("catalogue/")),
+            format!(
+                "sources not relative to the fixtures root: {:?}",
+                &sources[..3.min(sources.len())]
+            ),
+        )?;
+        if !std::path::Path::new("/dev/kvm").exists() {
+            return Ok(Completion::ignored_with(
+                "listed from the copy; report --list needs /dev/kvm, absent here",
+            ));
+        }
+        let report = run(&["report", "--list"])?;
+        check(
+            report.status.success() && report.stdout.len() > 1000,
+            format!(
+                "report --list from the copy: exit {:?}: {}",
+                report.status.code(),
+                String::from_utf8_lossy(&report.stderr)
+            ),
+        )?;
+        Ok(Completion::Completed)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -399,6 +452,10 @@ fn main() {
         (
             "replay_help_lists_every_fuzz_target",
             replay_help_lists_every_fuzz_target,
+        ),
+        (
+            "copied_binary_carries_its_fixtures",
+            copied_binary_carries_its_fixtures,
         ),
     ];
     let trials = tests

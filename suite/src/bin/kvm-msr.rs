@@ -43,6 +43,10 @@ macro_rules! outln {
     about = "Conformance checks for Linux KVM's x86 MSR handling"
 )]
 struct Cli {
+    /// Read the catalogue, deviation records and decode tables from this fixtures tree instead
+    /// of the copies built into the binary (also KVM_MSR_FIXTURES); for editing fixtures.
+    #[arg(long, global = true, value_name = "DIR")]
+    fixtures: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -388,6 +392,16 @@ fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = cli.fixtures {
+        if !dir.join("catalogue").is_dir() {
+            eprintln!(
+                "kvm-msr: --fixtures {}: not a fixtures tree (no catalogue/ in it); give the folder that holds catalogue/, deviations/ and decode/",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        kvm_msr_suite::fixtures::set_override(dir);
+    }
     match cli.command {
         Command::Report {
             format,

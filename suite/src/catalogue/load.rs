@@ -610,9 +610,14 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
 
 /// Load every `*.toml` in `dir` (sorted by name) and reject duplicate indices and ids.
 pub fn load_dir(dir: &Path) -> Result<Catalogue> {
+    load_files(crate::fixtures::toml_files(dir, "catalogue")?)
+}
+
+/// Load `(file, text)` pairs in order and reject duplicate indices and ids.
+pub fn load_files(files: Vec<(PathBuf, String)>) -> Result<Catalogue> {
     let mut cat = Catalogue::default();
     let mut ids: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
-    for (f, text) in crate::fixtures::toml_files(dir, "catalogue")? {
+    for (f, text) in files {
         for m in parse_file(&f, &text)? {
             if let Some(prev) = cat.msrs.get(&m.index) {
                 return Err(Error::Fixture {

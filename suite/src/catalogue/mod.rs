@@ -5,7 +5,7 @@
 mod load;
 pub mod render;
 
-pub use load::{load_dir, parse_file};
+pub use load::{load_dir, load_files, parse_file};
 
 use crate::kvm::cpuid::{self, CpuidTable};
 pub use crate::kvm::facts::Backend;
@@ -495,8 +495,8 @@ impl Catalogue {
             .unwrap_or_else(|| format!("MSR {index:#x}"))
     }
 
-    /// The catalogue shipped in this repository's `fixtures/catalogue`.
+    /// The catalogue: `fixtures/catalogue` as embedded at build time, or the given tree's.
     pub fn load_default() -> crate::Result<Catalogue> {
-        load_dir(&crate::fixtures_dir().join("catalogue"))
+        load_files(crate::fixtures::files("catalogue", "catalogue")?)
     }
 }

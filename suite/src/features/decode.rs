@@ -131,8 +131,13 @@ impl DecodeTables {
     }
 
     pub fn load_dir(dir: &Path) -> Result<DecodeTables> {
+        Self::load_files(crate::fixtures::toml_files(dir, "decode tables")?)
+    }
+
+    /// Load `(file, text)` pairs in order, refusing a register defined twice.
+    pub fn load_files(files: Vec<(std::path::PathBuf, String)>) -> Result<DecodeTables> {
         let mut t = DecodeTables::default();
-        for (f, text) in crate::fixtures::toml_files(dir, "decode tables")? {
+        for (f, text) in files {
             for (r, line) in Self::parse(&f, &text)? {
                 if t.registers.contains_key(&r.index) {
                     return Err(Error::Fixture {
@@ -147,8 +152,9 @@ impl DecodeTables {
         Ok(t)
     }
 
+    /// `fixtures/decode` as embedded at build time, or the given tree's.
     pub fn load_default() -> Result<DecodeTables> {
-        Self::load_dir(&crate::fixtures::fixtures_dir().join("decode"))
+        Self::load_files(crate::fixtures::files("decode", "decode tables")?)
     }
 }
 
