@@ -134,3 +134,99 @@ pub fn select<'a>(checks: &'a [Check], filters: &[String]) -> Vec<&'a Check> {
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())))
         .collect()
 }
+
+/// Run `selected` on `jobs` worker threads (panics caught per check), results in order.
+pub fn run_checks(ctx: &Context, selected: &[&Check], jobs: usize) -> Vec<CheckResult> {
+    let jobs = jobs.clamp(1, selected.len().max(1));
+    let mut slots: Vec<Option<CheckResult>> = vec![None; selected.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..selected.len())
+                        .step_by(jobs)
+                        .map(|i| (i, run_check(selected[i], ctx)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("worker threads catch check panics") {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every check ran"))
+        .collect()
+}
+
+/// The id of the kernel-log verdict `run_watched` adds.
+pub const KERNEL_LOG: &str = "kernel-log.no-splat-while-checks-ran";
+
+const KERNEL_LOG_CITE: &str = "a KVM operation must not make the kernel log a WARNING, BUG, Oops, general protection fault, KASAN or UBSAN report, nor taint it (Documentation/admin-guide/tainted-kernels.rst)";
+
+/// `run_checks` with the kernel log watched (/dev/kmsg, oracles::kmsg): a new WARNING/BUG/...
+/// record or taint change while the checks ran fails the checks that reproduce it when run again
+/// one at a time, and the run's own kernel-log verdict names them (or says none reproduced it).
+/// Without read access to /dev/kmsg that verdict is a skip saying so.
+pub fn run_watched(ctx: &Context, selected: &[&Check], jobs: usize) -> Vec<CheckResult> {
+    use crate::oracles::kmsg::KmsgWatch;
+    let watch = KmsgWatch::new();
+    let start = Instant::now();
+    let mut results = run_checks(ctx, selected, jobs);
+    let mut verdict = CheckResult {
+        id: KERNEL_LOG.into(),
+        msr: None,
+        summary: "the kernel logs no WARNING/BUG/Oops/KASAN/UBSAN record and stays untainted while the checks run".into(),
+        cite: KERNEL_LOG_CITE.into(),
+        verdict: Verdict::Pass,
+        detail: String::new(),
+        expected: None,
+        actual: None,
+        deviation: None,
+        duration: start.elapsed(),
+    };
+    match watch {
+        Err(e) => {
+            verdict.verdict = Verdict::Skip;
+            verdict.detail = format!("cannot read /dev/kmsg ({e}): a kernel splat while the checks ran would go unseen; run as root or with CAP_SYSLOG (sysctl kernel.dmesg_restrict)");
+        }
+        Ok(mut w) => match w.check() {
+            Ok(()) => {
+                verdict.detail = format!(
+                    "no new record of that kind, taint unchanged, while {} checks ran",
+                    selected.len()
+                )
+            }
+            Err(v) => {
+                // Attribute: run every check again on its own, watching each.
+                let mut blamed = Vec::new();
+                for (i, c) in selected.iter().enumerate() {
+                    let Ok(mut one) = KmsgWatch::new() else { break };
+                    let _ = run_check(c, ctx);
+                    if let Err(again) = one.check() {
+                        let r = &mut results[i];
+                        r.verdict = Verdict::Fail;
+                        r.detail = "the kernel logged a splat while this check ran (found when the checks were run again one at a time)".into();
+                        r.expected = Some(format!("no kernel splat ({KERNEL_LOG_CITE})"));
+                        r.actual = Some(again.actual);
+                        blamed.push(c.id.clone());
+                    }
+                }
+                verdict.verdict = Verdict::Fail;
+                verdict.expected = Some(v.expected);
+                verdict.actual = Some(v.actual);
+                verdict.detail = if blamed.is_empty() {
+                    "no check reproduced it when run again one at a time".into()
+                } else {
+                    format!("reproduced by: {}", blamed.join(", "))
+                };
+            }
+        },
+    }
+    verdict.duration = start.elapsed();
+    results.push(verdict);
+    results
+}

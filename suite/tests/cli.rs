@@ -409,6 +409,50 @@ fn copied_binary_carries_its_fixtures() -> Outcome {
     result
 }
 
+/// A kernel-log record with a splat marker, logged while the checks run, fails the report's
+/// kernel-log verdict (root only: it writes the record to /dev/kmsg itself; KVM needed).
+fn kernel_splat_during_report_is_a_failure() -> Outcome {
+    let writable = std::fs::OpenOptions::new().write(true).open("/dev/kmsg");
+    let Ok(mut kmsg) = writable else {
+        return Ok(Completion::ignored_with(
+            "cannot write /dev/kmsg (not root): no record to plant",
+        ));
+    };
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Ok(Completion::ignored_with("no /dev/kvm: no report to watch"));
+    }
+    let child = kvm_msr()
+        .args(["report", "--format", "json", "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    use std::io::Write;
+    kmsg.write_all(b"<4>WARNING: kvm-msr-suite cli test: a planted record\n")?;
+    let out = child.wait_with_output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Failed::from(format!("report --format json: {e}")))?;
+    let verdict = report["results"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r["id"] == "kernel-log.no-splat-while-checks-ran")
+        })
+        .cloned()
+        .unwrap_or_default();
+    check(
+        verdict["verdict"] == "fail"
+            && verdict["actual"]
+                .as_str()
+                .is_some_and(|a| a.contains("a planted record")),
+        format!("kernel-log verdict: {verdict}"),
+    )?;
+    check(
+        out.status.code() == Some(1),
+        format!("exit {:?}", out.status.code()),
+    )?;
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -456,6 +500,10 @@ fn main() {
         (
             "copied_binary_carries_its_fixtures",
             copied_binary_carries_its_fixtures,
+        ),
+        (
+            "kernel_splat_during_report_is_a_failure",
+            kernel_splat_during_report_is_a_failure,
         ),
     ];
     let trials = tests

@@ -6,7 +6,7 @@ use kvm_msr_suite::checks::{self, Context};
 use kvm_msr_suite::features::decode::DecodeTables;
 use kvm_msr_suite::features::probe::Probe;
 use kvm_msr_suite::report::{Format, Report};
-use kvm_msr_suite::runner::{run_check, select, CheckResult};
+use kvm_msr_suite::runner::select;
 use std::process::ExitCode;
 
 /// Write to stdout; a reader that went away (`kvm-msr report | head -1`) is not an error: the
@@ -313,32 +313,6 @@ fn list(filter: Vec<String>, brief: bool, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_all(ctx: &Context, selected: &[&checks::Check], jobs: usize) -> Vec<CheckResult> {
-    let jobs = jobs.clamp(1, selected.len().max(1));
-    let mut slots: Vec<Option<CheckResult>> = vec![None; selected.len()];
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|w| {
-                s.spawn(move || {
-                    (w..selected.len())
-                        .step_by(jobs)
-                        .map(|i| (i, run_check(selected[i], ctx)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, r) in h.join().expect("worker threads catch check panics") {
-                slots[i] = Some(r);
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.expect("every check ran"))
-        .collect()
-}
-
 fn require_kvm() -> bool {
     std::env::var("KVM_MSR_REQUIRE_KVM").is_ok_and(|v| v == "1")
 }
@@ -380,7 +354,7 @@ fn report(format: Format, filter: Vec<String>, list: bool, jobs: Option<usize>) 
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let results = run_all(&ctx, &selected, jobs);
+    let results = kvm_msr_suite::runner::run_watched(&ctx, &selected, jobs);
     let r = Report {
         host: Some(ctx.facts.clone()),
         unavailable: None,
