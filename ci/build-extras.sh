@@ -21,3 +21,9 @@ if [ -e /dev/kvm ]; then
     rm -rf "$work"
   done
 fi
+cd ..
+# Figures: 3 reports must agree check by check; each fuzz target soaks 60 s within its RSS and fd
+# goals (ci/soak.sh; README "Stability and soak" has the longer runs).
+if [ -e /dev/kvm ]; then
+  bash ci/soak.sh 3 60
+fi
