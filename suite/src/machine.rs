@@ -131,9 +131,9 @@ impl Machine {
         let runtime = long_mode::install(&mut vm.mem);
         let vcpu = vm.create_vcpu(0, &config.cpuid)?;
         // A bare vCPU (no KVM_SET_CPUID2) stays in its reset state: KVM_SET_SREGS validates
-        // EFER.LME against the guest's CPUID (x86.c kvm_is_valid_sregs -> kvm_valid_efer, "KVM:
-        // x86: Check EFER validity in KVM_SET_SREGS against guest caps", Cc: stable, in 6.12.y
-        // and later), so long mode needs CPUID.80000001:EDX.LM set first. Such a machine is for
+        // EFER.LME against the guest's CPUID (x86.c kvm_is_valid_sregs -> kvm_valid_efer,
+        // 184bd464bdb6 "KVM: x86: Check EFER validity on KVM_SET_SREGS*", Cc: stable, in 6.12.113
+        // and 7.x), so long mode needs CPUID.80000001:EDX.LM set first. Such a machine is for
         // host-side checks only; running it is refused (see `drive`).
         let entered = !matches!(config.cpuid, CpuidPolicy::Bare);
         if entered {
