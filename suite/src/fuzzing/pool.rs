@@ -90,10 +90,13 @@ impl Stage {
 
 /// MSRs whose state is per VM, not per vCPU: the wall-clock GPA (x86.c kvm_set_msr_common
 /// MSR_KVM_WALL_CLOCK(_NEW): kvm->arch.wall_clock) and Hyper-V's partition-wide MSRs (hyperv.c
-/// kvm_hv_msr_partition_wide). A vCPU that is dropped instead of reset must still put them back,
-/// or the next vCPU of the VM would see them.
+/// kvm_hv_msr_partition_wide: GUEST_OS_ID, HYPERCALL, REFERENCE_TSC, RESET, the SYNDBG MSRs, and
+/// above 0x400000ff CRASH_P0..P4, CRASH_CTL, REENLIGHTENMENT_CONTROL, TSC_EMULATION_*,
+/// TSC_INVARIANT_CONTROL; the whole 0x400001xx range is taken, per-vCPU ones included, which only
+/// costs a reset). A vCPU that is dropped instead of reset must still put them back, or the next
+/// vCPU of the VM would see them (the upstream testbed's campaign found CRASH_P0 leaking).
 pub fn vm_scope(index: u32) -> bool {
-    matches!(index, 0x11 | 0x4b56_4d00 | 0x4000_0000..=0x4000_00ff)
+    matches!(index, 0x11 | 0x4b56_4d00 | 0x4000_0000..=0x4000_01ff)
 }
 
 /// What an input did to a pooled vCPU that decides whether and how it can be reset.
