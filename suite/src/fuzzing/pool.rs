@@ -88,6 +88,9 @@ impl Stage {
     }
 }
 
+/// HV_X64_MSR_VP_INDEX (Hyper-V TLFS): the vCPU's virtual processor index.
+const HV_X64_MSR_VP_INDEX: u32 = 0x4000_0002;
+
 /// MSRs whose state is per VM, not per vCPU: the wall-clock GPA (x86.c kvm_set_msr_common
 /// MSR_KVM_WALL_CLOCK(_NEW): kvm->arch.wall_clock) and Hyper-V's partition-wide MSRs (hyperv.c
 /// kvm_hv_msr_partition_wide: GUEST_OS_ID, HYPERCALL, REFERENCE_TSC, RESET, the SYNDBG MSRs, and
@@ -408,6 +411,14 @@ impl Factory {
                 mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
             })
             .map_err(|e| Error::ioctl("KVM_SET_MP_STATE", e))?;
+        // HV_X64_MSR_VP_INDEX starts at the vCPU's index in its VM (hyperv.c kvm_hv_vcpu_init:
+        // vp_index = vcpu_idx), 0 for a fresh VM's only vCPU: give a pooled vCPU that value, as
+        // a VMM may (a host write sets it), so it looks like a fresh one (pool-equivalence).
+        if self.indices.contains(&HV_X64_MSR_VP_INDEX) && !vcpu.set_msr(HV_X64_MSR_VP_INDEX, 0) {
+            return Err(Error::Usage(
+                "pool: KVM_SET_MSRS of HV_X64_MSR_VP_INDEX = 0 was rejected".into(),
+            ));
+        }
         long_mode::enter(&vcpu)?;
         vcpu.fd
             .set_regs(&long_mode::entry_regs(stage.entry, OPS))
