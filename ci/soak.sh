@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Figures, not hopes: run-to-run stability of the report, and long-run resource use of the fuzz
-# targets, on this host.
+# Figures, not hopes: run-to-run stability of the report, long-run resource use of the fuzz
+# targets, and their throughput beside the floor the kernel imposes, on this host.
 #
-#   ci/soak.sh [STABILITY_RUNS [SOAK_SECONDS]]     (defaults: 20 runs, 600 s per target)
+#   ci/soak.sh [STABILITY_RUNS [SOAK_SECONDS [EXECUTIONS]]]   (defaults: 20 runs, 600 s, no cap)
 #
 # Stability: STABILITY_RUNS consecutive `kvm-msr report --format json` runs must give the same
-# verdict for every check id; any difference is printed by check id.
-# Soak: every fuzz target runs SOAK_SECONDS from its seeds while /proc/<pid>/status (VmRSS) and
-# /proc/<pid>/fd are sampled every second; after a warm-up (the first tenth of the run, at least
-# 5 s) RSS may grow by less than 10 MB and the floor of open fds (the fewest open in a quarter of
-# the run: VM and vCPU fds come and go with every input) by no more than the host target's pool
-# stock can vary (16 vCPUs). libFuzzer's corpus grows
-# during a run, so -rss_limit_mb is left alone and the corpus is kept in memory-only temp dirs.
-# Everything lands in target/soak/summary.json. Exit status: 0 all goals met, 1 one missed,
-# 4 no /dev/kvm.
+# verdict for every check id; any difference is printed by check id (0 skips this part).
+# Soak: every fuzz target (SOAK_TARGETS="host guest ..." picks some) runs from its seeds for
+# SOAK_SECONDS, or until EXECUTIONS inputs ran (libFuzzer -runs) if that comes first, while
+# /proc/<pid>/status (VmRSS) and /proc/<pid>/fd are sampled every second; after a warm-up (the
+# first tenth of the run, at least 5 s) RSS may grow by less than 10 MB and the floor of open fds
+# (the fewest open in a quarter of the run: VM and vCPU fds come and go with every input) by no
+# more than the host target's pool stock can vary (16 vCPUs). libFuzzer's corpus grows during a
+# run, so -rss_limit_mb is left alone and the corpus is kept in memory-only temp dirs.
+# Throughput: the run is made under ci/ioctl-clock.c (LD_PRELOAD), which times every ioctl,
+# close, mmap and munmap; the main thread's (libFuzzer's loop) sum is the kernel-imposed floor,
+# and floor_fraction = that time / the loop's wall time = exec/s / (1 / floor time per exec).
+# Without a C compiler the throughput figures are left out, with a note.
+# Everything lands in $SOAK_OUT/summary.json (default target/soak). Exit status: 0 all goals met,
+# 1 one missed, 4 no /dev/kvm.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
 secs=${2:-600}
-out=target/soak
+execs=${3:-}
+out=${SOAK_OUT:-target/soak}
 mkdir -p "$out"
 if [ ! -e /dev/kvm ]; then
   echo "# SKIP soak: no /dev/kvm"
@@ -28,6 +34,7 @@ cargo build --release --locked --bin kvm-msr >&2 || exit 1
 rc=0
 
 # --- stability ---------------------------------------------------------------------------------
+if [ "$runs" -gt 0 ]; then
 for i in $(seq 1 "$runs"); do
   ./target/release/kvm-msr report --format json >"$out/report-$i.json" 2>/dev/null
 done
@@ -50,6 +57,9 @@ for cid, seq in s["unstable"].items():
     print(f"  {cid}: {' '.join(seq)}")
 PY
 rm -f "$out"/report-*.json
+else
+  echo '{"runs": 0, "checks": 0, "unstable": {}}' >"$out/stability.json"
+fi
 
 # --- soak --------------------------------------------------------------------------------------
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -57,13 +67,21 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 (cd fuzz && cargo fuzz build --sanitizer none >&2) || exit 1
 warm=$(( secs / 10 > 5 ? secs / 10 : 5 ))
+clock=""
+if command -v cc >/dev/null 2>&1 && cc -O2 -Wall -shared -fPIC -o "$out/ioctl-clock.so" ci/ioctl-clock.c -ldl; then
+  clock=$(realpath "$out/ioctl-clock.so")
+else
+  echo "# throughput figures left out: no C compiler (cc) to build ci/ioctl-clock.c"
+fi
 : >"$out/soak.jsonl"
-for t in $(cd fuzz && cargo fuzz list); do
+for t in ${SOAK_TARGETS:-$(cd fuzz && cargo fuzz list)}; do
   work=$(mktemp -d)
   cp -r "fixtures/corpus/$t/." "$work/" 2>/dev/null || true
   log="$out/soak-$t.log"
-  "fuzz/target/x86_64-unknown-linux-gnu/release/$t" "$work" -max_total_time="$secs" \
-    -print_final_stats=1 >"$log" 2>&1 &
+  rm -f "$out/clock-$t".*
+  IOCTL_CLOCK_OUT="$(realpath "$out")/clock-$t" LD_PRELOAD="$clock" \
+    "fuzz/target/x86_64-unknown-linux-gnu/release/$t" "$work" -max_total_time="$secs" \
+    ${execs:+-runs="$execs"} -print_final_stats=1 >"$log" 2>&1 &
   pid=$!
   samples="$out/soak-$t.samples"
   : >"$samples"
@@ -77,9 +95,9 @@ for t in $(cd fuzz && cargo fuzz list); do
   wait "$pid"
   frc=$?
   rm -rf "$work"
-  python3 - "$t" "$samples" "$log" "$warm" "$frc" <<'PY' >>"$out/soak.jsonl"
-import json, re, sys
-t, samples, log, warm, frc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+  python3 - "$t" "$samples" "$log" "$warm" "$frc" "$out/clock-$t.$pid" <<'PY' >>"$out/soak.jsonl"
+import json, os, re, sys
+t, samples, log, warm, frc, clock = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 rows = [tuple(map(int, l.split())) for l in open(samples) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows[-1:]
 text = open(log, errors="replace").read()
@@ -98,6 +116,44 @@ s = {
 # in suite/src/fuzzing/pool.rs), so its floor may move by that much; a leak of one fd per input
 # would pass it within seconds.
 s["ok"] = frc == 0 and s["rss_growth_mb"] < 10 and s["fds_floor_late"] <= s["fds_floor_early"] + 16
+# Throughput beside the floor (ci/ioctl-clock.c): KVM ioctls are named by their number (type 0xAE).
+KVM_NR = {0x01: "KVM_CREATE_VM", 0x02: "KVM_GET_MSR_INDEX_LIST", 0x03: "KVM_CHECK_EXTENSION",
+          0x04: "KVM_GET_VCPU_MMAP_SIZE", 0x05: "KVM_GET_SUPPORTED_CPUID", 0x0a: "KVM_GET_MSR_FEATURE_INDEX_LIST",
+          0x41: "KVM_CREATE_VCPU", 0x46: "KVM_SET_USER_MEMORY_REGION", 0x47: "KVM_SET_TSS_ADDR",
+          0x80: "KVM_RUN", 0x81: "KVM_GET_REGS", 0x82: "KVM_SET_REGS", 0x83: "KVM_GET_SREGS",
+          0x84: "KVM_SET_SREGS", 0x88: "KVM_GET_MSRS", 0x89: "KVM_SET_MSRS", 0x90: "KVM_SET_CPUID2",
+          0x91: "KVM_GET_CPUID2", 0x9c: "KVM_X86_SETUP_MCE", 0x9f: "KVM_GET_VCPU_EVENTS",
+          0xa0: "KVM_SET_VCPU_EVENTS", 0xa3: "KVM_ENABLE_CAP", 0xab: "KVM_GET_ONE_REG",
+          0xac: "KVM_SET_ONE_REG", 0xc6: "KVM_X86_SET_MSR_FILTER", 0xce: "KVM_GET_STATS_FD"}
+def call_name(req):
+    if not req.startswith("0x"):
+        return req
+    r = int(req, 16)
+    return KVM_NR.get(r & 0xff, f"KVM nr {r & 0xff:#x}") if (r >> 8) & 0xff == 0xAE else f"ioctl {r:#x}"
+if os.path.exists(clock) and s["executions"]:
+    rows = [l.split() for l in open(clock)]
+    first, last = next((int(r[1]), int(r[2])) for r in rows if r[0] == "span")
+    wall = max(last - first, 1) / 1e9
+    calls = {}
+    for who, req, n, ns in (r for r in rows if r[0] in ("main", "other")):
+        c = calls.setdefault((who, call_name(req)), [0, 0])
+        c[0] += int(n); c[1] += int(ns)
+    n = s["executions"]
+    main = {k[1]: v for k, v in calls.items() if k[0] == "main"}
+    floor_s = sum(v[1] for v in main.values()) / 1e9
+    kvm_calls = sum(v[0] for k, v in main.items() if k.startswith("KVM"))
+    s["throughput"] = {
+        "loop_wall_s": round(wall, 2),
+        "exec_per_s_loop": round(n / wall),
+        "kvm_ioctls_per_exec": round(kvm_calls / n, 2),
+        "kvm_ioctls_per_exec_other_threads": round(sum(v[0] for k, v in calls.items() if k[0] == "other" and k[1].startswith("KVM")) / n, 2),
+        "floor_us_per_exec": round(floor_s / n * 1e6, 1),
+        "floor_exec_per_s": round(n / floor_s) if floor_s else None,
+        "floor_fraction": round(floor_s / wall, 3),
+        "calls": {k: {"per_exec": round(v[0] / n, 3), "mean_us": round(v[1] / v[0] / 1e3, 2),
+                      "share_of_wall": round(v[1] / 1e9 / wall, 3)}
+                  for k, v in sorted(main.items(), key=lambda kv: -kv[1][1]) if v[1] / 1e9 / wall >= 0.001},
+    }
 print(json.dumps(s))
 PY
   rm -f "$samples"
@@ -112,6 +168,11 @@ for s in soak:
     print(f"soak {s['target']}: {s['executions']} executions in {s['seconds']} s ({s['exec_per_s']}/s), "
           f"RSS +{s['rss_growth_mb']} MB after warm-up, fd floor {s['fds_floor_early']} -> {s['fds_floor_late']}, "
           f"exit {s['exit']}: {'ok' if s['ok'] else 'GOAL MISSED'}")
+    if tp := s.get("throughput"):
+        print(f"  throughput {s['target']}: {tp['exec_per_s_loop']} exec/s, {tp['kvm_ioctls_per_exec']} KVM ioctls/exec "
+              f"(+{tp['kvm_ioctls_per_exec_other_threads']} on other threads), kernel floor {tp['floor_us_per_exec']} us/exec "
+              f"= {tp['floor_exec_per_s']} exec/s; the target reaches {round(100 * tp['floor_fraction'])}% of it (goal 90%)")
+        print("    " + ", ".join(f"{k} {v['per_exec']}/exec x {v['mean_us']} us" for k, v in tp["calls"].items()))
 sys.exit(0 if all(s["ok"] for s in soak) else 1)
 PY
 echo "summary: $out/summary.json"
