@@ -1,24 +1,8 @@
-//! Guest RDMSR/WRMSR programs: the guest never dies, and the host reads what the guest last read. See kvm_msr_suite::fuzzing for the input and the oracles.
+//! Guest RDMSR/WRMSR programs: the guest never dies, and the host reads what the guest last read.
+//! Input, executor and oracles: kvm_msr_suite::fuzzing::target::GuestExecutor.
 #![no_main]
 
-use kvm_msr_suite::checks::Context;
-use kvm_msr_suite::fuzzing::Features;
-use kvm_msr_suite::fuzzing::{run_guest, GuestInput};
-use libfuzzer_sys::fuzz_target;
+#[macro_use]
+mod common;
 
-#[path = "common/feedback.rs"]
-mod feedback;
-use std::sync::OnceLock;
-
-static CTX: OnceLock<Context> = OnceLock::new();
-
-fuzz_target!(|input: GuestInput| {
-    let ctx = CTX.get_or_init(|| Context::load().unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}")));
-    let mut feats = Features::default();
-    let result = run_guest(ctx, &input, &mut feats);
-    feedback::record(&feats);
-    feedback::check_kernel_log();
-    if let Err(v) = result {
-        panic!("{v}\ninput: {input:?}");
-    }
-});
+kvm_msr_fuzz_target!(kvm_msr_suite::fuzzing::target::GuestExecutor);

@@ -67,8 +67,8 @@ fn trials() -> Vec<Trial> {
 /// Seed inputs of the fuzz targets, replayed through the same executors and oracles.
 fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
     let mut v = Vec::new();
-    for target in fuzzing::TARGETS {
-        for path in fuzzing::corpus_files(target) {
+    for target in fuzzing::Target::ALL {
+        for path in target.corpus_files() {
             let ctx = Arc::clone(ctx);
             let name = format!(
                 "corpus.{target}.{}",
@@ -76,7 +76,8 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             );
             v.push(Trial::test(name, move || {
                 let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let (described, result) = fuzzing::replay(&ctx, target, &bytes)
+                let (described, result) = target
+                    .replay(&ctx, &bytes)
                     .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
                 result.map_err(|v| Failed::from(format!("{v}\ninput: {described}")))
             }));
@@ -92,7 +93,7 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             let mut runner =
                 fuzzing::HostRunner::new(&ctx, fuzzing::pool::PoolMode::Reuse, 1, true)
                     .map_err(|e| Failed::from(e.to_string()))?;
-            let files = fuzzing::corpus_files("host");
+            let files = fuzzing::Target::Host.corpus_files();
             if files.is_empty() {
                 return Err(Failed::from("no seeds in fixtures/corpus/host"));
             }

@@ -91,7 +91,7 @@ enum Command {
     Replay {
         file: std::path::PathBuf,
         /// The fuzz target; default: the directory the file is in.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kvm_msr_suite::fuzzing::TARGETS))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kvm_msr_suite::fuzzing::Target::names()))]
         target: Option<String>,
     },
     /// Compare two `report --format json` files check by check (e.g. two kernels, or two sets of
@@ -195,15 +195,19 @@ fn diff(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
 }
 
 fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
-    use kvm_msr_suite::fuzzing::{self, TARGETS};
-    let target = target.or_else(|| {
+    use kvm_msr_suite::fuzzing::Target;
+    // clap has checked a given name against Target::names().
+    let target = target.as_deref().and_then(Target::from_name).or_else(|| {
         file.ancestors()
-            .filter_map(|p| p.file_name()?.to_str())
-            .find(|n| TARGETS.contains(n))
-            .map(String::from)
+            .filter_map(|p| Target::from_name(p.file_name()?.to_str()?))
+            .next()
     });
     let Some(target) = target else {
-        eprintln!("kvm-msr: cannot tell the fuzz target of {} from its path; pass --target (one of {TARGETS:?})", file.display());
+        eprintln!(
+            "kvm-msr: cannot tell the fuzz target of {} from its path; pass --target (one of {:?})",
+            file.display(),
+            Target::names()
+        );
         return ExitCode::from(2);
     };
     let bytes = match std::fs::read(file) {
@@ -220,7 +224,7 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
             return ExitCode::from(if e.is_kvm_unavailable() { 4 } else { 2 });
         }
     };
-    match fuzzing::replay(&ctx, &target, &bytes) {
+    match target.replay(&ctx, &bytes) {
         Err(e) => {
             eprintln!("kvm-msr: {}: not a {target} input: {e}", file.display());
             ExitCode::from(2)

@@ -7,6 +7,7 @@ mod guest;
 mod host;
 pub mod pool;
 mod set_batch;
+pub mod target;
 
 pub use filter::{run_filter, FilterInput, RangeChoice};
 pub use guest::{run_guest, GuestAccess, GuestInput, MAX_GUEST_OPS};
@@ -15,6 +16,7 @@ pub use host::{
     HostValue, Obs, MAX_HOST_ENTRIES, MAX_HOST_OPS,
 };
 pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
+pub use target::{Executor, Target};
 
 use crate::checks::Context;
 use crate::oracles::Violation;
@@ -200,52 +202,6 @@ pub fn harness_violation(e: crate::error::Error) -> Violation {
         msr: None,
         expected: "a VM and vCPU".into(),
         actual: e.to_string(),
-    }
-}
-
-/// The fuzz targets, by name: decode a corpus or crash file and run it with its oracles.
-pub const TARGETS: &[&str] = &["set_batch", "guest", "filter", "host"];
-
-/// Decode `bytes` as an input of `target` and describe it; then run it.
-pub fn replay(
-    ctx: &Context,
-    target: &str,
-    bytes: &[u8],
-) -> Result<(String, Result<(), Violation>), String> {
-    let u = || arbitrary::Unstructured::new(bytes);
-    match target {
-        "set_batch" => {
-            let i = SetBatchInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            Ok((
-                format!("{i:#?}"),
-                run_set_batch(ctx, &i, &mut Features::default()),
-            ))
-        }
-        "guest" => {
-            let i = GuestInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            Ok((
-                format!("{i:#?}"),
-                run_guest(ctx, &i, &mut Features::default()),
-            ))
-        }
-        "filter" => {
-            let i = FilterInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            Ok((
-                format!("{i:#?}\nfilter: {:#x?}", i.filter(ctx)),
-                run_filter(ctx, &i, &mut Features::default()),
-            ))
-        }
-        "host" => {
-            let i = HostInput::arbitrary_take_rest(u()).map_err(|e| e.to_string())?;
-            // Every input also on a fresh VM: a replay checks pool equivalence too.
-            let result = HostRunner::new(ctx, pool::PoolMode::Reuse, 1, false)
-                .map_err(harness_violation)
-                .and_then(|mut r| r.run(ctx, &i, &mut Features::default()));
-            Ok((format!("{i:#?}"), result))
-        }
-        other => Err(format!(
-            "unknown target {other:?}; expected one of {TARGETS:?}"
-        )),
     }
 }
 
