@@ -70,7 +70,10 @@ fn load() -> Result<Vec<Fix>, String> {
 /// Problems with one row, each prefixed with its commit.
 fn row_problems(f: &Fix) -> Vec<String> {
     let mut bad = Vec::new();
-    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     if f.commit.len() != 12 || !is_hex(&f.commit) {
         bad.push("commit is not 12 lower-case hex digits".to_string());
     }
@@ -93,7 +96,12 @@ fn row_problems(f: &Fix) -> Vec<String> {
     if kinds.iter().filter(|k| **k).count() != 1 {
         bad.push("needs exactly one of checks (or checks_where), none, missing".into());
     }
-    for t in f.none.iter().chain(&f.missing).chain(f.checks_where.values()) {
+    for t in f
+        .none
+        .iter()
+        .chain(&f.missing)
+        .chain(f.checks_where.values())
+    {
         if t.trim().is_empty() {
             bad.push("an empty reason".into());
         }
@@ -103,7 +111,9 @@ fn row_problems(f: &Fix) -> Vec<String> {
             bad.push(format!("malformed check glob {g:?}"));
         }
     }
-    bad.into_iter().map(|b| format!("{}: {b}", f.commit)).collect()
+    bad.into_iter()
+        .map(|b| format!("{}: {b}", f.commit))
+        .collect()
 }
 
 /// `*` matches any run of characters; everything else literally; the whole id must match.
@@ -220,7 +230,10 @@ fn checks_exist_in_report() -> Result<Completion, Failed> {
 }
 
 fn main() {
-    assert!(glob_match("host.*.write.non-canonical*", "host.lstar.write.non-canonical"));
+    assert!(glob_match(
+        "host.*.write.non-canonical*",
+        "host.lstar.write.non-canonical"
+    ));
     assert!(glob_match("a*b*c", "axxbyyc") && !glob_match("a*b*c", "axxcyyb"));
     assert!(!glob_match("lists.k7-*", "lists.k8") && glob_match("x", "x"));
     let args = Arguments::from_args();

@@ -41,7 +41,10 @@ fn ctl2_without_cmci(ctx: &Context) -> Outcome {
     }
     let beyond = MC0_CTL2 + BANKS as u32;
     if let Some(v) = m.vcpu.get_msr(beyond) {
-        bad.push(format!("MC{BANKS}_CTL2 (beyond the banks) reads {}", hex(v)));
+        bad.push(format!(
+            "MC{BANKS}_CTL2 (beyond the banks) reads {}",
+            hex(v)
+        ));
     }
     let run = m.run_ops(&[GuestOp::Rdmsr(MC0_CTL2), GuestOp::Wrmsr(MC0_CTL2, 0)]);
     if let Some(d) = run.death {
