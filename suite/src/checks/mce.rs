@@ -20,7 +20,7 @@ fn mci_ctl(bank: u32) -> u32 {
 }
 
 /// KVM's MCE support: the bank limit (KVM_CAP_MCE) and the capability bits it accepts.
-fn support(ctx: &Context) -> Result<(u64, u64), Outcome> {
+pub(super) fn support(ctx: &Context) -> Result<(u64, u64), Outcome> {
     let banks = ctx.facts.cap("KVM_CAP_MCE");
     if banks <= 0 {
         return Err(Outcome::skip("KVM_CAP_MCE is absent: no KVM_X86_SETUP_MCE"));
@@ -35,7 +35,7 @@ fn support(ctx: &Context) -> Result<(u64, u64), Outcome> {
 }
 
 /// A fresh machine with KVM_X86_SETUP_MCE(mcg_cap) done.
-fn set_up(ctx: &Context, mcg_cap: u64) -> Result<Machine, Outcome> {
+pub(super) fn set_up(ctx: &Context, mcg_cap: u64) -> Result<Machine, Outcome> {
     let m = ctx.machine().map_err(Outcome::harness)?;
     raw::setup_mce(&m.vcpu, mcg_cap).map_err(|e| {
         Outcome::fail(

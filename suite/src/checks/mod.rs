@@ -16,6 +16,7 @@ pub mod negotiation;
 pub mod one_reg;
 pub mod per_msr;
 pub mod pv;
+pub mod regressions;
 pub mod save_restore;
 pub mod tsc;
 
@@ -130,6 +131,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(pv::checks(ctx));
     v.extend(exits::checks(ctx));
     v.extend(filter::checks(ctx));
+    v.extend(regressions::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))
