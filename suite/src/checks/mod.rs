@@ -16,6 +16,7 @@ pub mod negotiation;
 pub mod one_reg;
 pub mod per_msr;
 pub mod pv;
+pub mod pv_edges;
 pub mod save_restore;
 pub mod tsc;
 
@@ -128,6 +129,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(tsc::checks(ctx));
     v.extend(mce::checks(ctx));
     v.extend(pv::checks(ctx));
+    v.extend(pv_edges::checks(ctx));
     v.extend(exits::checks(ctx));
     v.extend(filter::checks(ctx));
     let emulated: Vec<Check> = v
