@@ -8,6 +8,7 @@ pub mod context;
 pub mod exits;
 pub mod features;
 pub mod filter;
+pub mod filter_replace;
 pub mod harness;
 pub mod lists;
 pub mod mce;
@@ -132,6 +133,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(pv_edges::checks(ctx));
     v.extend(exits::checks(ctx));
     v.extend(filter::checks(ctx));
+    v.extend(filter_replace::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))
