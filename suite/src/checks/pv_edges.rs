@@ -95,6 +95,11 @@ fn run_expect(m: &mut Machine, ops: &[GuestOp], want: &[Want], problems: &mut Ve
     }
 }
 
+/// One more run reading `msr`: the guest survives and the MSR reads `value`.
+fn reads(m: &mut Machine, msr: u32, value: u64, problems: &mut Vec<String>) {
+    run_expect(m, &[GuestOp::Rdmsr(msr)], &[Want::Read(value)], problems);
+}
+
 /// Fill `[gpa - GUARD_LEN, gpa + len + GUARD_LEN)` with the guard byte and zero the structure.
 fn guard(mem: &mut GuestMemory, gpa: u64, len: usize) {
     mem.fill(gpa - GUARD_LEN, len + 2 * GUARD_LEN as usize, GUARD);
@@ -141,12 +146,7 @@ fn clock_straddle(ctx: &Context, msr: u32, feature: &str) -> Outcome {
         &mut problems,
     );
     // The clock update KVM requested runs on this entry at the latest.
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(gpa | ENABLE)],
-        &mut problems,
-    );
+    reads(&mut m, msr, gpa | ENABLE, &mut problems);
     let mut b = [0u8; PVCLOCK_LEN];
     m.vm.mem.read(gpa, &mut b);
     if b != [0; PVCLOCK_LEN] {
@@ -172,12 +172,7 @@ fn outside(ctx: &Context, msr: u32, feature: &str, value: u64) -> Outcome {
         &[Want::Wrote, Want::Read(value)],
         &mut problems,
     );
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(value)],
-        &mut problems,
-    );
+    reads(&mut m, msr, value, &mut problems);
     Outcome::unless(
         problems,
         "WRMSR succeeds and reads back; the next KVM_RUN completes",
@@ -335,22 +330,12 @@ fn slot_deleted(
     let mut problems = Vec::new();
     let ops = [GuestOp::Wrmsr(msr, value)];
     run_expect(&mut m, &ops, &[Want::Wrote], &mut problems);
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(value)],
-        &mut problems,
-    );
+    reads(&mut m, msr, value, &mut problems);
     let v1 = extra_version(&extra, version_off);
     if let Err(e) = retrigger(&m, how) {
         return Outcome::fail("the harness to request an update", e);
     }
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(value)],
-        &mut problems,
-    );
+    reads(&mut m, msr, value, &mut problems);
     let v2 = extra_version(&extra, version_off);
     if v1 == 0 || v1 % 2 != 0 || v2 <= v1 || v2 % 2 != 0 {
         problems.push(format!(
@@ -366,18 +351,8 @@ fn slot_deleted(
     if let Err(e) = retrigger(&m, how) {
         return Outcome::fail("the harness to request an update", e);
     }
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(value)],
-        &mut problems,
-    );
-    run_expect(
-        &mut m,
-        &[GuestOp::Rdmsr(msr)],
-        &[Want::Read(value)],
-        &mut problems,
-    );
+    reads(&mut m, msr, value, &mut problems);
+    reads(&mut m, msr, value, &mut problems);
     let d = guard_damage(&extra, 0, PAGE, 0, 0);
     problems.extend(damage_problem("the deleted slot's old page", &d));
     Outcome::unless(
