@@ -15,7 +15,7 @@ use crate::oracles::filter::{access_matches_model, observe, Seen, REASON_FILTER}
 const API: &str =
     "api.rst 4.97 KVM_X86_SET_MSR_FILTER; x86.c kvm_msr_allowed, kvm_vm_ioctl_set_msr_filter";
 /// MSRs plain enough on every backend to compare handled accesses with an unfiltered twin.
-const SUBJECTS: &[u32] = &[MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE, IA32_PAT, 0x1fc, 0x17a];
+pub(super) const SUBJECTS: &[u32] = &[MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE, IA32_PAT, 0x1fc, 0x17a];
 /// The seed of the randomized cases (printed in the check id and the result).
 pub const SEED: u64 = 0xf117_e5ee_d000_0001;
 

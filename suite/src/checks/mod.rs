@@ -8,6 +8,7 @@ pub mod context;
 pub mod exits;
 pub mod features;
 pub mod filter;
+pub mod filter_replace;
 pub mod harness;
 pub mod lists;
 pub mod mce;
@@ -16,6 +17,7 @@ pub mod negotiation;
 pub mod one_reg;
 pub mod per_msr;
 pub mod pv;
+pub mod pv_edges;
 pub mod regressions;
 pub mod save_restore;
 pub mod tsc;
@@ -129,9 +131,11 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(tsc::checks(ctx));
     v.extend(mce::checks(ctx));
     v.extend(pv::checks(ctx));
+    v.extend(pv_edges::checks(ctx));
     v.extend(exits::checks(ctx));
     v.extend(filter::checks(ctx));
     v.extend(regressions::checks(ctx));
+    v.extend(filter_replace::checks(ctx));
     let emulated: Vec<Check> = v
         .iter()
         .filter(|c| c.id.starts_with("guest."))

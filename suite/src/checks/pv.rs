@@ -69,8 +69,20 @@ fn wall_clock(ctx: &Context, msr: u32) -> Outcome {
     }
     let mut b = [0u8; 12];
     m.vm.mem.read(WALL_GPA, &mut b);
-    // struct pvclock_wall_clock { u32 version; u32 sec; u32 nsec; }: the time at which the
-    // guest's kvm-clock read 0, i.e. the VM's boot time in wall-clock terms.
+    match wall_clock_plausible(&b) {
+        Ok(actual) => Outcome::pass(actual),
+        Err(actual) => Outcome::fail(WALL_CLOCK_EXPECTED, actual),
+    }
+}
+
+/// What a plausible pvclock_wall_clock looks like.
+pub(super) const WALL_CLOCK_EXPECTED: &str =
+    "an even, non-zero version; nsec below 10^9; a boot time between 2000 and now";
+
+/// Decode a struct pvclock_wall_clock { u32 version; u32 sec; u32 nsec; }: the time at which the
+/// guest's kvm-clock read 0, i.e. the VM's boot time in wall-clock terms. Ok(description) when
+/// plausible, Err(description) otherwise.
+pub(super) fn wall_clock_plausible(b: &[u8; 12]) -> Result<String, String> {
     let version = u32::from_le_bytes(b[0..4].try_into().unwrap());
     let sec = u64::from(u32::from_le_bytes(b[4..8].try_into().unwrap()));
     let nsec = u32::from_le_bytes(b[8..12].try_into().unwrap());
@@ -84,12 +96,9 @@ fn wall_clock(ctx: &Context, msr: u32) -> Outcome {
         && nsec < 1_000_000_000
         && (YEAR_2000..=now.min(YEAR_2100)).contains(&sec);
     if ok {
-        Outcome::pass(actual)
+        Ok(actual)
     } else {
-        Outcome::fail(
-            "an even, non-zero version; nsec below 10^9; a boot time between 2000 and now",
-            actual,
-        )
+        Err(actual)
     }
 }
 

@@ -111,6 +111,28 @@ impl Vm {
         })
     }
 
+    /// KVM_SET_USER_MEMORY_REGION for an extra slot (api.rst 4.35): `mem` mapped at `gpa`, or
+    /// with `None` the slot deleted (memory_size 0). The caller keeps `mem` alive while the
+    /// slot exists (declare it after the `Vm`/`Machine` holding the slot so it drops later).
+    pub fn set_extra_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        mem: Option<&GuestMemory>,
+    ) -> std::result::Result<(), i32> {
+        assert!(slot != 0, "slot 0 is the guest's main memory");
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: mem.map_or(0, |m| m.len() as u64),
+            userspace_addr: mem.map_or(0, |m| m.host_addr()),
+        };
+        // SAFETY: the region describes `mem`, which the caller keeps mapped while the slot
+        // exists (or deletes the slot: size 0 maps nothing).
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| e.errno())
+    }
+
     /// KVM_ENABLE_CAP on the VM fd (api.rst 4.37).
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
         let c = kvm_enable_cap {
