@@ -43,6 +43,18 @@ pub struct HostKey {
     pub ignore_msrs: bool,
 }
 
+impl HostKey {
+    /// What deviation records are matched against on the host `facts` describe.
+    pub fn of(facts: &crate::kvm::facts::HostFacts) -> HostKey {
+        HostKey {
+            backend: facts.backend,
+            vendor: facts.cpu.vendor,
+            platform: Platform::from_model_name(&facts.cpu.model_name),
+            ignore_msrs: facts.ignore_msrs(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Deviation {

@@ -17,6 +17,7 @@ pub mod msr_index;
 pub mod oracles;
 pub mod report;
 pub mod runner;
+pub mod session;
 
 pub use error::{Error, Result};
 pub use fixtures::fixtures_dir;

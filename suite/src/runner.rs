@@ -75,7 +75,7 @@ pub fn run_check(check: &Check, ctx: &Context) -> CheckResult {
     let duration = start.elapsed();
     let deviation = ctx
         .deviations
-        .find(&check.id, ctx.facts.deviation_key())
+        .find(&check.id, crate::deviations::HostKey::of(&ctx.facts))
         .cloned();
     let mut r = CheckResult {
         id: check.id.clone(),

@@ -204,27 +204,7 @@ pub enum WriteOutcome {
     Unsupported,
 }
 
-/// A kernel's major.minor version, for rules that changed between kernels (each such rule names
-/// the commit that tells them apart). Parsed from the running kernel's release; a release that
-/// does not parse matches no version condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct KernelVersion(pub u32, pub u32);
-
-impl KernelVersion {
-    /// "6.13", or a release such as "6.12.118+deb13-amd64".
-    pub fn parse(s: &str) -> Option<KernelVersion> {
-        let mut it = s.split(|c: char| !c.is_ascii_digit());
-        let major = it.next()?.parse().ok()?;
-        let minor = it.next()?.parse().ok()?;
-        Some(KernelVersion(major, minor))
-    }
-}
-
-impl std::fmt::Display for KernelVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.0, self.1)
-    }
-}
+pub use crate::kvm::facts::KernelVersion;
 
 /// Conditions under which a different outcome applies; all given fields must match.
 #[derive(Clone, Debug, Serialize)]

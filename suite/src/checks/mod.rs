@@ -4,7 +4,6 @@
 
 pub mod batch;
 pub mod catalogued;
-pub mod context;
 pub mod exits;
 pub mod features;
 pub mod filter;
@@ -12,7 +11,6 @@ pub mod filter_replace;
 pub mod harness;
 pub mod lists;
 pub mod mce;
-pub mod msr_traits;
 pub mod negotiation;
 pub mod one_reg;
 pub mod per_msr;
@@ -22,7 +20,8 @@ pub mod regressions;
 pub mod save_restore;
 pub mod tsc;
 
-pub use context::Context;
+pub use crate::session::msr_traits;
+pub use crate::session::Context;
 
 use std::fmt;
 use std::sync::Arc;

@@ -384,7 +384,7 @@ fn guest_cpuid_follows_set_cpuid2(ctx: &Context) -> Outcome {
 /// (cpuid.c kvm_set_cpuid: kvm_cpuid_check_equal applies KVM's runtime CPUID updates to the
 /// incoming entries before comparing, "to avoid false failures due to KVM-owned feature flags"),
 /// and a table with one feature bit changed is refused with EINVAL.
-pub const SAME_CPUID_AFTER_RUN: &str = "cpuid.same-table-accepted-after-run";
+pub use crate::session::ids::SAME_CPUID_AFTER_RUN;
 
 fn same_cpuid_after_run(ctx: &Context) -> Outcome {
     let mut m = match ctx.machine() {

@@ -1,9 +1,9 @@
 //! `kvm-msr probe`: this host's MSR surface, with every feature MSR decoded.
 
 use super::decode::{DecodeTables, FieldKind};
-use crate::checks::Context;
 use crate::kvm::cpuid::{self, CpuidTable};
 use crate::kvm::facts::HostFacts;
+use crate::session::Context;
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "kvm-msr-probe/1";

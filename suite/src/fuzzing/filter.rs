@@ -2,8 +2,8 @@
 //! filter model (oracles::filter).
 
 use super::{harness_violation, Features, IndexChoice};
-use crate::checks::Context;
 use crate::oracles::Violation;
+use crate::session::Context;
 use arbitrary::Arbitrary;
 
 /// One range of a generated filter.

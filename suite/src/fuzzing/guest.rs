@@ -2,8 +2,8 @@
 //! host reads.
 
 use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
-use crate::checks::Context;
 use crate::oracles::Violation;
+use crate::session::Context;
 use arbitrary::Arbitrary;
 
 /// One guest access of the `guest` target.

@@ -6,14 +6,14 @@
 
 use super::pool::{PoolMode, VcpuPool};
 use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
-use crate::checks::negotiation::SAME_CPUID_AFTER_RUN;
-use crate::checks::Context;
 use crate::guest::layout::PORT_DONE;
 use crate::kvm::cpuid::{self, Vendor};
 use crate::kvm::raw::{self, MsrEntry, MsrOp};
 use crate::kvm::{CpuidTable, Exit};
 use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
 use crate::oracles::Violation;
+use crate::session::ids::SAME_CPUID_AFTER_RUN;
+use crate::session::Context;
 use arbitrary::Arbitrary;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -370,7 +370,10 @@ pub fn run_host(
                 // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
                 let same_refused = ctx
                     .deviations
-                    .find(SAME_CPUID_AFTER_RUN, ctx.facts.deviation_key())
+                    .find(
+                        SAME_CPUID_AFTER_RUN,
+                        crate::deviations::HostKey::of(&ctx.facts),
+                    )
                     .is_some();
                 if ran && r.is_ok() != same && !(same && same_refused) {
                     return Err(Violation {

@@ -18,8 +18,8 @@ pub use host::{
 pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
 pub use target::{Executor, Target};
 
-use crate::checks::Context;
 use crate::oracles::Violation;
+use crate::session::Context;
 use arbitrary::Arbitrary;
 
 /// Range edges where MSR handling changes hands (semantics §1.2, §1.9, §2).

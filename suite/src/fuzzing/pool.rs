@@ -31,12 +31,12 @@
 //! input gets a new VM with vCPU id 1, the naive baseline, and `host::HostRunner` compares the two
 //! modes (oracle `pool-equivalence`).
 
-use crate::checks::msr_traits::MsrTraits;
-use crate::checks::Context;
 use crate::error::{Error, Result};
 use crate::guest::{layout::OPS, long_mode};
 use crate::kvm::raw::MsrEntry;
 use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
+use crate::session::msr_traits::MsrTraits;
+use crate::session::Context;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;

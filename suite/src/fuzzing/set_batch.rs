@@ -2,9 +2,9 @@
 //! identical twin (api.rst 4.19; oracles::set_batch_matches_single).
 
 use super::{confine, harness_violation, msr_class, EntryChoice, Features};
-use crate::checks::Context;
 use crate::kvm::raw::MsrEntry;
 use crate::oracles::{self, Violation};
+use crate::session::Context;
 use arbitrary::Arbitrary;
 
 /// Input of the `set_batch` target: one KVM_SET_MSRS batch.

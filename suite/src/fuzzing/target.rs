@@ -7,8 +7,8 @@ use super::{
     harness_violation, pool::PoolMode, run_filter, run_guest, run_set_batch, Features, FilterInput,
     GuestInput, HostInput, HostRunner, SetBatchInput,
 };
-use crate::checks::Context;
 use crate::oracles::Violation;
+use crate::session::Context;
 use arbitrary::Arbitrary;
 use std::fmt;
 

@@ -211,18 +211,8 @@ fn host_cpu() -> HostCpu {
 
 impl HostFacts {
     /// The running kernel's major.minor (None if its release does not parse).
-    pub fn kernel_version(&self) -> Option<crate::catalogue::KernelVersion> {
-        crate::catalogue::KernelVersion::parse(&self.kernel_release)
-    }
-
-    /// What deviation records are matched against: backend, host CPU vendor, platform.
-    pub fn deviation_key(&self) -> crate::deviations::HostKey {
-        crate::deviations::HostKey {
-            backend: self.backend,
-            vendor: self.cpu.vendor,
-            platform: crate::deviations::Platform::from_model_name(&self.cpu.model_name),
-            ignore_msrs: self.ignore_msrs(),
-        }
+    pub fn kernel_version(&self) -> Option<KernelVersion> {
+        KernelVersion::parse(&self.kernel_release)
     }
 
     /// Gather every fact. Fails only if an ioctl the harness depends on fails.
@@ -334,5 +324,27 @@ impl HostFacts {
             self.msr_feature_index_list.len(),
             params.join(" "),
         )
+    }
+}
+
+/// A kernel's major.minor version, for rules that changed between kernels (each such rule names
+/// the commit that tells them apart). Parsed from the running kernel's release; a release that
+/// does not parse matches no version condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KernelVersion(pub u32, pub u32);
+
+impl KernelVersion {
+    /// "6.13", or a release such as "6.12.118+deb13-amd64".
+    pub fn parse(s: &str) -> Option<KernelVersion> {
+        let mut it = s.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some(KernelVersion(major, minor))
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
     }
 }

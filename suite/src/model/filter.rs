@@ -9,31 +9,10 @@
 //! the access type in its flags decides with its bitmap bit (1 = allow); else the default.
 //! Host-initiated accesses are never filtered.
 
-/// KVM_MSR_FILTER_DEFAULT_DENY.
-pub const DEFAULT_DENY: u32 = 1;
-pub const FLAGS_VALID: u32 = 1;
-pub const RANGE_READ: u32 = 1;
-pub const RANGE_WRITE: u32 = 2;
-pub const RANGE_FLAGS_VALID: u32 = 3;
-pub const MAX_RANGES: usize = 16;
-pub const MAX_BITMAP_BYTES: usize = 0x600;
-
-/// One range as userspace passes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Range {
-    pub flags: u32,
-    pub base: u32,
-    pub nmsrs: u32,
-    /// Bit i allows base + i. Shorter than the kernel's copy is fine: missing bytes are 0 (deny).
-    pub bitmap: Vec<u8>,
-}
-
-/// A filter as userspace passes it (at most 16 ranges; unused slots are empty ranges).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Filter {
-    pub flags: u32,
-    pub ranges: Vec<Range>,
-}
+pub use crate::kvm::filter::{
+    bitmap_bytes, Filter, Range, DEFAULT_DENY, FLAGS_VALID, MAX_BITMAP_BYTES, MAX_RANGES,
+    RANGE_FLAGS_VALID, RANGE_READ, RANGE_WRITE,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -50,29 +29,7 @@ impl Access {
     }
 }
 
-/// Bytes the kernel copies for a range: BITS_TO_LONGS(nmsrs) * sizeof(long).
-pub fn bitmap_bytes(nmsrs: u32) -> usize {
-    (nmsrs as usize).div_ceil(64) * 8
-}
-
 impl Range {
-    /// A range whose bitmap allows exactly `allowed` (indices outside the range are ignored).
-    pub fn with_allowed(flags: u32, base: u32, nmsrs: u32, allowed: &[u32]) -> Range {
-        let mut bitmap = vec![0u8; bitmap_bytes(nmsrs)];
-        for &i in allowed {
-            let off = i.wrapping_sub(base);
-            if off < nmsrs {
-                bitmap[(off / 8) as usize] |= 1 << (off % 8);
-            }
-        }
-        Range {
-            flags,
-            base,
-            nmsrs,
-            bitmap,
-        }
-    }
-
     fn bit(&self, off: u32) -> bool {
         self.bitmap
             .get((off / 8) as usize)

@@ -3,12 +3,12 @@
 //! exit, or #GP -- and KVM accepts exactly the filters the model validates.
 
 use super::Violation;
-use crate::checks::Context;
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::filter::set_msr_filter;
 use crate::machine::{Machine, MsrReply};
 use crate::model::filter::{self as model, Access, Filter};
 use crate::msr_index::IA32_PAT;
+use crate::session::Context;
 
 /// KVM_MSR_EXIT_REASON_FILTER.
 pub const REASON_FILTER: u32 = 4;

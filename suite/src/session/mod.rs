@@ -1,11 +1,17 @@
-//! What every check sees: the KVM system fd, the host facts, the catalogue and the deviations.
+//! A session with KVM: the system fd, the host facts, the catalogue and the deviations -- what
+//! every check, oracle, prober and fuzz executor sees. It sits below all of them (kvm, guest,
+//! machine and the fixtures' loaders are all it needs), so none of them depends on another to
+//! get it.
+
+pub mod ids;
+pub mod msr_traits;
 
 use crate::catalogue::Catalogue;
-use crate::checks::msr_traits::MsrTraitsTable;
 use crate::deviations::Deviations;
 use crate::kvm::facts::HostFacts;
 use crate::kvm::{CpuidPolicy, KvmSystem};
 use crate::machine::{Machine, MachineConfig};
+use msr_traits::MsrTraitsTable;
 
 pub struct Context {
     pub sys: KvmSystem,
