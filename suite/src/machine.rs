@@ -151,17 +151,6 @@ impl Machine {
         })
     }
 
-    /// Whether `gate` is open for this vCPU: its effective CPUID, its MCG_CAP and whether PV
-    /// feature enforcement is on (catalogue::Gate::state).
-    pub fn gate_state(&self, gate: &crate::catalogue::Gate) -> crate::catalogue::GateState {
-        gate.state(
-            self.vcpu.effective_cpuid.as_ref(),
-            self.vcpu.get_msr(crate::msr_index::IA32_MCG_CAP),
-            self.vcpu.pv_enforced,
-            self.vcpu.synic_active,
-        )
-    }
-
     /// True once KVM_RUN has been called on the vCPU (feature MSRs freeze, semantics §1.11).
     pub fn has_run(&self) -> bool {
         self.runs > 0

@@ -351,6 +351,21 @@ pub enum GateState {
     Closed,
 }
 
+// The catalogue sits above the machine, so the question "is this gate open on that machine"
+// is answered here, where both are known.
+impl crate::machine::Machine {
+    /// Whether `gate` is open for this vCPU: its effective CPUID, its MCG_CAP and whether PV
+    /// feature enforcement is on (Gate::state).
+    pub fn gate_state(&self, gate: &Gate) -> GateState {
+        gate.state(
+            self.vcpu.effective_cpuid.as_ref(),
+            self.vcpu.get_msr(crate::msr_index::IA32_MCG_CAP),
+            self.vcpu.pv_enforced,
+            self.vcpu.synic_active,
+        )
+    }
+}
+
 impl Gate {
     /// Evaluate against the vCPU's effective CPUID and its MCG_CAP (`None` for a bare vCPU).
     pub fn state(

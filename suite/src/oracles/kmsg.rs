@@ -1,4 +1,4 @@
-//! The kernel-log oracle (opt-in, needs read access to /dev/kmsg, normally root): no new
+//! The kernel-log oracle (needs read access to /dev/kmsg, normally root): no new
 //! WARNING/BUG/KASAN/UBSAN/"general protection fault" record and no change of the taint mask
 //! (/proc/sys/kernel/tainted) while an input ran. A kernel splat is a finding even when every
 //! other oracle held.

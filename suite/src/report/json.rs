@@ -1,3 +1,5 @@
+//! The JSON report: every verdict with the host fingerprint.
+
 use super::Report;
 
 pub fn render(r: &Report) -> String {
