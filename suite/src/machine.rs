@@ -7,7 +7,7 @@ use crate::guest::asm::Code;
 use crate::guest::layout::{MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
 use crate::guest::msr_loop::{self, LoopResult, MsrLoop};
 use crate::guest::program::{read_results, write_program};
-use crate::guest::{code, long_mode, GuestOp, OpOutcome};
+use crate::guest::{long_mode, program, GuestOp, OpOutcome};
 use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use std::fmt;
 use std::time::Duration;
@@ -309,7 +309,7 @@ impl Machine {
                     let vector = self.vm.mem.read_u64(MAILBOX) as u8;
                     let detail = format!(
                         "unexpected {} error code {:#x} at RIP {:#x}",
-                        code::vector_name(vector),
+                        program::vector_name(vector),
                         self.vm.mem.read_u64(MAILBOX + 8),
                         self.vm.mem.read_u64(MAILBOX + 16)
                     );

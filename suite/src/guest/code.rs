@@ -20,16 +20,6 @@ pub fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
 }
 
-/// Names of the architectural exception vectors.
-pub fn vector_name(vector: u8) -> &'static str {
-    const N: [&str; 32] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
-        "#GP", "#PF", "vec15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "vec22", "vec23", "vec24",
-        "vec25", "vec26", "vec27", "#HV", "#VC", "#SX", "vec31",
-    ];
-    N.get(vector as usize).copied().unwrap_or("vec?")
-}
-
 /// Label of exception stub `v`.
 pub fn stub_label(v: u8) -> &'static str {
     const L: [&str; 32] = [

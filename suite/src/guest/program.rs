@@ -1,9 +1,18 @@
 //! MSR programs: the table of operations the interpreter executes, and its results.
 
-use super::code::vector_name;
 use super::layout::{OPS, OPS_MAX_BYTES};
 use crate::kvm::memory::GuestMemory;
 use std::fmt;
+
+/// Names of the architectural exception vectors.
+pub fn vector_name(vector: u8) -> &'static str {
+    const N: [&str; 32] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "vec15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "vec22", "vec23", "vec24",
+        "vec25", "vec26", "vec27", "#HV", "#VC", "#SX", "vec31",
+    ];
+    N.get(vector as usize).copied().unwrap_or("vec?")
+}
 
 /// Bytes per operation record in guest memory:
 /// +0 u32 op (0 end, 1 RDMSR, 2 WRMSR) · +4 u32 index · +8 u64 value to write · +0x10 u64 value
