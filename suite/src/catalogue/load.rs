@@ -145,7 +145,9 @@ fn features(names: &[String], key: &str) -> std::result::Result<Vec<&'static str
         .map(|n| {
             crate::kvm::cpuid::feature(n)
                 .map(|f| f.name)
-                .ok_or_else(|| format!("{key} names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)"))
+                .ok_or_else(|| {
+                    format!("{key} names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)")
+                })
         })
         .collect()
 }
@@ -943,11 +945,17 @@ when = [
             emulated,
         };
         let o = |t, path, e| w.outcome_for(rc(t, path, e)).0;
-        assert_eq!(o(Some(&without), AccessPath::Host, false), WriteOutcome::Rejected);
+        assert_eq!(
+            o(Some(&without), AccessPath::Host, false),
+            WriteOutcome::Rejected
+        );
         assert_eq!(o(Some(&with), AccessPath::Host, false), WriteOutcome::Same);
         // No supported CPUID to judge by: the condition does not match.
         assert_eq!(o(None, AccessPath::Host, false), WriteOutcome::Same);
-        assert_eq!(o(Some(&with), AccessPath::Guest, true), WriteOutcome::Canonical);
+        assert_eq!(
+            o(Some(&with), AccessPath::Guest, true),
+            WriteOutcome::Canonical
+        );
         assert_eq!(o(Some(&with), AccessPath::Guest, false), WriteOutcome::Same);
         // `emulated` is about the guest's instruction: a host write never matches it.
         assert_eq!(o(Some(&with), AccessPath::Host, true), WriteOutcome::Same);

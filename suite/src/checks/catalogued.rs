@@ -147,9 +147,7 @@ fn machine_for_write(
     rule: &WriteRule,
     vendor: Option<GuestVendor>,
 ) -> std::result::Result<Machine, Outcome> {
-    let offered = |n: &&str| {
-        cpuid::feature(n).is_some_and(|f| ctx.facts.supported_cpuid.has(f))
-    };
+    let offered = |n: &&str| cpuid::feature(n).is_some_and(|f| ctx.facts.supported_cpuid.has(f));
     if !rule.cpuid_clear.is_empty() && !rule.cpuid_clear.iter().any(offered) {
         return Err(Outcome::skip(format!(
             "KVM_GET_SUPPORTED_CPUID has none of {}: no vCPU CPUID to clear it from, so this case is the same as the write without the clear",
@@ -291,7 +289,12 @@ fn canonical(v: u64, la57: bool) -> u64 {
 /// The value a read returns after writing `value` over `before` with `outcome`; None: rejected.
 /// The host decides the canonical width (KVM's LA57) and whether an unsupported write is dropped
 /// (kvm.ignore_msrs) instead of refused.
-pub(super) fn expected_after(ctx: &Context, outcome: WriteOutcome, value: u64, before: u64) -> Option<u64> {
+pub(super) fn expected_after(
+    ctx: &Context,
+    outcome: WriteOutcome,
+    value: u64,
+    before: u64,
+) -> Option<u64> {
     let (la57, ignore) = (ctx.facts.kvm_la57, ctx.facts.ignore_msrs());
     match outcome {
         WriteOutcome::Unsupported if ignore => Some(before),

@@ -17,6 +17,7 @@ pub mod one_reg;
 pub mod per_msr;
 pub mod pv;
 pub mod save_restore;
+pub mod save_restore_written;
 pub mod tsc;
 
 pub use context::Context;
@@ -122,6 +123,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(features::checks(ctx));
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
+    v.extend(save_restore_written::checks(ctx));
     v.extend(one_reg::checks(ctx));
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));

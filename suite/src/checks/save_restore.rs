@@ -10,7 +10,7 @@ use crate::kvm::Vcpu;
 use std::time::Instant;
 
 /// Read `indices` in batches of at most 255.
-fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
+pub(super) fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
     let mut out = Vec::new();
     for chunk in indices.chunks((MAX_IO_MSRS - 1) as usize) {
         let io = vcpu.get_msrs(chunk);
@@ -29,7 +29,7 @@ fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
 
 /// Write `entries` as a VMM restoring state would: in batches, and past a rejected entry keep
 /// going with the rest. Returns which entries were accepted.
-fn restore(vcpu: &Vcpu, entries: &[MsrEntry]) -> Vec<bool> {
+pub(super) fn restore(vcpu: &Vcpu, entries: &[MsrEntry]) -> Vec<bool> {
     let mut accepted = vec![false; entries.len()];
     let mut start = 0;
     while start < entries.len() {
