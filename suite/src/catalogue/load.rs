@@ -906,25 +906,13 @@ when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.
 
     #[test]
     fn supported_cpuid_and_emulation_conditions_match() {
-        let m = parse(
-            r#"
-[[msr]]
-index = 0xc0000100
-name = "IA32_FS_BASE"
-id = "fs-base"
-cite = "SDM"
-[[msr.write]]
-name = "la57-only"
-value = 0x0012_3456_789a_bcd0
-cpuid_clear = ["LA57"]
-cite = "x86.c"
-when = [
-  { kvm_cpuid_none = ["LA57"], outcome = "rejected", cite = "48" },
-  { emulated = true, outcome = "canonical", cite = "fep" },
-]
-"#,
-        )
-        .unwrap();
+        let text = concat!(
+            "[[msr]]\nindex = 0xc0000100\nname = \"IA32_FS_BASE\"\nid = \"fs-base\"\ncite = \"SDM\"\n",
+            "write = [{ name = \"la57-only\", value = 0x0012_3456_789a_bcd0, cpuid_clear = [\"LA57\"], cite = \"x86.c\", when = [",
+            "{ kvm_cpuid_none = [\"LA57\"], outcome = \"rejected\", cite = \"48\" }, ",
+            "{ emulated = true, outcome = \"canonical\", cite = \"fep\" }] }]\n",
+        );
+        let m = parse(text).unwrap();
         let w = &m[0].writes[0];
         assert_eq!(w.cpuid_clear, ["LA57"]);
         let la57 = crate::kvm::cpuid::feature("LA57").unwrap();

@@ -234,6 +234,23 @@ pub(super) fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
     m.gate.as_ref().map(|g| mach.gate_state(g))
 }
 
+/// A skip when the gate is closed for this vCPU and host writes follow it (not exempt).
+pub(super) fn host_writes_gated(
+    ctx: &Context,
+    m: &MsrInfo,
+    gate: Option<GateState>,
+) -> Option<Outcome> {
+    let g = m.gate.as_ref()?;
+    (gate == Some(GateState::Closed)
+        && g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
+        .then(|| {
+            Outcome::skip(format!(
+                "gate closed for this vCPU and host writes follow it ({})",
+                g.cite
+            ))
+        })
+}
+
 /// The documented outcome of `rule` on this machine (backend, its guest vendor) for `path`.
 pub(super) fn outcome_on(
     ctx: &Context,
@@ -403,15 +420,8 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     };
     let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Host);
     let gate = gate_state(m, &mach);
-    if gate == Some(GateState::Closed)
-        && m.gate
-            .as_ref()
-            .is_some_and(|g| g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
-    {
-        return Outcome::skip(format!(
-            "gate closed for this vCPU and host writes follow it ({})",
-            m.gate.as_ref().unwrap().cite
-        ));
+    if let Some(o) = host_writes_gated(ctx, m, gate) {
+        return o;
     }
     if let Some(b) = rule.before {
         if !mach.vcpu.set_msr(index, b) {

@@ -4,12 +4,13 @@
 //! must read the value A held. `save-restore.*.roundtrip` covers what a fresh vCPU holds, mostly
 //! reset values; this family covers values that differ from them.
 
-use super::catalogued::{expected_after, gate_state, machine_for, not_on_backend, outcome_on};
-use super::save_restore::{restore, save};
+use super::catalogued::{
+    expected_after, gate_state, host_writes_gated, machine_for, not_on_backend, outcome_on,
+};
+use super::save_restore::{restore_saved, save};
 use super::{hex, Check, Context, Outcome};
-use crate::catalogue::{AccessPath, GateState, HostWhenClosed, WriteOutcome};
+use crate::catalogue::{AccessPath, GateState, WriteOutcome};
 use crate::guest::GuestOp;
-use crate::kvm::raw::MsrEntry;
 
 fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
     let m = ctx
@@ -44,15 +45,8 @@ fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
         ));
     }
     let gate = gate_state(m, &a);
-    if gate == Some(GateState::Closed)
-        && m.gate
-            .as_ref()
-            .is_some_and(|g| g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
-    {
-        return Outcome::skip(format!(
-            "gate closed for this vCPU and host writes follow it ({})",
-            m.gate.as_ref().expect("gate").cite
-        ));
+    if let Some(o) = host_writes_gated(ctx, m, gate) {
+        return o;
     }
     if let Some(b) = rule.before {
         if !a.vcpu.set_msr(index, b) {
@@ -105,17 +99,8 @@ fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    let entries: Vec<MsrEntry> = indices
-        .iter()
-        .zip(&saved)
-        .filter_map(|(&index, v)| v.map(|data| MsrEntry { index, data }))
-        .collect();
-    let accepted = restore(&b.vcpu, &entries);
-    let epos = entries
-        .iter()
-        .position(|e| e.index == index)
-        .expect("saved entry");
-    if !accepted[epos] {
+    let (n, accepted) = restore_saved(&b.vcpu, &indices, &saved, index);
+    if !accepted {
         return Outcome::fail(
             format!("the fresh vCPU B accepts {}", hex(want)),
             "KVM_SET_MSRS rejected the entry",
@@ -125,7 +110,7 @@ fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
         Some(v) if v == want => Outcome::pass(format!(
             "{} written into A, saved with {} MSRs and restored into B, reads {}",
             hex(rule.value),
-            entries.len(),
+            n,
             hex(v)
         )),
         got => Outcome::fail(
