@@ -30,6 +30,12 @@ pub fn with_forced_emulation<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread's guest programs go through KVM's instruction emulator (inside
+/// [`with_forced_emulation`]).
+pub fn forced_emulation() -> bool {
+    FORCE_EMULATION.get()
+}
+
 /// How to build a machine.
 #[derive(Clone, Debug)]
 pub struct MachineConfig {

@@ -92,6 +92,8 @@ struct WriteRaw {
     cite: String,
     #[serde(default)]
     when: Vec<WhenRaw>,
+    #[serde(default)]
+    cpuid_clear: Vec<String>,
 }
 
 fn same() -> String {
@@ -107,6 +109,7 @@ struct WhenRaw {
     kvm_cpuid_none: Vec<String>,
     guest_vendor: Option<String>,
     path: Option<String>,
+    emulated: Option<bool>,
     outcome: String,
     cite: String,
 }
@@ -133,6 +136,20 @@ struct PathRaw {
 struct BackendsRaw {
     only: Vec<String>,
     cite: String,
+}
+
+/// Feature names checked against kvm/cpuid.rs FEATURES.
+fn features(names: &[String], key: &str) -> std::result::Result<Vec<&'static str>, String> {
+    names
+        .iter()
+        .map(|n| {
+            crate::kvm::cpuid::feature(n)
+                .map(|f| f.name)
+                .ok_or_else(|| {
+                    format!("{key} names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)")
+                })
+        })
+        .collect()
 }
 
 fn parse_backend(s: &str) -> std::result::Result<Backend, String> {
@@ -272,17 +289,10 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             when.push(When {
                 backend: c.backend.as_deref().map(parse_backend).transpose()?,
                 kernel_before: c.kernel_before.as_deref().map(parse_kernel).transpose()?,
-                kvm_cpuid_none: c
-                    .kvm_cpuid_none
-                    .iter()
-                    .map(|n| {
-                        crate::kvm::cpuid::feature(n).map(|f| f.name).ok_or_else(|| {
-                            format!("when.kvm_cpuid_none names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)")
-                        })
-                    })
-                    .collect::<std::result::Result<_, _>>()?,
+                kvm_cpuid_none: features(&c.kvm_cpuid_none, "when.kvm_cpuid_none")?,
                 guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
                 path: c.path.as_deref().map(parse_path).transpose()?,
+                emulated: c.emulated,
                 outcome: parse_outcome(&c.outcome)?,
                 cite: c.cite,
             });
@@ -295,6 +305,7 @@ fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
             outcome: parse_outcome(&w.outcome)?,
             cite: w.cite,
             when,
+            cpuid_clear: features(&w.cpuid_clear, "write.cpuid_clear")?,
         });
     }
     let reserved = match m.reserved.take() {
@@ -781,6 +792,7 @@ write = [{ name = "w", value = 0, outcome = "unsupported", cite = "new", when = 
             kvm_cpuid: None,
             guest_vendor: None,
             path: AccessPath::Guest,
+            emulated: false,
         };
         assert_eq!(
             m[0].writes[0].outcome_for(rc(old)).0,
@@ -875,6 +887,7 @@ when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.
             backend,
             guest_vendor: Some(v),
             path: AccessPath::Guest,
+            emulated: false,
         };
         assert_eq!(
             w.outcome_for(rc(Backend::Svm, GuestVendor::Amd)).0,
@@ -889,6 +902,51 @@ when = [{ backend = "svm", guest_vendor = "amd", outcome = "low32", cite = "svm.
             WriteOutcome::Same
         );
         assert!(w.vendor_dependent());
+    }
+
+    #[test]
+    fn supported_cpuid_and_emulation_conditions_match() {
+        let text = concat!(
+            "[[msr]]\nindex = 0xc0000100\nname = \"IA32_FS_BASE\"\nid = \"fs-base\"\ncite = \"SDM\"\n",
+            "write = [{ name = \"la57-only\", value = 0x0012_3456_789a_bcd0, cpuid_clear = [\"LA57\"], cite = \"x86.c\", when = [",
+            "{ kvm_cpuid_none = [\"LA57\"], outcome = \"rejected\", cite = \"48\" }, ",
+            "{ emulated = true, outcome = \"canonical\", cite = \"fep\" }] }]\n",
+        );
+        let m = parse(text).unwrap();
+        let w = &m[0].writes[0];
+        assert_eq!(w.cpuid_clear, ["LA57"]);
+        let la57 = crate::kvm::cpuid::feature("LA57").unwrap();
+        let mut with = crate::kvm::CpuidTable {
+            entries: vec![kvm_bindings::kvm_cpuid_entry2 {
+                function: 7,
+                ..Default::default()
+            }],
+        };
+        let without = with.clone();
+        assert!(with.set(la57, true));
+        let rc = |t, path, emulated| RuleContext {
+            backend: Backend::Svm,
+            kernel: None,
+            kvm_cpuid: t,
+            guest_vendor: None,
+            path,
+            emulated,
+        };
+        let o = |t, path, e| w.outcome_for(rc(t, path, e)).0;
+        assert_eq!(
+            o(Some(&without), AccessPath::Host, false),
+            WriteOutcome::Rejected
+        );
+        assert_eq!(o(Some(&with), AccessPath::Host, false), WriteOutcome::Same);
+        // No supported CPUID to judge by: the condition does not match.
+        assert_eq!(o(None, AccessPath::Host, false), WriteOutcome::Same);
+        assert_eq!(
+            o(Some(&with), AccessPath::Guest, true),
+            WriteOutcome::Canonical
+        );
+        assert_eq!(o(Some(&with), AccessPath::Guest, false), WriteOutcome::Same);
+        // `emulated` is about the guest's instruction: a host write never matches it.
+        assert_eq!(o(Some(&with), AccessPath::Host, true), WriteOutcome::Same);
     }
 
     #[rstest]

@@ -216,6 +216,10 @@ pub struct When {
     pub kvm_cpuid_none: Vec<&'static str>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: Option<AccessPath>,
+    /// Whether the guest's WRMSR goes through KVM's instruction emulator (the `guest-fep.*`
+    /// twins) rather than straight to the CPU or KVM's intercept: for MSRs a backend passes
+    /// through to the hardware, only the emulated path applies KVM's own checks.
+    pub emulated: Option<bool>,
     pub outcome: WriteOutcome,
     pub cite: String,
 }
@@ -232,6 +236,10 @@ pub struct WriteRule {
     pub outcome: WriteOutcome,
     pub cite: String,
     pub when: Vec<When>,
+    /// CPUID features cleared from the vCPU's CPUID (KVM_SET_CPUID2, checked with KVM_GET_CPUID2)
+    /// for this write, to show the outcome does not follow them; the checks skip where
+    /// KVM_GET_SUPPORTED_CPUID has none of them (nothing to clear).
+    pub cpuid_clear: Vec<&'static str>,
 }
 
 /// The facts a rule's conditions are evaluated against.
@@ -243,6 +251,8 @@ pub struct RuleContext<'a> {
     pub kvm_cpuid: Option<&'a CpuidTable>,
     pub guest_vendor: Option<GuestVendor>,
     pub path: AccessPath,
+    /// The guest's access goes through KVM's instruction emulator (forced emulation).
+    pub emulated: bool,
 }
 
 impl WriteRule {
@@ -252,8 +262,16 @@ impl WriteRule {
             let ok = w.backend.is_none_or(|b| b == rc.backend)
                 && w.kernel_before
                     .is_none_or(|v| rc.kernel.is_some_and(|k| k < v))
+                && (w.kvm_cpuid_none.is_empty()
+                    || rc.kvm_cpuid.is_some_and(|t| {
+                        !w.kvm_cpuid_none
+                            .iter()
+                            .any(|n| cpuid::feature(n).is_some_and(|f| t.has(f)))
+                    }))
                 && w.guest_vendor.is_none_or(|v| Some(v) == rc.guest_vendor)
-                && w.path.is_none_or(|p| p == rc.path);
+                && w.path.is_none_or(|p| p == rc.path)
+                && w.emulated
+                    .is_none_or(|e| rc.path == AccessPath::Guest && e == rc.emulated);
             if ok {
                 return (w.outcome, &w.cite);
             }

@@ -92,7 +92,7 @@ fn listed_only_when_supported(ctx: &Context, index: u32) -> Outcome {
 }
 
 /// Skip, naming what is missing, when this host's KVM does not implement the MSR at all.
-fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
+pub(super) fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
     if let Some((list, cite)) = &m.backends {
         if !list.contains(&ctx.facts.backend) {
             let names: Vec<&str> = list.iter().map(|b| b.name()).collect();
@@ -130,8 +130,49 @@ fn vendor_class(v: Vendor) -> Option<GuestVendor> {
 
 /// A machine with KVM's supported CPUID, optionally with another guest vendor, in the state the
 /// MSR's `setup` asks for.
-fn machine_for(ctx: &Context, m: &MsrInfo, vendor: Option<GuestVendor>) -> crate::Result<Machine> {
-    machine_quirks(ctx, m, vendor, 0)
+pub(super) fn machine_for(
+    ctx: &Context,
+    m: &MsrInfo,
+    vendor: Option<GuestVendor>,
+) -> crate::Result<Machine> {
+    machine_quirks(ctx, m, vendor, 0, &[])
+}
+
+/// The machine a write rule runs on: `machine_for`, with the rule's `cpuid_clear` features
+/// cleared from the vCPU's CPUID. A skip where KVM_GET_SUPPORTED_CPUID has none of them (there is
+/// nothing to clear) or where KVM_GET_CPUID2 still shows one after KVM_SET_CPUID2 cleared it.
+fn machine_for_write(
+    ctx: &Context,
+    m: &MsrInfo,
+    rule: &WriteRule,
+    vendor: Option<GuestVendor>,
+) -> std::result::Result<Machine, Outcome> {
+    let offered = |n: &&str| cpuid::feature(n).is_some_and(|f| ctx.facts.supported_cpuid.has(f));
+    if !rule.cpuid_clear.is_empty() && !rule.cpuid_clear.iter().any(offered) {
+        return Err(Outcome::skip(format!(
+            "KVM_GET_SUPPORTED_CPUID has none of {}: no vCPU CPUID to clear it from, so this case is the same as the write without the clear",
+            rule.cpuid_clear.join(", ")
+        )));
+    }
+    let mach = machine_quirks(ctx, m, vendor, 0, &rule.cpuid_clear).map_err(Outcome::harness)?;
+    let kept: Vec<&str> = rule
+        .cpuid_clear
+        .iter()
+        .copied()
+        .filter(|n| {
+            mach.vcpu
+                .effective_cpuid
+                .as_ref()
+                .is_none_or(|t| cpuid::feature(n).is_some_and(|f| t.has(f)))
+        })
+        .collect();
+    if !kept.is_empty() {
+        return Err(Outcome::skip(format!(
+            "KVM_GET_CPUID2 still shows {} after KVM_SET_CPUID2 cleared it (see cpuid.follows-set-cpuid2)",
+            kept.join(", ")
+        )));
+    }
+    Ok(mach)
 }
 
 /// `machine_for` on a VM with the quirks in `quirks_off` disabled.
@@ -140,8 +181,12 @@ fn machine_quirks(
     m: &MsrInfo,
     vendor: Option<GuestVendor>,
     quirks_off: u64,
+    clear: &[&str],
 ) -> crate::Result<Machine> {
     let mut t = ctx.facts.supported_cpuid.clone();
+    for n in clear {
+        t.set(cpuid::feature(n).expect("validated name"), false);
+    }
     match vendor {
         Some(GuestVendor::Intel) => t.set_vendor(Vendor::Intel),
         Some(GuestVendor::Amd) => t.set_vendor(Vendor::Amd),
@@ -185,12 +230,29 @@ fn apply_setup(mach: &mut Machine, m: &MsrInfo, open_gates: bool) -> crate::Resu
     Ok(())
 }
 
-fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
+pub(super) fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {
     m.gate.as_ref().map(|g| mach.gate_state(g))
 }
 
+/// A skip when the gate is closed for this vCPU and host writes follow it (not exempt).
+pub(super) fn host_writes_gated(
+    ctx: &Context,
+    m: &MsrInfo,
+    gate: Option<GateState>,
+) -> Option<Outcome> {
+    let g = m.gate.as_ref()?;
+    (gate == Some(GateState::Closed)
+        && g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
+        .then(|| {
+            Outcome::skip(format!(
+                "gate closed for this vCPU and host writes follow it ({})",
+                g.cite
+            ))
+        })
+}
+
 /// The documented outcome of `rule` on this machine (backend, its guest vendor) for `path`.
-fn outcome_on(
+pub(super) fn outcome_on(
     ctx: &Context,
     mach: &Machine,
     rule: &WriteRule,
@@ -207,6 +269,7 @@ fn outcome_on(
         kvm_cpuid: Some(&ctx.facts.supported_cpuid),
         guest_vendor,
         path,
+        emulated: crate::machine::forced_emulation(),
     });
     (o, cite.to_string())
 }
@@ -243,7 +306,12 @@ fn canonical(v: u64, la57: bool) -> u64 {
 /// The value a read returns after writing `value` over `before` with `outcome`; None: rejected.
 /// The host decides the canonical width (KVM's LA57) and whether an unsupported write is dropped
 /// (kvm.ignore_msrs) instead of refused.
-fn expected_after(ctx: &Context, outcome: WriteOutcome, value: u64, before: u64) -> Option<u64> {
+pub(super) fn expected_after(
+    ctx: &Context,
+    outcome: WriteOutcome,
+    value: u64,
+    before: u64,
+) -> Option<u64> {
     let (la57, ignore) = (ctx.facts.kvm_la57, ctx.facts.ignore_msrs());
     match outcome {
         WriteOutcome::Unsupported if ignore => Some(before),
@@ -274,7 +342,7 @@ fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
     }
     let rule = m.reset.as_ref().expect("reset rule");
     let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
-    let mach = match machine_quirks(ctx, m, None, quirks_off) {
+    let mach = match machine_quirks(ctx, m, None, quirks_off, &[]) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -318,7 +386,7 @@ fn reset_guest(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
     }
     let rule = m.reset.as_ref().expect("reset rule");
     let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
-    let mut mach = match machine_quirks(ctx, m, None, quirks_off) {
+    let mut mach = match machine_quirks(ctx, m, None, quirks_off, &[]) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
@@ -346,21 +414,14 @@ fn write_host(ctx: &Context, index: u32, rule: &WriteRule, vendor: Option<GuestV
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
     }
-    let mut mach = match machine_for(ctx, m, vendor) {
+    let mut mach = match machine_for_write(ctx, m, rule, vendor) {
         Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
+        Err(o) => return o,
     };
     let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Host);
     let gate = gate_state(m, &mach);
-    if gate == Some(GateState::Closed)
-        && m.gate
-            .as_ref()
-            .is_some_and(|g| g.host_on(ctx.facts.kernel_version()) != HostWhenClosed::Exempt)
-    {
-        return Outcome::skip(format!(
-            "gate closed for this vCPU and host writes follow it ({})",
-            m.gate.as_ref().unwrap().cite
-        ));
+    if let Some(o) = host_writes_gated(ctx, m, gate) {
+        return o;
     }
     if let Some(b) = rule.before {
         if !mach.vcpu.set_msr(index, b) {
@@ -435,9 +496,9 @@ fn write_guest(
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
     }
-    let mut mach = match machine_for(ctx, m, vendor) {
+    let mut mach = match machine_for_write(ctx, m, rule, vendor) {
         Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
+        Err(o) => return o,
     };
     if let Some(o) = guest_gate_closed(m, &mach) {
         return o;
@@ -930,7 +991,16 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
                     v.push(Check::new(
                         format!("{fam}.{id}.write.{}{suffix}", w.name),
                         Some(index),
-                        format!("{name}: {verb} of {:#x} ({}) has the documented outcome, seen from both paths", w.value, w.name),
+                        format!(
+                            "{name}: {verb} of {:#x} ({}){} has the documented outcome, seen from both paths",
+                            w.value,
+                            w.name,
+                            if w.cpuid_clear.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" with {} cleared from the vCPU's CPUID", w.cpuid_clear.join(", "))
+                            }
+                        ),
                         cite.clone(),
                         move |c| {
                             let rule = &info(c, index).writes[k];

@@ -18,6 +18,7 @@ pub mod pv;
 pub mod pv_edges;
 pub mod regressions;
 pub mod save_restore;
+pub mod save_restore_written;
 pub mod tsc;
 
 pub use crate::session::msr_traits;
@@ -124,6 +125,7 @@ pub fn all(ctx: &Context) -> Vec<Check> {
     v.extend(features::checks(ctx));
     v.extend(per_msr::checks(ctx));
     v.extend(save_restore::checks(ctx));
+    v.extend(save_restore_written::checks(ctx));
     v.extend(one_reg::checks(ctx));
     v.extend(catalogued::checks(ctx));
     v.extend(negotiation::checks(ctx));

@@ -10,7 +10,7 @@ use crate::kvm::Vcpu;
 use std::time::Instant;
 
 /// Read `indices` in batches of at most 255.
-fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
+pub(super) fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
     let mut out = Vec::new();
     for chunk in indices.chunks((MAX_IO_MSRS - 1) as usize) {
         let io = vcpu.get_msrs(chunk);
@@ -44,6 +44,27 @@ fn restore(vcpu: &Vcpu, entries: &[MsrEntry]) -> Vec<bool> {
     accepted
 }
 
+/// Restore what `save` read (the entries that could not be read left out) into `vcpu` as a VMM
+/// would. Returns how many entries were written and whether `index`'s was accepted.
+pub(super) fn restore_saved(
+    vcpu: &Vcpu,
+    indices: &[u32],
+    saved: &[Option<u64>],
+    index: u32,
+) -> (usize, bool) {
+    let entries: Vec<MsrEntry> = indices
+        .iter()
+        .zip(saved)
+        .filter_map(|(&index, v)| v.map(|data| MsrEntry { index, data }))
+        .collect();
+    let accepted = restore(vcpu, &entries);
+    let epos = entries
+        .iter()
+        .position(|e| e.index == index)
+        .expect("a saved entry");
+    (entries.len(), accepted[epos])
+}
+
 fn roundtrip(ctx: &Context, index: u32) -> Outcome {
     let indices = ctx.facts.msr_index_list.clone();
     let pos = indices
@@ -68,17 +89,7 @@ fn roundtrip(ctx: &Context, index: u32) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::harness(e),
     };
-    let entries: Vec<MsrEntry> = indices
-        .iter()
-        .zip(&saved)
-        .filter_map(|(&index, v)| v.map(|data| MsrEntry { index, data }))
-        .collect();
-    let accepted = restore(&b.vcpu, &entries);
-    let epos = entries
-        .iter()
-        .position(|e| e.index == index)
-        .expect("saved entry");
-    if !accepted[epos] {
+    if !restore_saved(&b.vcpu, &indices, &saved, index).1 {
         return Outcome::fail(
             format!("the fresh vCPU accepts {}", hex(value)),
             "KVM_SET_MSRS rejected the entry",

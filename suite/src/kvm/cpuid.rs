@@ -56,6 +56,7 @@ pub const FEATURES: &[Feature] = &[
     feature!("HYPERVISOR", 0x1, 0, Ecx, 31),
     feature!("TSC_ADJUST", 0x7, 0, Ebx, 1),
     feature!("MPX", 0x7, 0, Ebx, 14),
+    feature!("LA57", 0x7, 0, Ecx, 16),
     feature!("RDPID", 0x7, 0, Ecx, 22),
     feature!("SHSTK", 0x7, 0, Ecx, 7),
     feature!("WAITPKG", 0x7, 0, Ecx, 5),
