@@ -5,7 +5,9 @@
 use super::mce::{set_up, support};
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::KernelVersion;
+use crate::guest::long_mode::long_mode_sregs;
 use crate::guest::{GuestOp, OpOutcome};
+use crate::kvm::{cpuid, CpuidPolicy, CpuidTable, Vcpu, Vm, VmConfig};
 
 /// IA32_MC0_CTL2 (SDM vol. 4 table 2-2; the banks' CTL2 registers are 0x280 + bank).
 const MC0_CTL2: u32 = 0x280;
@@ -167,6 +169,164 @@ fn cpuid_fault_any_order(ctx: &Context) -> Outcome {
     }
 }
 
+/// IA32_APIC_BASE (SDM vol. 3A 12.4.4): EN (bit 11), EXTD (bit 10, x2APIC mode).
+const APIC_BASE: u32 = 0x1b;
+const APIC_BASE_EN: u64 = 1 << 11;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+/// The local APIC ID register's offset in the register page (SDM vol. 3A table 12-1).
+const APIC_ID: usize = 0x20;
+/// A vCPU id whose xAPIC format (id << 24) differs from its x2APIC format (id).
+const APIC_VCPU_ID: u64 = 5;
+/// 052c3b99cbc8 is in 6.3; Debian's 6.1.192 lacks it (lapic.c kvm_lapic_set_base re-derives the
+/// ID only when EN changes or EXTD is set).
+const XAPIC_ID_REINIT_FROM: KernelVersion = KernelVersion(6, 3);
+
+const XAPIC_ID_CITE: &str = "052c3b99cbc8 'KVM: x86: Reinitialize xAPIC ID when userspace forces x2APIC => xAPIC' (6.3): lapic.c __kvm_apic_set_base: on an EXTD change with EN kept, kvm_apic_set_xapic_id(apic, vcpu->vcpu_id), i.e. APIC_ID = vcpu_id << 24 (6.12, 7.2); kvm_apic_set_base lets only the host make that switch (the guest's is refused: SDM vol. 3A 12.12.5, x2APIC -> xAPIC needs EN cleared first). Before 6.3 (6.1.192: kvm_lapic_set_base) the x2APIC ID written by kvm_apic_set_x2apic_id (vcpu_id, unshifted) stayed. api.rst 4.57 KVM_GET_LAPIC: without KVM_CAP_X2APIC_API the xAPIC ID is in bits 31:24";
+
+/// Host-initiated x2APIC -> xAPIC through IA32_APIC_BASE (EN kept, EXTD cleared): the xAPIC ID
+/// register is re-derived from the vCPU id, read back with KVM_GET_LAPIC.
+fn xapic_id_after_x2apic(ctx: &Context) -> Outcome {
+    let x2apic = cpuid::feature("X2APIC").expect("in cpuid::FEATURES");
+    if !ctx.facts.supported_cpuid.has(x2apic) {
+        return Outcome::skip("KVM_GET_SUPPORTED_CPUID lacks X2APIC: the host may not set EXTD (lapic.c kvm_apic_set_base reserves it)");
+    }
+    // VmConfig::default() has the split irqchip: an in-kernel LAPIC for KVM_GET_LAPIC.
+    let (_vm, vcpu) = match vm_with_vcpu(ctx, APIC_VCPU_ID, ctx.facts.supported_cpuid.clone()) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    let id_reg = |v: &Vcpu| v.get_lapic().map(|l| l.reg(APIC_ID));
+    let shown = |r: Result<u32, i32>| {
+        r.map_or_else(
+            |e| format!("KVM_GET_LAPIC errno {e}"),
+            |id| format!("{id:#x}"),
+        )
+    };
+    let Some(base) = vcpu.get_msr(APIC_BASE) else {
+        return Outcome::fail("a host read of IA32_APIC_BASE", "failed");
+    };
+    let xapic_id = (APIC_VCPU_ID as u32) << 24;
+    let at_reset = id_reg(&vcpu);
+    if at_reset != Ok(xapic_id) || base & (APIC_BASE_EN | APIC_BASE_EXTD) != APIC_BASE_EN {
+        return Outcome::fail(
+            format!("at reset: xAPIC mode (EN, no EXTD) and APIC_ID {xapic_id:#x} (lapic.c kvm_lapic_reset)"),
+            format!("IA32_APIC_BASE {}, APIC_ID {}", hex(base), shown(at_reset)),
+        );
+    }
+    let to_x2apic = vcpu.set_msr(APIC_BASE, base | APIC_BASE_EXTD);
+    let to_xapic = vcpu.set_msr(APIC_BASE, base);
+    let after = id_reg(&vcpu);
+    let old = ctx
+        .facts
+        .kernel_version()
+        .is_some_and(|k| k < XAPIC_ID_REINIT_FROM);
+    let (want, why) = if old {
+        (APIC_VCPU_ID as u32, "before 6.3 the x2APIC ID stays")
+    } else {
+        (xapic_id, "vcpu_id << 24 (052c3b99cbc8, 6.3)")
+    };
+    let actual = format!(
+        "EN|EXTD {}, back to EN {}, APIC_ID {}",
+        if to_x2apic { "accepted" } else { "refused" },
+        if to_xapic { "accepted" } else { "refused" },
+        shown(after)
+    );
+    if to_x2apic && to_xapic && after == Ok(want) {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            format!("both host writes accepted and APIC_ID {want:#x}: {why}"),
+            actual,
+        )
+    }
+}
+
+/// A VM with the default configuration and one vCPU with this id and CPUID.
+fn vm_with_vcpu(ctx: &Context, id: u64, t: CpuidTable) -> crate::Result<(Vm, Vcpu)> {
+    let vm = Vm::new(&ctx.sys, &VmConfig::default())?;
+    let vcpu = vm.create_vcpu(id, &CpuidPolicy::Table(t))?;
+    Ok((vm, vcpu))
+}
+
+/// 184bd464bdb6 is in 6.13 and, backported, in 6.12.113; Debian's 6.1.192 lacks it.
+const SREGS_EFER_FROM: KernelVersion = KernelVersion(6, 13);
+const SREGS_EFER_612_SUBLEVEL: u32 = 113;
+
+const SREGS_EFER_CITE: &str = "184bd464bdb6 'KVM: x86: Check EFER validity on KVM_SET_SREGS*' (6.13, Cc: stable, in 6.12.113): kvm_is_valid_sregs ends with kvm_valid_efer(vcpu, sregs->efer), whose __kvm_valid_efer refuses EFER.LME/LMA without the guest's CPUID.80000001:EDX.LM, so __set_sregs_common returns -EINVAL before changing any state (regs.c in 6.12.118 and 7.2); before it (6.1.192: x86.c kvm_is_valid_sregs checks CR0/CR4/LMA consistency only) the EFER was taken as given. api.rst 4.14 KVM_SET_SREGS";
+
+/// The same long-mode KVM_SET_SREGS on two vCPUs that differ only in CPUID.80000001:EDX.LM: the
+/// one with LM takes it, the one without must refuse it with EINVAL and keep its EFER.
+fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
+    let lm = cpuid::feature("LM").expect("in cpuid::FEATURES");
+    if !ctx.facts.supported_cpuid.has(lm) {
+        return Outcome::skip("KVM_GET_SUPPORTED_CPUID lacks LM: no long mode to refuse");
+    }
+    let mut without = ctx.facts.supported_cpuid.clone();
+    without.set(lm, false);
+    let set = |t: CpuidTable| -> Result<(Option<i32>, u64, bool), Outcome> {
+        let (_vm, vcpu) = vm_with_vcpu(ctx, 0, t).map_err(Outcome::harness)?;
+        let has_lm = vcpu.effective_cpuid.as_ref().is_some_and(|c| c.has(lm));
+        let s = vcpu
+            .fd
+            .get_sregs()
+            .map_err(|e| Outcome::harness(crate::Error::ioctl("KVM_GET_SREGS", e)))?;
+        let errno = vcpu
+            .fd
+            .set_sregs(&long_mode_sregs(s))
+            .err()
+            .map(|e| e.errno());
+        let efer = vcpu
+            .fd
+            .get_sregs()
+            .map_err(|e| Outcome::harness(crate::Error::ioctl("KVM_GET_SREGS", e)))?
+            .efer;
+        Ok((errno, efer, has_lm))
+    };
+    let (with_lm, (errno, efer, kept_lm)) =
+        match (set(ctx.facts.supported_cpuid.clone()), set(without)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(o), _) | (_, Err(o)) => return o,
+        };
+    if kept_lm {
+        return Outcome::skip("KVM_GET_CPUID2 still shows LM after KVM_SET_CPUID2 without it");
+    }
+    if with_lm.0.is_some() {
+        return Outcome::fail(
+            "the long-mode sregs accepted on the vCPU with LM (the control)",
+            format!("errno {:?}", with_lm.0),
+        );
+    }
+    let actual = format!(
+        "without LM: KVM_SET_SREGS {}, EFER then {}",
+        errno.map_or("accepted".into(), |e| format!("errno {e}")),
+        hex(efer)
+    );
+    let fixed = match (ctx.facts.kernel_version(), ctx.facts.kernel_sublevel()) {
+        (Some(k), _) if k >= SREGS_EFER_FROM => Some(true),
+        (Some(KernelVersion(6, 12)), Some(sub)) => Some(sub >= SREGS_EFER_612_SUBLEVEL),
+        (Some(KernelVersion(6, 1)), _) => Some(false),
+        _ => None,
+    };
+    match fixed {
+        Some(true) if errno == Some(libc::EINVAL) && efer == 0 => Outcome::pass(actual),
+        Some(true) => Outcome::fail(
+            "without LM: EINVAL and EFER left at its reset value 0 (184bd464bdb6)",
+            actual,
+        ),
+        Some(false) if errno.is_none() => Outcome::pass(format!(
+            "{actual} (kernel without 184bd464bdb6: the EFER is not checked)"
+        )),
+        Some(false) => Outcome::fail(
+            "without 184bd464bdb6 (6.1, 6.12 before .113) KVM_SET_SREGS accepts the EFER",
+            actual,
+        ),
+        None => Outcome::skip(format!(
+            "kernel {}: whether its stable line has 184bd464bdb6 is not known here ({actual})",
+            ctx.facts.kernel_release
+        )),
+    }
+}
+
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
@@ -189,6 +349,20 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             "the host may clear PLATFORM_INFO.CPUID_FAULT while MISC_FEATURES_ENABLES.CPUID_FAULT is set (restore in any order; refused before 6.13)",
             "1ded7a57b805 'KVM: x86: Remove ordering check b/w MSR_PLATFORM_INFO and MISC_FEATURES_ENABLES' (6.13): x86.c kvm_set_msr_common MSR_PLATFORM_INFO checks only host_initiated; before, !(data & CPUID_FAULT) && cpuid_fault_enabled(vcpu) -> 1 (Debian 6.1, 6.12)",
             cpuid_fault_any_order,
+        ),
+        Check::new(
+            "regression.apic-base.x2apic-to-xapic-reinits-id",
+            Some(APIC_BASE),
+            "a host write of IA32_APIC_BASE from x2APIC back to xAPIC (EN kept) re-derives the xAPIC ID: KVM_GET_LAPIC's APIC_ID is vcpu_id << 24 (vCPU 5)",
+            XAPIC_ID_CITE,
+            xapic_id_after_x2apic,
+        ),
+        Check::new(
+            "regression.sregs.efer-checked-against-cpuid",
+            None,
+            "KVM_SET_SREGS with EFER.LME/LMA on a vCPU whose CPUID lacks LM fails with EINVAL and leaves EFER alone; the same sregs succeed with LM",
+            SREGS_EFER_CITE,
+            sregs_efer_vs_cpuid,
         ),
     ]
 }

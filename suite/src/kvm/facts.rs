@@ -215,6 +215,12 @@ impl HostFacts {
         KernelVersion::parse(&self.kernel_release)
     }
 
+    /// The running kernel's stable patch level (118 in "6.12.118+deb13-amd64"), for the rare rule
+    /// that a stable backport changed within one major.minor (None if the release has none).
+    pub fn kernel_sublevel(&self) -> Option<u32> {
+        KernelVersion::sublevel(&self.kernel_release)
+    }
+
     /// Gather every fact. Fails only if an ioctl the harness depends on fails.
     pub fn gather(sys: &KvmSystem) -> Result<HostFacts> {
         let backend = Backend::detect();
@@ -341,10 +347,28 @@ impl KernelVersion {
         let minor = it.next()?.parse().ok()?;
         Some(KernelVersion(major, minor))
     }
+
+    /// The third number of a release ("6.12.118+deb13-amd64" -> 118; "7.2" -> None).
+    pub fn sublevel(s: &str) -> Option<u32> {
+        s.split(|c: char| !c.is_ascii_digit()).nth(2)?.parse().ok()
+    }
 }
 
 impl std::fmt::Display for KernelVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelVersion;
+
+    #[test]
+    fn sublevel_of_releases() {
+        assert_eq!(KernelVersion::sublevel("6.12.118+deb13-amd64"), Some(118));
+        assert_eq!(KernelVersion::sublevel("6.18.44-fc-v1252"), Some(44));
+        assert_eq!(KernelVersion::sublevel("7.2"), None);
+        assert_eq!(KernelVersion::sublevel("6.13-rc1"), None);
     }
 }

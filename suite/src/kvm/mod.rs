@@ -14,4 +14,4 @@ pub use cpuid::{CpuidTable, Vendor};
 pub use raw::{ListKind, MsrEntry, MsrIo, MsrOp};
 pub use run::Exit;
 pub use system::KvmSystem;
-pub use vm::{CpuidPolicy, Irqchip, Vcpu, Vm, VmConfig};
+pub use vm::{CpuidPolicy, Irqchip, LapicState, Vcpu, Vm, VmConfig};

@@ -251,6 +251,18 @@ impl Vcpu {
         exit
     }
 
+    /// KVM_GET_LAPIC (api.rst 4.57): the in-kernel local APIC's register page, as the
+    /// architecture manual lays it out. Needs an in-kernel LAPIC (`Irqchip::Full` or `Split`);
+    /// without one KVM answers ENXIO. Without KVM_CAP_X2APIC_API's 32-bit IDs (this harness never
+    /// enables it) APIC_ID (offset 0x20) comes back in xAPIC format, the ID in bits 31:24, also in
+    /// x2APIC mode (lapic.c kvm_apic_state_fixup).
+    pub fn get_lapic(&self) -> std::result::Result<LapicState, i32> {
+        let s = self.fd.get_lapic().map_err(|e| e.errno())?;
+        Ok(LapicState {
+            regs: s.regs.map(|b| b as u8),
+        })
+    }
+
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.x): from now on the KVM PV MSRs follow the
     /// vCPU's KVM_CPUID_FEATURES bits.
     pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), i32> {
@@ -275,5 +287,19 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.enable_cap(&c).map_err(|e| e.errno())
+    }
+}
+
+/// A local APIC's register page (struct kvm_lapic_state, api.rst 4.57).
+#[derive(Clone)]
+pub struct LapicState {
+    pub regs: [u8; 1024],
+}
+
+impl LapicState {
+    /// The 32-bit register at `offset` (SDM vol. 3A table 12-1: APIC_ID is 0x20), little-endian.
+    pub fn reg(&self, offset: usize) -> u32 {
+        let b = &self.regs[offset..offset + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 }
