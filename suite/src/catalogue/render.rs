@@ -126,6 +126,22 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
                 if let Some(v) = c.kernel_before {
                     cond.push(format!("kernel before {v}"));
                 }
+                if let Some(e) = c.emulated {
+                    cond.push(
+                        if e {
+                            "through KVM's emulator"
+                        } else {
+                            "not emulated"
+                        }
+                        .into(),
+                    );
+                }
+                if !c.kvm_cpuid_none.is_empty() {
+                    cond.push(format!(
+                        "KVM's CPUID without {}",
+                        c.kvm_cpuid_none.join(", ")
+                    ));
+                }
                 out.push_str(&format!(
                     "        when {}: {}{}\n",
                     cond.join(", "),
