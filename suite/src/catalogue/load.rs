@@ -211,9 +211,10 @@ fn parse_host_mode(s: &str) -> std::result::Result<HostWhenClosed, String> {
         "fails" => HostWhenClosed::Fails,
         "zero-only" => HostWhenClosed::ZeroOnly,
         "unsupported" => HostWhenClosed::Unsupported,
+        "write-unsupported" => HostWhenClosed::WriteUnsupported,
         other => {
             return Err(format!(
-                "gate.host {other:?}: expected exempt, advertised-zero, fails, zero-only or unsupported"
+                "gate.host {other:?}: expected exempt, advertised-zero, fails, zero-only, unsupported or write-unsupported"
             ))
         }
     })
@@ -413,7 +414,7 @@ struct GateRaw {
     pv_feature: Option<Vec<String>>,
     /// "interface", "synic" or "syndbg": a Hyper-V MSR's guest gate.
     hyperv: Option<String>,
-    /// "exempt", "advertised-zero", "fails" or "zero-only".
+    /// "exempt", "advertised-zero", "fails", "zero-only", "unsupported" or "write-unsupported".
     host: String,
     cite: String,
     /// { kernel = "X.Y", host, cite }: the host behaviour on kernels older than X.Y.
@@ -759,6 +760,15 @@ gate = { cpuid = ["RDTSCP", "RDPID"], host = "exempt", cite = "x86.c" }
         assert!(
             e.contains("b.toml:2") && e.contains("duplicate index 0x10") && e.contains("a.toml:1"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn write_unsupported_is_a_host_mode() {
+        // IA32_XSS from 338543cbe033 (6.18); host_until itself is covered below.
+        assert_eq!(
+            parse_host_mode("write-unsupported"),
+            Ok(HostWhenClosed::WriteUnsupported)
         );
     }
 

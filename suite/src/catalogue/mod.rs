@@ -76,6 +76,12 @@ pub enum HostWhenClosed {
     /// kvm.ignore_msrs says (the handler returns 1, not KVM_MSR_RET_UNSUPPORTED): the SynIC and
     /// synthetic timer MSRs (hyperv.c synic_set_msr / stimer_set_config, b1e34d325397, v5.18).
     ZeroOnly,
+    /// Reads are gated for the guest only (the host reads the value, the guest's RDMSR #GPs even
+    /// under kvm.ignore_msrs: the read handler returns 1); writes return KVM_MSR_RET_UNSUPPORTED
+    /// for host and guest alike: a host write of 0 to an advertised MSR succeeds, any other
+    /// fails, and under kvm.ignore_msrs every write, the guest's included, is accepted and dropped
+    /// (x86.c kvm_do_msr_access). IA32_XSS from 338543cbe033 (6.18).
+    WriteUnsupported,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -813,11 +813,16 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     // write of 0 succeeds if KVM lists the MSR, any other value fails; under ignore_msrs both
     // succeed and are dropped. Before KVM_RUN: after it, do_set_msr refuses any change to an
     // immutable feature MSR (ARCH_CAPABILITIES, PERF_CAPABILITIES) before that rule applies.
-    // A zero-only MSR: 0 accepted, any other value refused, ignore_msrs or not.
+    // A zero-only MSR: 0 accepted, any other value refused, ignore_msrs or not. Write-unsupported:
+    // writes as UNSUPPORTED, reads as exempt (host) or #GP (guest), ignore_msrs or not.
     let nonzero = if value != 0 { value } else { 1 };
     let host_mode = g.host_on(ctx.facts.kernel_version());
     let zero_only = host_mode == HostWhenClosed::ZeroOnly;
-    let exemption = host_mode == HostWhenClosed::AdvertisedZero;
+    let reads_gated = host_mode != HostWhenClosed::WriteUnsupported;
+    let exemption = matches!(
+        host_mode,
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::WriteUnsupported
+    );
     let unsupported = exemption || host_mode == HostWhenClosed::Unsupported;
     let writes = (unsupported || zero_only).then(|| {
         (
@@ -836,13 +841,19 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let zero_ok = (exemption && ctx.facts.is_advertised(index)) || ignore;
     let (rd, wr) = (run.outcomes[0], run.outcomes[1]);
     let guest_ok = if ignored {
-        rd == OpOutcome::Read(0) && wr == OpOutcome::Wrote
+        (if reads_gated {
+            rd == OpOutcome::Read(0)
+        } else {
+            rd.is_gp()
+        }) && wr == OpOutcome::Wrote
     } else {
         (rd.is_gp() || write_only_read_ignored(ctx, m, rd)) && wr.is_gp()
     };
     let host_ok = match host_mode {
         _ if m.read_fails.is_some() => true, // write-only: no host read to judge
-        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => host.is_some(),
+        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly | HostWhenClosed::WriteUnsupported => {
+            host.is_some()
+        }
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => host == Some(0),
         HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported | HostWhenClosed::Fails => {
             host.is_none()
@@ -872,7 +883,9 @@ fn gate_closed(ctx: &Context, index: u32) -> Outcome {
         Outcome::fail(
             format!(
                 "guest {} ; host {:?}{} ({})",
-                if ignored {
+                if ignored && !reads_gated {
+                    "RDMSR #GP, WRMSR dropped (ignore_msrs=Y: only the write handler returns UNSUPPORTED)"
+                } else if ignored {
                     "reads 0 and writes are dropped (ignore_msrs=Y)"
                 } else {
                     "RDMSR and WRMSR #GP"

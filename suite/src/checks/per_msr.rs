@@ -165,7 +165,9 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
                 guest.is_gp()
             };
             let host_ok = match host_mode {
-                HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly => after.is_some(),
+                HostWhenClosed::Exempt
+                | HostWhenClosed::ZeroOnly
+                | HostWhenClosed::WriteUnsupported => after.is_some(),
                 HostWhenClosed::AdvertisedZero => after == Some(0),
                 HostWhenClosed::Unsupported if ignored => after == Some(0),
                 HostWhenClosed::Unsupported => after.is_none(),
