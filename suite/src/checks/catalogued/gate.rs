@@ -48,11 +48,10 @@ pub(super) fn write_only_read_ignored(ctx: &Context, m: &MsrInfo, read: OpOutcom
 }
 
 /// Clear the gate's CPUID bits (or use the default MCG_CAP) and check both paths.
-pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
-    let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
-        return o;
-    }
+/// A machine on which the MSR's gate is closed: the gating CPUID features cleared, the MSR's
+/// setup applied with its gates left closed, PV feature enforcement on for a PV gate. A skip
+/// where the gate cannot be closed.
+fn closed_gate_machine(ctx: &Context, m: &MsrInfo) -> Result<Machine, Outcome> {
     let g = m.gate.as_ref().expect("gate rule");
     let mut t = ctx.facts.supported_cpuid.clone();
     if let GateCondition::AnyCpuid(names) | GateCondition::PvFeature(names) = &g.condition {
@@ -65,27 +64,42 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
         .and_then(|mut x| apply_setup(&mut x, m, false).map(|()| x))
     {
         Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
+        Err(e) => return Err(Outcome::harness(e)),
     };
     if matches!(g.condition, GateCondition::PvFeature(_)) {
         if ctx.facts.cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID") <= 0 {
-            return Outcome::skip(
+            return Err(Outcome::skip(
                 "KVM_CAP_ENFORCE_PV_FEATURE_CPUID is absent: KVM never gates the PV MSRs",
-            );
+            ));
         }
         if let Err(errno) = mach.vcpu.enforce_pv_cpuid() {
-            return Outcome::fail(
+            return Err(Outcome::fail(
                 "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID) on the vCPU",
                 format!("errno {errno}"),
-            );
+            ));
         }
     }
     if gate_state(m, &mach) == Some(GateState::Open) {
-        return Outcome::skip(format!(
+        return Err(Outcome::skip(format!(
             "could not close gate {}: it is still open in the effective CPUID/state",
             g.describe()
-        ));
+        )));
     }
+    Ok(mach)
+}
+
+/// With the gate closed the guest faults (or, under ignore_msrs, reads 0 and its writes are
+/// dropped), and the host follows the documented mode for a closed gate on this kernel.
+pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
+    let m = info(ctx, index);
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let g = m.gate.as_ref().expect("gate rule");
+    let mut mach = match closed_gate_machine(ctx, m) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let value = m.writes.first().map(|w| w.value).unwrap_or(0);
     let host = mach.vcpu.get_msr(index);
     // Host writes of an UNSUPPORTED MSR (x86.c kvm_do_msr_access, semantics §1.6 step 3): a
@@ -148,26 +162,24 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     if guest_ok && host_ok && writes_ok {
         Outcome::pass(actual)
     } else {
+        let host_rule = match (unsupported, zero_ok, ignore) {
+            _ if zero_only => format!(" (a host write of 0 succeeds, of {} fails)", hex(nonzero)),
+            (false, _, _) => String::new(),
+            (true, _, true) => " (ignore_msrs: host reads 0, writes dropped)".into(),
+            (true, true, false) => format!(
+                " (advertised: host reads 0, a host write of 0 succeeds, of {} fails)",
+                hex(nonzero)
+            ),
+            (true, false, false) => " (not advertised: host reads and writes fail)".into(),
+        };
+        let guest_rule = if ignored {
+            "reads 0 and writes are dropped (ignore_msrs=Y)"
+        } else {
+            "RDMSR and WRMSR #GP"
+        };
         Outcome::fail(
             format!(
-                "guest {} ; host {:?}{} ({})",
-                if ignored {
-                    "reads 0 and writes are dropped (ignore_msrs=Y)"
-                } else {
-                    "RDMSR and WRMSR #GP"
-                },
-                host_mode,
-                match (unsupported, zero_ok, ignore) {
-                    _ if zero_only =>
-                        format!(" (a host write of 0 succeeds, of {} fails)", hex(nonzero)),
-                    (false, _, _) => String::new(),
-                    (true, _, true) => " (ignore_msrs: host reads 0, writes dropped)".into(),
-                    (true, true, false) => format!(
-                        " (advertised: host reads 0, a host write of 0 succeeds, of {} fails)",
-                        hex(nonzero)
-                    ),
-                    (true, false, false) => " (not advertised: host reads and writes fail)".into(),
-                },
+                "guest {guest_rule} ; host {host_mode:?}{host_rule} ({})",
                 g.host_cite(ctx.facts.kernel_version())
             ),
             actual,
