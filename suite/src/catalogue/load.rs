@@ -430,6 +430,117 @@ struct HostUntilRaw {
 
 use crate::fixtures::line_of;
 
+/// `volatile = { rule, vm_clock?, cite }`.
+fn parse_volatile(v: VolatileRaw) -> std::result::Result<VolatileRule, String> {
+    let rule = match v.rule.as_str() {
+        "monotonic" => Volatility::Monotonic,
+        "changes" => Volatility::Changes,
+        other => {
+            return Err(format!(
+                "volatile.rule {other:?}: expected \"monotonic\" or \"changes\""
+            ))
+        }
+    };
+    if v.cite.trim().is_empty() {
+        return Err("volatile.cite is empty".into());
+    }
+    Ok(VolatileRule {
+        rule,
+        vm_clock: v.vm_clock,
+        cite: v.cite,
+    })
+}
+
+/// `gate = { cpuid | pv_feature | hyperv | mcg_cap_bit | host_only, host, host_until?, cite }`.
+fn parse_gate(g: GateRaw) -> std::result::Result<Gate, String> {
+    let conds = usize::from(g.cpuid.is_some())
+        + usize::from(g.mcg_cap_bit.is_some())
+        + usize::from(g.host_only == Some(true))
+        + usize::from(g.pv_feature.is_some())
+        + usize::from(g.hyperv.is_some());
+    if conds != 1 {
+        return Err(
+                "gate needs exactly one of `cpuid`, `pv_feature`, `hyperv`, `mcg_cap_bit`, `host_only = true`"
+                    .into(),
+            );
+    }
+    let condition = if let Some(hv) = g.hyperv {
+        GateCondition::Hyperv(match hv.as_str() {
+            "interface" => HvGate::Interface,
+            "synic" => HvGate::Synic,
+            "syndbg" => HvGate::Syndbg,
+            other => {
+                return Err(format!(
+                    "gate.hyperv {other:?}: expected interface, synic or syndbg"
+                ))
+            }
+        })
+    } else if let Some(names) = g.pv_feature {
+        let mut known = Vec::new();
+        for n in &names {
+            match crate::kvm::cpuid::feature(n) {
+                    Some(f) if f.leaf == 0x4000_0001 => known.push(f.name),
+                    _ => return Err(format!("gate.pv_feature names {n:?}, not a KVM_CPUID_FEATURES (0x40000001) bit in kvm/cpuid.rs")),
+                }
+        }
+        GateCondition::PvFeature(known)
+    } else if let Some(names) = g.cpuid {
+        let mut known = Vec::new();
+        for n in &names {
+            match crate::kvm::cpuid::feature(n) {
+                Some(f) => known.push(f.name),
+                None => {
+                    return Err(format!(
+                        "gate.cpuid names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)"
+                    ))
+                }
+            }
+        }
+        GateCondition::AnyCpuid(known)
+    } else if let Some(b) = g.mcg_cap_bit {
+        if b > 63 {
+            return Err(format!("gate.mcg_cap_bit {b} is not a bit of a 64-bit MSR"));
+        }
+        GateCondition::McgCapBit(b)
+    } else {
+        GateCondition::HostOnly
+    };
+    let host = parse_host_mode(&g.host)?;
+    let host_until = match g.host_until {
+        None => None,
+        Some(u) => {
+            if u.cite.trim().is_empty() {
+                return Err("gate.host_until.cite is empty".into());
+            }
+            Some((parse_kernel(&u.kernel)?, parse_host_mode(&u.host)?, u.cite))
+        }
+    };
+    if g.cite.trim().is_empty() {
+        return Err("gate.cite is empty".into());
+    }
+    Ok(Gate {
+        condition,
+        host,
+        cite: g.cite,
+        host_until,
+    })
+}
+
+/// `setup = [...]`: the steps a machine needs before the MSR behaves as catalogued.
+fn parse_setup(steps: &[String]) -> std::result::Result<Vec<Setup>, String> {
+    steps
+        .iter()
+        .map(|st| match st.as_str() {
+            "x2apic-mode" => Ok(Setup::X2apicMode),
+            "hyperv-interface" => Ok(Setup::HypervInterface),
+            "hyperv-synic" => Ok(Setup::HypervSynic),
+            other => Err(format!(
+                "setup {other:?}: expected x2apic-mode, hyperv-interface or hyperv-synic"
+            )),
+        })
+        .collect()
+}
+
 /// Parse one file. `text` is its contents; `file` names it in errors.
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
     let err = |line: Option<usize>, message: String| Error::Fixture {
@@ -471,120 +582,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
                 m.id
             )));
         }
-        let volatile = match m.volatile {
-            None => None,
-            Some(v) => {
-                let rule = match v.rule.as_str() {
-                    "monotonic" => Volatility::Monotonic,
-                    "changes" => Volatility::Changes,
-                    other => {
-                        return Err(e(format!(
-                            "volatile.rule {other:?}: expected \"monotonic\" or \"changes\""
-                        )))
-                    }
-                };
-                if v.cite.trim().is_empty() {
-                    return Err(e("volatile.cite is empty".into()));
-                }
-                Some(VolatileRule {
-                    rule,
-                    vm_clock: v.vm_clock,
-                    cite: v.cite,
-                })
-            }
-        };
-        let gate = match m.gate {
-            None => None,
-            Some(g) => {
-                let conds = usize::from(g.cpuid.is_some())
-                    + usize::from(g.mcg_cap_bit.is_some())
-                    + usize::from(g.host_only == Some(true))
-                    + usize::from(g.pv_feature.is_some())
-                    + usize::from(g.hyperv.is_some());
-                if conds != 1 {
-                    return Err(e(
-                        "gate needs exactly one of `cpuid`, `pv_feature`, `hyperv`, `mcg_cap_bit`, `host_only = true`"
-                            .into(),
-                    ));
-                }
-                let condition = if let Some(hv) = g.hyperv {
-                    GateCondition::Hyperv(match hv.as_str() {
-                        "interface" => HvGate::Interface,
-                        "synic" => HvGate::Synic,
-                        "syndbg" => HvGate::Syndbg,
-                        other => {
-                            return Err(e(format!(
-                                "gate.hyperv {other:?}: expected interface, synic or syndbg"
-                            )))
-                        }
-                    })
-                } else if let Some(names) = g.pv_feature {
-                    let mut known = Vec::new();
-                    for n in &names {
-                        match crate::kvm::cpuid::feature(n) {
-                            Some(f) if f.leaf == 0x4000_0001 => known.push(f.name),
-                            _ => return Err(e(format!("gate.pv_feature names {n:?}, not a KVM_CPUID_FEATURES (0x40000001) bit in kvm/cpuid.rs"))),
-                        }
-                    }
-                    GateCondition::PvFeature(known)
-                } else if let Some(names) = g.cpuid {
-                    let mut known = Vec::new();
-                    for n in &names {
-                        match crate::kvm::cpuid::feature(n) {
-                            Some(f) => known.push(f.name),
-                            None => return Err(e(format!("gate.cpuid names unknown feature {n:?} (see kvm/cpuid.rs FEATURES)"))),
-                        }
-                    }
-                    GateCondition::AnyCpuid(known)
-                } else if let Some(b) = g.mcg_cap_bit {
-                    if b > 63 {
-                        return Err(e(format!(
-                            "gate.mcg_cap_bit {b} is not a bit of a 64-bit MSR"
-                        )));
-                    }
-                    GateCondition::McgCapBit(b)
-                } else {
-                    GateCondition::HostOnly
-                };
-                let host = parse_host_mode(&g.host).map_err(&e)?;
-                let host_until = match g.host_until {
-                    None => None,
-                    Some(u) => {
-                        if u.cite.trim().is_empty() {
-                            return Err(e("gate.host_until.cite is empty".into()));
-                        }
-                        Some((
-                            parse_kernel(&u.kernel).map_err(&e)?,
-                            parse_host_mode(&u.host).map_err(&e)?,
-                            u.cite,
-                        ))
-                    }
-                };
-                if g.cite.trim().is_empty() {
-                    return Err(e("gate.cite is empty".into()));
-                }
-                Some(Gate {
-                    condition,
-                    host,
-                    cite: g.cite,
-                    host_until,
-                })
-            }
-        };
+        let volatile = m.volatile.map(parse_volatile).transpose().map_err(&e)?;
+        let gate = m.gate.map(parse_gate).transpose().map_err(&e)?;
         let (reset, writes, reserved, read_fails, backends, requires) = rules;
-        let mut setup = Vec::new();
-        for st in &m.setup {
-            setup.push(match st.as_str() {
-                "x2apic-mode" => Setup::X2apicMode,
-                "hyperv-interface" => Setup::HypervInterface,
-                "hyperv-synic" => Setup::HypervSynic,
-                other => {
-                    return Err(e(format!(
-                        "setup {other:?}: expected x2apic-mode, hyperv-interface or hyperv-synic"
-                    )))
-                }
-            });
-        }
+        let setup = parse_setup(&m.setup).map_err(&e)?;
         let count = m.count.unwrap_or(1);
         let stride = m.stride.unwrap_or(1);
         if count == 0 || stride == 0 {
