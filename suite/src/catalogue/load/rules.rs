@@ -104,77 +104,124 @@ pub(super) type Rules = (
     Option<Requirement>,
 );
 
-pub(super) fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
-    let reset = match m.reset.take() {
-        None => None,
-        Some(r) => {
-            cited("reset", &r.cite)?;
-            let mut by_backend = Vec::new();
-            let mut quirk_off = Vec::new();
-            for w in r.when {
-                cited("reset.when", &w.cite)?;
-                match (w.backend, w.quirk_disabled) {
-                    (Some(b), None) => by_backend.push((parse_backend(&b)?, w.value, w.cite)),
-                    (None, Some(q)) => {
-                        let quirk = Quirk::parse(&q).ok_or_else(|| format!("reset.when.quirk_disabled {q:?}: expected STUFF_FEATURE_MSRS or MISC_ENABLE_NO_MWAIT"))?;
-                        quirk_off.push((quirk, w.value, w.cite));
-                    }
-                    _ => {
-                        return Err(
-                            "reset.when needs exactly one of `backend`, `quirk_disabled`".into(),
-                        )
-                    }
-                }
+/// `reset = { value, cite, when = [{ backend | quirk_disabled, value, cite }] }`.
+fn parse_reset(r: ResetRaw) -> std::result::Result<ResetRule, String> {
+    cited("reset", &r.cite)?;
+    let mut by_backend = Vec::new();
+    let mut quirk_off = Vec::new();
+    for w in r.when {
+        cited("reset.when", &w.cite)?;
+        match (w.backend, w.quirk_disabled) {
+            (Some(b), None) => by_backend.push((parse_backend(&b)?, w.value, w.cite)),
+            (None, Some(q)) => {
+                let quirk = Quirk::parse(&q).ok_or_else(|| format!("reset.when.quirk_disabled {q:?}: expected STUFF_FEATURE_MSRS or MISC_ENABLE_NO_MWAIT"))?;
+                quirk_off.push((quirk, w.value, w.cite));
             }
-            Some(ResetRule {
-                value: r.value,
-                cite: r.cite,
-                by_backend,
-                quirk_off,
-            })
+            _ => return Err("reset.when needs exactly one of `backend`, `quirk_disabled`".into()),
         }
-    };
-    let mut writes = Vec::new();
-    for w in std::mem::take(&mut m.write) {
-        cited(&format!("write {:?}", w.name), &w.cite)?;
-        if w.name.is_empty()
-            || !w
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+    }
+    Ok(ResetRule {
+        value: r.value,
+        cite: r.cite,
+        by_backend,
+        quirk_off,
+    })
+}
+
+/// One `[[msr.write]]` rule with its `when` conditions.
+fn parse_write(w: WriteRaw) -> std::result::Result<WriteRule, String> {
+    cited(&format!("write {:?}", w.name), &w.cite)?;
+    if w.name.is_empty()
+        || !w
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!(
+            "write name {:?} must be lowercase letters, digits and '-'",
+            w.name
+        ));
+    }
+    let mut when = Vec::new();
+    for c in w.when {
+        cited(&format!("write {:?} when", w.name), &c.cite)?;
+        when.push(When {
+            backend: c.backend.as_deref().map(parse_backend).transpose()?,
+            kernel_before: c.kernel_before.as_deref().map(parse_kernel).transpose()?,
+            kvm_cpuid_none: features(&c.kvm_cpuid_none, "when.kvm_cpuid_none")?,
+            guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
+            path: c.path.as_deref().map(parse_path).transpose()?,
+            emulated: c.emulated,
+            outcome: parse_outcome(&c.outcome)?,
+            cite: c.cite,
+        });
+    }
+    Ok(WriteRule {
+        name: w.name,
+        value: w.value,
+        before: w.before,
+        path: w.path.as_deref().map(parse_path).transpose()?,
+        outcome: parse_outcome(&w.outcome)?,
+        cite: w.cite,
+        when,
+        cpuid_clear: features(&w.cpuid_clear, "write.cpuid_clear")?,
+    })
+}
+
+/// `requires = { caps, kvm_params, cpuid_any, listed, params_listing_since?, cite }`: every name
+/// one the code knows.
+fn parse_requires(r: RequiresRaw) -> std::result::Result<Requirement, String> {
+    cited("requires", &r.cite)?;
+    for c in &r.caps {
+        if !crate::kvm::facts::MSR_CAPS.iter().any(|(n, _)| n == c) {
             return Err(format!(
-                "write name {:?} must be lowercase letters, digits and '-'",
-                w.name
+                "requires.caps names {c:?}, which kvm/facts.rs MSR_CAPS does not know"
             ));
         }
-        if writes.iter().any(|x: &WriteRule| x.name == w.name) {
+    }
+    for p in &r.kvm_params {
+        if !crate::kvm::facts::KVM_PARAMS.contains(&p.as_str()) {
+            return Err(format!(
+                "requires.kvm_params names {p:?}, which kvm/facts.rs KVM_PARAMS does not read"
+            ));
+        }
+    }
+    for f in &r.cpuid_any {
+        if crate::kvm::cpuid::feature(f).is_none() {
+            return Err(format!(
+                "requires.cpuid_any names {f:?}, which kvm/cpuid.rs FEATURES does not know"
+            ));
+        }
+    }
+    if r.caps.is_empty() && r.kvm_params.is_empty() && r.cpuid_any.is_empty() && !r.listed {
+        return Err("requires names nothing (caps, kvm_params, cpuid_any or listed = true)".into());
+    }
+    let params_listing_since = match r.params_listing_since {
+        None => None,
+        Some(since) => {
+            cited("requires.params_listing_since", &since.cite)?;
+            Some((parse_kernel(&since.kernel)?, since.cite))
+        }
+    };
+    Ok(Requirement {
+        caps: r.caps,
+        kvm_params: r.kvm_params,
+        cpuid_any: r.cpuid_any,
+        listed: r.listed,
+        cite: r.cite,
+        params_listing_since,
+    })
+}
+
+pub(super) fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> {
+    let reset = m.reset.take().map(parse_reset).transpose()?;
+    let mut writes: Vec<WriteRule> = Vec::new();
+    for w in std::mem::take(&mut m.write) {
+        let w = parse_write(w)?;
+        if writes.iter().any(|x| x.name == w.name) {
             return Err(format!("write name {:?} used twice", w.name));
         }
-        let mut when = Vec::new();
-        for c in w.when {
-            cited(&format!("write {:?} when", w.name), &c.cite)?;
-            when.push(When {
-                backend: c.backend.as_deref().map(parse_backend).transpose()?,
-                kernel_before: c.kernel_before.as_deref().map(parse_kernel).transpose()?,
-                kvm_cpuid_none: features(&c.kvm_cpuid_none, "when.kvm_cpuid_none")?,
-                guest_vendor: c.guest_vendor.as_deref().map(parse_vendor).transpose()?,
-                path: c.path.as_deref().map(parse_path).transpose()?,
-                emulated: c.emulated,
-                outcome: parse_outcome(&c.outcome)?,
-                cite: c.cite,
-            });
-        }
-        writes.push(WriteRule {
-            name: w.name,
-            value: w.value,
-            before: w.before,
-            path: w.path.as_deref().map(parse_path).transpose()?,
-            outcome: parse_outcome(&w.outcome)?,
-            cite: w.cite,
-            when,
-            cpuid_clear: features(&w.cpuid_clear, "write.cpuid_clear")?,
-        });
+        writes.push(w);
     }
     let reserved = match m.reserved.take() {
         None => None,
@@ -213,51 +260,7 @@ pub(super) fn parse_rules(m: &mut MsrRaw) -> std::result::Result<Rules, String> 
             Some((list, b.cite))
         }
     };
-    let requires = match m.requires.take() {
-        None => None,
-        Some(r) => {
-            cited("requires", &r.cite)?;
-            for c in &r.caps {
-                if !crate::kvm::facts::MSR_CAPS.iter().any(|(n, _)| n == c) {
-                    return Err(format!(
-                        "requires.caps names {c:?}, which kvm/facts.rs MSR_CAPS does not know"
-                    ));
-                }
-            }
-            for p in &r.kvm_params {
-                if !crate::kvm::facts::KVM_PARAMS.contains(&p.as_str()) {
-                    return Err(format!("requires.kvm_params names {p:?}, which kvm/facts.rs KVM_PARAMS does not read"));
-                }
-            }
-            for f in &r.cpuid_any {
-                if crate::kvm::cpuid::feature(f).is_none() {
-                    return Err(format!(
-                        "requires.cpuid_any names {f:?}, which kvm/cpuid.rs FEATURES does not know"
-                    ));
-                }
-            }
-            if r.caps.is_empty() && r.kvm_params.is_empty() && r.cpuid_any.is_empty() && !r.listed {
-                return Err(
-                    "requires names nothing (caps, kvm_params, cpuid_any or listed = true)".into(),
-                );
-            }
-            let params_listing_since = match r.params_listing_since {
-                None => None,
-                Some(since) => {
-                    cited("requires.params_listing_since", &since.cite)?;
-                    Some((parse_kernel(&since.kernel)?, since.cite))
-                }
-            };
-            Some(Requirement {
-                caps: r.caps,
-                kvm_params: r.kvm_params,
-                cpuid_any: r.cpuid_any,
-                listed: r.listed,
-                cite: r.cite,
-                params_listing_since,
-            })
-        }
-    };
+    let requires = m.requires.take().map(parse_requires).transpose()?;
     Ok((reset, writes, reserved, read_fails, backends, requires))
 }
 
