@@ -7,8 +7,8 @@ use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::cpuid;
 use crate::machine::Machine;
 
-const UCODE_REV: u32 = 0x8b;
-const PLATFORM_INFO: u32 = 0xce;
+use crate::msr_index::IA32_UCODE_REV as UCODE_REV;
+use crate::msr_index::MSR_PLATFORM_INFO as PLATFORM_INFO;
 const QUIRK_STUFF: u64 = kvm_bindings::KVM_X86_QUIRK_STUFF_FEATURE_MSRS as u64;
 
 /// Feature MSRs KVM stuffs into a new vCPU under KVM_X86_QUIRK_STUFF_FEATURE_MSRS with the
@@ -420,7 +420,7 @@ fn same_cpuid_after_run(ctx: &Context) -> Outcome {
 }
 
 fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
-    const MISC_ENABLE: u32 = 0x1a0;
+    use crate::msr_index::IA32_MISC_ENABLE as MISC_ENABLE;
     const MWAIT_EN: u64 = 1 << 18;
     let quirk = u64::from(kvm_bindings::KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT);
     if ctx.facts.cap("KVM_CAP_DISABLE_QUIRKS2").max(0) as u64 & quirk == 0 {
@@ -481,7 +481,7 @@ fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
 /// read fails and a guest RDMSR #GPs even with the CPUID bit set -- unless kvm.ignore_msrs, under
 /// which both read 0 (x86.c kvm_do_msr_access).
 fn core_capabilities_unsupported(ctx: &Context) -> Outcome {
-    const CORE_CAPS: u32 = 0xcf;
+    use crate::msr_index::IA32_CORE_CAPS as CORE_CAPS;
     if ctx.traits.get(CORE_CAPS).in_lists() {
         return Outcome::fail(
             "0xcf in neither MSR list (upstream never implements it)",

@@ -59,8 +59,7 @@ const IDLE_RAN_MAX: usize = 4;
 /// vCPUs created in one shared VM before a new one is started (bounds kernel memory).
 pub const VCPUS_PER_VM: u64 = 64;
 
-/// HV_X64_MSR_VP_INDEX (Hyper-V TLFS): the vCPU's virtual processor index.
-const HV_X64_MSR_VP_INDEX: u32 = 0x4000_0002;
+use crate::msr_index::HV_X64_MSR_VP_INDEX;
 
 /// Where the pool's vCPUs come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
