@@ -110,7 +110,7 @@ impl GuestRun {
 pub struct Machine {
     pub vm: Vm,
     pub vcpu: Vcpu,
-    pub runtime: Code,
+    pub runtime: &'static Code,
     pub timeout: Duration,
     runs: u32,
     /// The entry point whose program the vCPU last completed: the guest then sits after its

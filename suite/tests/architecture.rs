@@ -16,7 +16,7 @@ fn architecture() -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Every `.rs` file under suite/src except lib.rs and the binary, as a module path
+/// Every `.rs` file under suite/src except lib.rs, the binary and unit-test files, as a module path
 /// (`kvm::raw`, `machine`; a `mod.rs` names its folder).
 fn modules() -> BTreeMap<String, PathBuf> {
     fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
@@ -37,6 +37,10 @@ fn modules() -> BTreeMap<String, PathBuf> {
                 walk(&p, &next, out);
             } else if p.extension().is_some_and(|e| e == "rs") {
                 if prefix.is_empty() && name == "lib" {
+                    continue;
+                }
+                // Unit tests kept in a file of their own are not a module of the library.
+                if name == "tests" {
                     continue;
                 }
                 let mut path = prefix.to_vec();

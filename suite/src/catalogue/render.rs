@@ -45,7 +45,6 @@ pub fn select<'a>(c: &'a Catalogue, filters: &[String]) -> Vec<&'a MsrInfo> {
 pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
     let mut out = String::new();
     for m in entries {
-        out.push_str(&format!("{:#010x}  {}  [{}]\n", m.index, m.name, m.id));
         let src = |c: &str| {
             if with_sources {
                 format!("   — {c}")
@@ -53,46 +52,11 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
                 String::new()
             }
         };
+        out.push_str(&format!("{:#010x}  {}  [{}]\n", m.index, m.name, m.id));
         if with_sources {
             out.push_str(&format!("    defined: {}\n", m.cite));
         }
-        if let Some((b, c)) = &m.backends {
-            let names: Vec<&str> = b.iter().map(|x| x.name()).collect();
-            out.push_str(&format!(
-                "    backends: only {}{}\n",
-                names.join(", "),
-                src(c)
-            ));
-        }
-        if let Some(r) = &m.requires {
-            let mut need: Vec<String> = r.caps.clone();
-            need.extend(r.kvm_params.iter().map(|p| format!("kvm.{p}=Y")));
-            if !r.cpuid_any.is_empty() {
-                need.push(format!("supported CPUID {}", r.cpuid_any.join(" or ")));
-            }
-            if r.listed {
-                need.push("listed by this host's KVM".into());
-            }
-            out.push_str(&format!(
-                "    requires: {}{}\n",
-                need.join(", "),
-                src(&r.cite)
-            ));
-        }
-        if let Some(g) = &m.gate {
-            out.push_str(&format!(
-                "    gate: {}; host while closed: {:?}{}\n",
-                g.describe(),
-                g.host,
-                src(&g.cite)
-            ));
-            if let Some((v, h, c)) = &g.host_until {
-                out.push_str(&format!(
-                    "        kernels before {v}: host while closed: {h:?}{}\n",
-                    src(c)
-                ));
-            }
-        }
+        availability_lines(&mut out, m, &src);
         if let Some(r) = &m.reset {
             let mut s = format!("{:#x}", r.value);
             for (b, v, _) in &r.by_backend {
@@ -104,51 +68,7 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
             out.push_str(&format!("    reset: {s}{}\n", src(&r.cite)));
         }
         for w in &m.writes {
-            out.push_str(&format!(
-                "    write {} {:#x} ({}): {}{}\n",
-                w.name,
-                w.value,
-                path_text(w.path),
-                outcome_text(w.outcome),
-                src(&w.cite)
-            ));
-            for c in &w.when {
-                let mut cond = Vec::new();
-                if let Some(b) = c.backend {
-                    cond.push(format!("backend {}", b.name()));
-                }
-                if let Some(v) = c.guest_vendor {
-                    cond.push(format!("{v:?}-compatible guest"));
-                }
-                if let Some(p) = c.path {
-                    cond.push(format!("{p:?} path"));
-                }
-                if let Some(v) = c.kernel_before {
-                    cond.push(format!("kernel before {v}"));
-                }
-                if let Some(e) = c.emulated {
-                    cond.push(
-                        if e {
-                            "through KVM's emulator"
-                        } else {
-                            "not emulated"
-                        }
-                        .into(),
-                    );
-                }
-                if !c.kvm_cpuid_none.is_empty() {
-                    cond.push(format!(
-                        "KVM's CPUID without {}",
-                        c.kvm_cpuid_none.join(", ")
-                    ));
-                }
-                out.push_str(&format!(
-                    "        when {}: {}{}\n",
-                    cond.join(", "),
-                    outcome_text(c.outcome),
-                    src(&c.cite)
-                ));
-            }
+            write_lines(&mut out, w, &src);
         }
         if let Some(r) = &m.reserved {
             out.push_str(&format!(
@@ -175,4 +95,102 @@ pub fn text(entries: &[&MsrInfo], with_sources: bool) -> String {
     }
     out.push_str(&format!("{} MSRs\n", entries.len()));
     out
+}
+
+/// Where the MSR exists at all: backends, listing requirements, its CPUID gate.
+fn availability_lines(out: &mut String, m: &MsrInfo, src: &dyn Fn(&str) -> String) {
+    if let Some((b, c)) = &m.backends {
+        let names: Vec<&str> = b.iter().map(|x| x.name()).collect();
+        out.push_str(&format!(
+            "    backends: only {}{}\n",
+            names.join(", "),
+            src(c)
+        ));
+    }
+    if let Some(r) = &m.requires {
+        let mut need: Vec<String> = r.caps.clone();
+        need.extend(r.kvm_params.iter().map(|p| format!("kvm.{p}=Y")));
+        if !r.cpuid_any.is_empty() {
+            need.push(format!("supported CPUID {}", r.cpuid_any.join(" or ")));
+        }
+        if r.listed {
+            need.push("listed by this host's KVM".into());
+        }
+        out.push_str(&format!(
+            "    requires: {}{}\n",
+            need.join(", "),
+            src(&r.cite)
+        ));
+    }
+    if let Some(g) = &m.gate {
+        out.push_str(&format!(
+            "    gate: {}; host while closed: {:?}{}\n",
+            g.describe(),
+            g.host,
+            src(&g.cite)
+        ));
+        if let Some((v, h, c)) = &g.host_until {
+            out.push_str(&format!(
+                "        kernels before {v}: host while closed: {h:?}{}\n",
+                src(c)
+            ));
+        }
+    }
+}
+
+/// One write rule and its conditional outcomes.
+fn write_lines(out: &mut String, w: &WriteRule, src: &dyn Fn(&str) -> String) {
+    let cleared = if w.cpuid_clear.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", with {} cleared from the vCPU's CPUID",
+            w.cpuid_clear.join(", ")
+        )
+    };
+    out.push_str(&format!(
+        "    write {} {:#x} ({}{cleared}): {}{}\n",
+        w.name,
+        w.value,
+        path_text(w.path),
+        outcome_text(w.outcome),
+        src(&w.cite)
+    ));
+    for c in &w.when {
+        let mut cond = Vec::new();
+        if let Some(b) = c.backend {
+            cond.push(format!("backend {}", b.name()));
+        }
+        if let Some(v) = c.guest_vendor {
+            cond.push(format!("{v:?}-compatible guest"));
+        }
+        if let Some(p) = c.path {
+            cond.push(format!("{p:?} path"));
+        }
+        if let Some(e) = c.emulated {
+            cond.push(
+                if e {
+                    "through KVM's emulator"
+                } else {
+                    "not through KVM's emulator"
+                }
+                .into(),
+            );
+        }
+        if let Some(v) = c.kernel_before {
+            cond.push(format!("kernel before {v}"));
+        }
+        if !c.kvm_cpuid_none.is_empty() {
+            cond.push(format!(
+                "KVM's CPUID has none of {}",
+                c.kvm_cpuid_none.join(", ")
+            ));
+        }
+        out.push_str(&format!(
+            "        when {}: {}{}\n",
+            cond.join(", "),
+            outcome_text(c.outcome),
+            src(&c.cite)
+        ));
+    }
 }

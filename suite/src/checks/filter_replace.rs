@@ -15,8 +15,8 @@ use crate::msr_index::{IA32_PAT, MSR_KERNEL_GS_BASE, MSR_SYSCALL_MASK};
 use crate::oracles::filter::{observe, Seen, REASON_FILTER};
 
 const CITE: &str = "api.rst 4.97 KVM_X86_SET_MSR_FILTER; x86.c kvm_vm_ioctl_set_msr_filter (new filter built whole, kvm_free_msr_filter on the first error, rcu_replace_pointer only on success), kvm_add_msr_filter, kvm_msr_allowed (6.1, 6.12, 7.2)";
-const MCG_STATUS: u32 = 0x17a;
-const POWER_CTL: u32 = 0x1fc;
+use crate::msr_index::IA32_MCG_STATUS as MCG_STATUS;
+use crate::msr_index::IA32_POWER_CTL as POWER_CTL;
 
 /// The filter in force: default deny; five ranges of both access kinds, allowing and denying,
 /// overlapping (the first matching range wins), each the one that decides at least one probe

@@ -12,12 +12,12 @@ use crate::kvm::cpuid;
 use crate::kvm::memory::GuestMemory;
 use crate::machine::Machine;
 
-const SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
-const SYSTEM_TIME: u32 = 0x12;
-const WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
-const ASYNC_PF_EN: u32 = 0x4b56_4d02;
-const STEAL_TIME: u32 = 0x4b56_4d03;
-const PV_EOI_EN: u32 = 0x4b56_4d04;
+use crate::msr_index::MSR_KVM_ASYNC_PF_EN as ASYNC_PF_EN;
+use crate::msr_index::MSR_KVM_PV_EOI_EN as PV_EOI_EN;
+use crate::msr_index::MSR_KVM_STEAL_TIME as STEAL_TIME;
+use crate::msr_index::MSR_KVM_SYSTEM_TIME as SYSTEM_TIME;
+use crate::msr_index::MSR_KVM_SYSTEM_TIME_NEW as SYSTEM_TIME_NEW;
+use crate::msr_index::MSR_KVM_WALL_CLOCK_NEW as WALL_CLOCK_NEW;
 
 /// A page boundary in guest memory the runtime leaves free (guest/layout.rs: nothing above
 /// STACK_TOP; VmConfig::default maps 4 MiB at GPA 0).

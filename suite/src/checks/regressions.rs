@@ -9,8 +9,7 @@ use crate::guest::long_mode::long_mode_sregs;
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::{cpuid, CpuidPolicy, CpuidTable, Vcpu, Vm, VmConfig};
 
-/// IA32_MC0_CTL2 (SDM vol. 4 table 2-2; the banks' CTL2 registers are 0x280 + bank).
-const MC0_CTL2: u32 = 0x280;
+use crate::msr_index::IA32_MC0_CTL2 as MC0_CTL2;
 /// MCG_CAP.MCG_CMCI_P (SDM vol. 3B 16.3.1.1).
 const MCG_CMCI_P: u64 = 1 << 10;
 /// MCi_CTL2.CMCI_EN and the corrected-error threshold (SDM vol. 3B 16.5.1).
@@ -116,9 +115,8 @@ fn ctl2_with_cmci(ctx: &Context) -> Outcome {
     )
 }
 
-/// MSR_PLATFORM_INFO (Intel SDM vol. 4 table 2-12) and MSR_MISC_FEATURES_ENABLES (0x140).
-const PLATFORM_INFO: u32 = 0xce;
-const MISC_FEATURES_ENABLES: u32 = 0x140;
+use crate::msr_index::MSR_MISC_FEATURES_ENABLES as MISC_FEATURES_ENABLES;
+use crate::msr_index::MSR_PLATFORM_INFO as PLATFORM_INFO;
 const CPUID_FAULT_SUPPORTED: u64 = 1 << 31;
 const CPUID_FAULT_ENABLED: u64 = 1;
 /// 1ded7a57b805 is in 6.13 (Debian 6.1 and 6.12 still have the check in kvm_set_msr_common).

@@ -8,7 +8,7 @@ use crate::machine::Machine;
 use crate::msr_index::IA32_TSC;
 use std::time::Instant;
 
-const TSC_ADJUST: u32 = 0x3b;
+use crate::msr_index::IA32_TSC_ADJUST as TSC_ADJUST;
 
 /// Ticks per `ns` nanoseconds at `khz`.
 fn ticks(ns: u128, khz: u64) -> u64 {

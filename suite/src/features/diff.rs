@@ -1,7 +1,7 @@
 //! `kvm-msr diff A.json B.json`: what changed between two probes and whether a guest started on
 //! host A can be migrated to host B without losing an MSR-based feature it could see.
 
-use super::decode::{DecodeTables, FieldKind};
+use super::decode::{DecodeTables, FieldKind, Register};
 use super::probe::Probe;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,17 +62,26 @@ fn push(v: &mut Vec<Difference>, blocks: bool, what: String) {
 /// Compare A (migration source) with B (target).
 pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
     let mut d = Vec::new();
+    host_and_lists(&mut d, a, b);
+    feature_values(&mut d, a, b, tables);
+    cpuid_bits(&mut d, a, b);
+    Diff { differences: d }
+}
+
+/// The kernel, the backend, and the save/restore list: state KVM on A saves that KVM on B cannot
+/// restore blocks the migration.
+fn host_and_lists(d: &mut Vec<Difference>, a: &Probe, b: &Probe) {
     let (ha, hb) = (&a.host, &b.host);
     if ha.kernel_release != hb.kernel_release {
         push(
-            &mut d,
+            d,
             false,
             format!("kernel: {} -> {}", ha.kernel_release, hb.kernel_release),
         );
     }
     if ha.backend != hb.backend {
         push(
-            &mut d,
+            d,
             false,
             format!("backend: {} -> {}", ha.backend.name(), hb.backend.name()),
         );
@@ -88,16 +97,19 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
     let la: BTreeSet<u32> = ha.msr_index_list.iter().copied().collect();
     let lb: BTreeSet<u32> = hb.msr_index_list.iter().copied().collect();
     for i in la.difference(&lb) {
-        push(&mut d, true, format!("index list: {i:#x} {} is saved on A but B's KVM does not list it (its state cannot be restored)", name(*i)));
+        push(d, true, format!("index list: {i:#x} {} is saved on A but B's KVM does not list it (its state cannot be restored)", name(*i)));
     }
     for i in lb.difference(&la) {
         push(
-            &mut d,
+            d,
             false,
             format!("index list: {i:#x} {} appears on B", name(*i)),
         );
     }
-    // Feature MSRs, field by field.
+}
+
+/// Feature MSRs, field by field.
+fn feature_values(d: &mut Vec<Difference>, a: &Probe, b: &Probe, tables: &DecodeTables) {
     let fa: BTreeMap<u32, Option<u64>> = a.features.iter().map(|f| (f.index, f.value)).collect();
     let fb: BTreeMap<u32, Option<u64>> = b.features.iter().map(|f| (f.index, f.value)).collect();
     for (&i, &va) in &fa {
@@ -109,7 +121,7 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
             let blocks = va.is_some_and(|v| v != 0)
                 && !reg.is_some_and(|r| r.field.iter().all(|f| f.kind == FieldKind::Info));
             push(
-                &mut d,
+                d,
                 blocks,
                 format!("feature list: {rname} is a feature MSR on A ({va:x?}) but not on B"),
             );
@@ -118,7 +130,7 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
         let (Some(va), Some(vb)) = (va, vb) else {
             if va != vb {
                 push(
-                    &mut d,
+                    d,
                     va.is_some(),
                     format!(
                         "feature {rname}: readable {} on A, {} on B",
@@ -132,56 +144,65 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
         if va == vb {
             continue;
         }
-        let mut covered = 0u64;
-        for f in reg.map(|r| r.field.as_slice()).unwrap_or_default() {
-            covered |= f.mask();
-            let (x, y) = (f.extract(va), f.extract(vb));
-            if x == y {
-                continue;
-            }
-            let blocks = match f.kind {
-                FieldKind::Capability => x != 0 && y == 0,
-                FieldKind::Hazard => x == 0 && y != 0,
-                FieldKind::Value => true,
-                FieldKind::Info => false,
-            };
-            let kind = match f.kind {
-                FieldKind::Capability if blocks => "lost on B",
-                FieldKind::Capability => "gained on B",
-                FieldKind::Hazard if blocks => "a hazard B has and A does not",
-                FieldKind::Hazard => "a hazard A has and B does not",
-                FieldKind::Value => "differs",
-                FieldKind::Info => "informational",
-            };
-            push(
-                &mut d,
-                blocks,
-                format!("feature {rname}.{}: {x:#x} -> {y:#x} ({kind})", f.name),
-            );
-        }
-        let (ua, ub) = (va & !covered, vb & !covered);
-        if ua != ub {
-            // Unnamed bits: losing one is treated as losing a capability.
-            push(
-                &mut d,
-                ua & !ub != 0,
-                format!("feature {rname}: unnamed bits {ua:#x} -> {ub:#x}"),
-            );
-        }
+        field_diffs(d, reg, &rname, va, vb);
     }
     for i in fb.keys().filter(|i| !fa.contains_key(i)) {
         push(
-            &mut d,
+            d,
             false,
             format!("feature list: {i:#x} is a feature MSR on B only"),
         );
     }
-    // CPUID bits that let a guest see those MSRs.
+}
+
+/// The fields of one feature MSR whose values differ between A (`va`) and B (`vb`), and its
+/// unnamed bits.
+fn field_diffs(d: &mut Vec<Difference>, reg: Option<&Register>, rname: &str, va: u64, vb: u64) {
+    let mut covered = 0u64;
+    for f in reg.map(|r| r.field.as_slice()).unwrap_or_default() {
+        covered |= f.mask();
+        let (x, y) = (f.extract(va), f.extract(vb));
+        if x == y {
+            continue;
+        }
+        let blocks = match f.kind {
+            FieldKind::Capability => x != 0 && y == 0,
+            FieldKind::Hazard => x == 0 && y != 0,
+            FieldKind::Value => true,
+            FieldKind::Info => false,
+        };
+        let kind = match f.kind {
+            FieldKind::Capability if blocks => "lost on B",
+            FieldKind::Capability => "gained on B",
+            FieldKind::Hazard if blocks => "a hazard B has and A does not",
+            FieldKind::Hazard => "a hazard A has and B does not",
+            FieldKind::Value => "differs",
+            FieldKind::Info => "informational",
+        };
+        push(
+            d,
+            blocks,
+            format!("feature {rname}.{}: {x:#x} -> {y:#x} ({kind})", f.name),
+        );
+    }
+    let (ua, ub) = (va & !covered, vb & !covered);
+    if ua != ub {
+        // Unnamed bits: losing one is treated as losing a capability.
+        push(
+            d,
+            ua & !ub != 0,
+            format!("feature {rname}: unnamed bits {ua:#x} -> {ub:#x}"),
+        );
+    }
+}
+
+/// CPUID bits that let a guest see those MSRs.
+fn cpuid_bits(d: &mut Vec<Difference>, a: &Probe, b: &Probe) {
     for ca in &a.cpuid {
         if let Some(cb) = b.cpuid.iter().find(|c| c.feature == ca.feature) {
             if ca.supported != cb.supported {
                 push(
-                    &mut d,
+                    d,
                     ca.supported && !cb.supported,
                     format!(
                         "KVM_GET_SUPPORTED_CPUID {}: {} -> {}",
@@ -191,7 +212,7 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
             }
             if ca.effective != cb.effective {
                 push(
-                    &mut d,
+                    d,
                     ca.effective && !cb.effective,
                     format!(
                         "vCPU-effective CPUID {}: {} -> {}",
@@ -201,7 +222,6 @@ pub fn diff(a: &Probe, b: &Probe, tables: &DecodeTables) -> Diff {
             }
         }
     }
-    Diff { differences: d }
 }
 
 #[cfg(test)]

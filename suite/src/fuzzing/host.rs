@@ -4,7 +4,7 @@
 //! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
-use super::pool::{PoolMode, VcpuPool};
+use super::pool::{PoolMode, PooledVcpu, VcpuPool};
 use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueChoice};
 use crate::guest::layout::PORT_DONE;
 use crate::kvm::cpuid::{self, Vendor};
@@ -248,6 +248,250 @@ pub fn tolerates_a_vcpu_that_ran(ctx: &Context, input: &HostInput) -> bool {
 
 /// Run one input on a vCPU from `pool`; the trace of what it observed, or the first violated
 /// oracle.
+/// One input's run on one lent vCPU: what the handlers of its operations share.
+struct HostRun<'a> {
+    ctx: &'a Context,
+    /// Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done,
+    /// which the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
+    ran: bool,
+    /// A write of 1 to HV_X64_MSR_RESET is pending (the next KVM_RUN reports the reset).
+    reset_requested: bool,
+    reads: RepeatedReads,
+    feats: &'a mut Features,
+    trace: Vec<Obs>,
+}
+
+impl HostRun<'_> {
+    /// KVM_SET_MSRS of a batch, then the accepted MSRs read back.
+    fn set(&mut self, v: &mut PooledVcpu, es: &[HostEntry]) -> Result<(), Violation> {
+        let ctx = self.ctx;
+        let volatile = |i: u32| ctx.traits.get(i).volatile;
+        let es = &es[..es.len().min(MAX_HOST_ENTRIES)];
+        // One read before the write: the current values the entries' values derive
+        // from, the old values the pool captures for its reset, and after KVM_RUN the
+        // feature MSRs' values (immutable then).
+        let wanted: Vec<u32> = es
+            .iter()
+            .map(|e| e.index.resolve(ctx))
+            .zip(es)
+            .filter(|(i, e)| {
+                !matches!(e.value, HostValue::Pick(_))
+                    || v.needs_old_value(ctx, *i)
+                    || (self.ran && ctx.traits.get(*i).feature)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let current = v.read_before(ctx, &wanted);
+        let entries: Vec<MsrEntry> = es
+            .iter()
+            .map(|e| resolve(ctx, &current.values, e))
+            .collect();
+        let io = v.set_msrs(ctx, &entries, Some(&current));
+        let n = o::msr_io_count(&io)?;
+        if self.ran {
+            o::feature_msrs_immutable(
+                |i| ctx.traits.get(i).feature,
+                &entries[..n],
+                &current.values,
+            )?;
+        }
+        o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;
+        // hyperv.c kvm_hv_set_msr_pw HV_X64_MSR_RESET: 'if (data == 1)
+        // kvm_make_request(KVM_REQ_HV_RESET, vcpu)', host writes included: the next
+        // KVM_RUN ends in KVM_EXIT_SYSTEM_EVENT (reset) instead of running the guest.
+        self.reset_requested |= entries[..n]
+            .iter()
+            .any(|e| e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1);
+        self.reads.forget();
+        self.trace.push(Obs::Set { accepted: n });
+        for (k, e) in entries.iter().enumerate() {
+            let state = u32::from(k < n) + 2 * u32::from(k == n);
+            self.feats
+                .add(&[10, msr_class(ctx, e.index), state, u32::from(self.ran)]);
+        }
+        // Read the accepted MSRs back. Value profile: how many bits of the last value
+        // written to each differ from what reads back (0 = stored as written).
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for e in &entries[..n] {
+            last.insert(e.index, e.data);
+        }
+        let idx: Vec<u32> = last.keys().copied().collect();
+        let mut seen = Vec::new();
+        // (Nothing accepted: nothing to read back, and no ioctl for it.)
+        if !idx.is_empty() {
+            let back = v.vcpu.get_msrs(&idx);
+            let m = o::msr_io_count(&back)?;
+            for e in &back.entries[..m] {
+                self.reads
+                    .observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
+                let diff = (last[&e.index] ^ e.data).count_ones();
+                self.feats.add(&[11, msr_class(ctx, e.index), diff]);
+                seen.push(visible(ctx, e.index, e.data));
+            }
+        }
+        self.trace.push(Obs::Read(seen));
+        Ok(())
+    }
+
+    /// KVM_GET_MSRS of a batch: a prefix is processed, the rest untouched; repeated reads agree.
+    fn get(&mut self, v: &PooledVcpu, ix: &[HostIndex]) -> Result<(), Violation> {
+        let ctx = self.ctx;
+        let volatile = |i: u32| ctx.traits.get(i).volatile;
+        let entries: Vec<MsrEntry> = ix
+            .iter()
+            .take(MAX_HOST_ENTRIES)
+            .map(|i| MsrEntry {
+                index: i.resolve(ctx),
+                data: SENTINEL,
+            })
+            .collect();
+        let io = raw::msr_io(&v.vcpu, MsrOp::Get, &entries, entries.len() as u32);
+        let n = o::msr_io_count(&io)?;
+        o::get_batch_untouched(&io, n)?;
+        let mut seen = Vec::new();
+        for (k, e) in io.entries.iter().enumerate() {
+            let state = u32::from(k < n) + 2 * u32::from(k == n);
+            self.feats.add(&[
+                12,
+                msr_class(ctx, e.index),
+                state,
+                u32::from(k < n && e.data == 0),
+            ]);
+            if k < n {
+                self.reads
+                    .observe(volatile, e.index, e.data, "repeated KVM_GET_MSRS")?;
+                seen.push(visible(ctx, e.index, e.data));
+            }
+        }
+        self.trace.push(Obs::Read(seen));
+        Ok(())
+    }
+
+    /// KVM_SET_CPUID2: after KVM_RUN only the same table is accepted.
+    fn set_cpuid(
+        &mut self,
+        v: &mut PooledVcpu,
+        default_cpuid: &CpuidTable,
+        c: &CpuidChoice,
+    ) -> Result<(), Violation> {
+        let ctx = self.ctx;
+        let table = c.table(default_cpuid);
+        // Bits KVM owns at run time do not make a table different after KVM_RUN.
+        let same = table.same_but_runtime_bits(&v.cpuid);
+        let r = v.set_cpuid(&table);
+        if let Err(e) = r {
+            o::SET_CPUID2.check(e)?;
+        }
+        // A backend with a recorded deviation refuses the identical table too (the check
+        // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
+        let same_refused = ctx
+            .deviations
+            .find(
+                SAME_CPUID_AFTER_RUN,
+                crate::deviations::HostKey::of(&ctx.facts),
+            )
+            .is_some();
+        if self.ran && r.is_ok() != same && !(same && same_refused) {
+            return Err(Violation {
+                oracle: "cpuid-frozen-after-run",
+                msr: None,
+                expected: format!(
+                    "KVM_SET_CPUID2 after KVM_RUN to {} a {} table (cpuid.c kvm_set_cpuid: kvm_cpuid_check_equal)",
+                    if same { "accept" } else { "refuse with EINVAL" },
+                    if same { "identical" } else { "different" }
+                ),
+                actual: format!("{r:?}"),
+            });
+        }
+        self.reads.forget();
+        self.feats.add(&[
+            13,
+            u32::from(self.ran),
+            u32::from(same),
+            r.err().unwrap_or(0) as u32,
+        ]);
+        self.trace.push(Obs::Cpuid(r));
+        Ok(())
+    }
+
+    /// KVM_RUN of the empty guest program: it completes (or reports a requested reset).
+    fn run(&mut self, v: &mut PooledVcpu) -> Result<(), Violation> {
+        let exit = v.run_empty(Duration::from_secs(5));
+        let done = matches!(&exit, Exit::IoOut { port, .. } if *port == PORT_DONE);
+        let reset = matches!(&exit, Exit::SystemEvent { kind } if *kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET);
+        if reset && std::mem::take(&mut self.reset_requested) {
+            // The requested reset, reported to userspace; the guest did not run.
+            self.feats.add(&[14, 1]);
+            self.trace.push(Obs::Run);
+            return Ok(());
+        }
+        if !done {
+            return Err(Violation {
+                oracle: "guest-alive",
+                msr: None,
+                expected: "the empty guest program to complete".into(),
+                actual: exit.to_string(),
+            });
+        }
+        self.ran = true;
+        self.feats.add(&[14]);
+        self.trace.push(Obs::Run);
+        Ok(())
+    }
+
+    /// Save every listed MSR, give the vCPU back, restore into a vCPU that never ran: it reads
+    /// the same. Returns the destination, which the rest of the input uses.
+    fn save_restore(
+        &mut self,
+        pool: &mut VcpuPool,
+        v: PooledVcpu,
+    ) -> Result<PooledVcpu, Violation> {
+        let ctx = self.ctx;
+        let volatile = |i: u32| ctx.traits.get(i).volatile;
+        let list = &ctx.facts.msr_index_list;
+        let saved = v.vcpu.get_msrs(list);
+        let n = o::msr_io_count(&saved)?;
+        if n != list.len() {
+            return Err(Violation {
+                oracle: "save-restore-equal",
+                msr: list.get(n).copied(),
+                expected: format!("the source to read all {} listed MSRs", list.len()),
+                actual: format!("KVM_GET_MSRS stopped at entry #{n}"),
+            });
+        }
+        // The source goes back first, as on a migration the source VM is gone: the
+        // destination may be a vCPU of the same VM, and the per-VM MSRs (wall clock)
+        // must end up with the restored values, not the source's reset ones.
+        let source_cpuid = v.cpuid.clone();
+        let source_ran = self.ran;
+        pool.give_back(v);
+        // The destination is a vCPU that never ran, as on a migration.
+        let mut v = pool.take(false).map_err(harness_violation)?;
+        self.ran = false;
+        let dest = &mut v;
+        if dest.cpuid.entries != source_cpuid.entries {
+            if let Err(e) = dest.set_cpuid(&source_cpuid) {
+                return Err(Violation {
+                    oracle: "save-restore-equal",
+                    msr: None,
+                    expected: "the destination to accept the source's CPUID".into(),
+                    actual: format!("KVM_SET_CPUID2 errno {e}"),
+                });
+            }
+        }
+        let restore = dest.set_msrs(ctx, &saved.entries, None);
+        let back = dest.vcpu.get_msrs(list);
+        o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
+        self.reads.forget();
+        for e in &saved.entries {
+            self.reads.observe(volatile, e.index, e.data, "saved")?;
+        }
+        self.feats.add(&[15, u32::from(source_ran)]);
+        self.trace.push(Obs::Saved(n));
+        Ok(v)
+    }
+}
+
 pub fn run_host(
     ctx: &Context,
     pool: &mut VcpuPool,
@@ -257,213 +501,25 @@ pub fn run_host(
     let mut v = pool
         .take(tolerates_a_vcpu_that_ran(ctx, input))
         .map_err(harness_violation)?;
-    // Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done, which
-    // the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
-    let mut ran = false;
-    let mut reset_requested = false;
-    let mut reads = RepeatedReads::default();
-    let volatile = |i: u32| ctx.traits.get(i).volatile;
-    let mut trace = Vec::new();
+    let mut run = HostRun {
+        ctx,
+        ran: false,
+        reset_requested: false,
+        reads: RepeatedReads::default(),
+        feats,
+        trace: Vec::new(),
+    };
     for op in input.ops.iter().take(MAX_HOST_OPS) {
         match op {
-            HostOp::Set(es) => {
-                let es = &es[..es.len().min(MAX_HOST_ENTRIES)];
-                // One read before the write: the current values the entries' values derive
-                // from, the old values the pool captures for its reset, and after KVM_RUN the
-                // feature MSRs' values (immutable then).
-                let wanted: Vec<u32> = es
-                    .iter()
-                    .map(|e| e.index.resolve(ctx))
-                    .zip(es)
-                    .filter(|(i, e)| {
-                        !matches!(e.value, HostValue::Pick(_))
-                            || v.needs_old_value(ctx, *i)
-                            || (ran && ctx.traits.get(*i).feature)
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
-                let current = v.read_before(ctx, &wanted);
-                let entries: Vec<MsrEntry> = es
-                    .iter()
-                    .map(|e| resolve(ctx, &current.values, e))
-                    .collect();
-                let io = v.set_msrs(ctx, &entries, Some(&current));
-                let n = o::msr_io_count(&io)?;
-                if ran {
-                    o::feature_msrs_immutable(
-                        |i| ctx.traits.get(i).feature,
-                        &entries[..n],
-                        &current.values,
-                    )?;
-                }
-                o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;
-                // hyperv.c kvm_hv_set_msr_pw HV_X64_MSR_RESET: 'if (data == 1)
-                // kvm_make_request(KVM_REQ_HV_RESET, vcpu)', host writes included: the next
-                // KVM_RUN ends in KVM_EXIT_SYSTEM_EVENT (reset) instead of running the guest.
-                reset_requested |= entries[..n]
-                    .iter()
-                    .any(|e| e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1);
-                reads.forget();
-                trace.push(Obs::Set { accepted: n });
-                for (k, e) in entries.iter().enumerate() {
-                    let state = u32::from(k < n) + 2 * u32::from(k == n);
-                    feats.add(&[10, msr_class(ctx, e.index), state, u32::from(ran)]);
-                }
-                // Read the accepted MSRs back. Value profile: how many bits of the last value
-                // written to each differ from what reads back (0 = stored as written).
-                let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-                for e in &entries[..n] {
-                    last.insert(e.index, e.data);
-                }
-                let idx: Vec<u32> = last.keys().copied().collect();
-                let mut seen = Vec::new();
-                // (Nothing accepted: nothing to read back, and no ioctl for it.)
-                if !idx.is_empty() {
-                    let back = v.vcpu.get_msrs(&idx);
-                    let m = o::msr_io_count(&back)?;
-                    for e in &back.entries[..m] {
-                        reads.observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
-                        let diff = (last[&e.index] ^ e.data).count_ones();
-                        feats.add(&[11, msr_class(ctx, e.index), diff]);
-                        seen.push(visible(ctx, e.index, e.data));
-                    }
-                }
-                trace.push(Obs::Read(seen));
-            }
-            HostOp::Get(ix) => {
-                let entries: Vec<MsrEntry> = ix
-                    .iter()
-                    .take(MAX_HOST_ENTRIES)
-                    .map(|i| MsrEntry {
-                        index: i.resolve(ctx),
-                        data: SENTINEL,
-                    })
-                    .collect();
-                let io = raw::msr_io(&v.vcpu, MsrOp::Get, &entries, entries.len() as u32);
-                let n = o::msr_io_count(&io)?;
-                o::get_batch_untouched(&io, n)?;
-                let mut seen = Vec::new();
-                for (k, e) in io.entries.iter().enumerate() {
-                    let state = u32::from(k < n) + 2 * u32::from(k == n);
-                    feats.add(&[
-                        12,
-                        msr_class(ctx, e.index),
-                        state,
-                        u32::from(k < n && e.data == 0),
-                    ]);
-                    if k < n {
-                        reads.observe(volatile, e.index, e.data, "repeated KVM_GET_MSRS")?;
-                        seen.push(visible(ctx, e.index, e.data));
-                    }
-                }
-                trace.push(Obs::Read(seen));
-            }
-            HostOp::SetCpuid(c) => {
-                let table = c.table(pool.default_cpuid());
-                // Bits KVM owns at run time do not make a table different after KVM_RUN.
-                let same = table.same_but_runtime_bits(&v.cpuid);
-                let r = v.set_cpuid(&table);
-                if let Err(e) = r {
-                    o::SET_CPUID2.check(e)?;
-                }
-                // A backend with a recorded deviation refuses the identical table too (the check
-                // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
-                let same_refused = ctx
-                    .deviations
-                    .find(
-                        SAME_CPUID_AFTER_RUN,
-                        crate::deviations::HostKey::of(&ctx.facts),
-                    )
-                    .is_some();
-                if ran && r.is_ok() != same && !(same && same_refused) {
-                    return Err(Violation {
-                        oracle: "cpuid-frozen-after-run",
-                        msr: None,
-                        expected: format!(
-                            "KVM_SET_CPUID2 after KVM_RUN to {} a {} table (cpuid.c kvm_set_cpuid: kvm_cpuid_check_equal)",
-                            if same { "accept" } else { "refuse with EINVAL" },
-                            if same { "identical" } else { "different" }
-                        ),
-                        actual: format!("{r:?}"),
-                    });
-                }
-                reads.forget();
-                feats.add(&[
-                    13,
-                    u32::from(ran),
-                    u32::from(same),
-                    r.err().unwrap_or(0) as u32,
-                ]);
-                trace.push(Obs::Cpuid(r));
-            }
-            HostOp::Run => {
-                let exit = v.run_empty(Duration::from_secs(5));
-                let done = matches!(&exit, Exit::IoOut { port, .. } if *port == PORT_DONE);
-                let reset = matches!(&exit, Exit::SystemEvent { kind } if *kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET);
-                if reset && std::mem::take(&mut reset_requested) {
-                    // The requested reset, reported to userspace; the guest did not run.
-                    feats.add(&[14, 1]);
-                    trace.push(Obs::Run);
-                    continue;
-                }
-                if !done {
-                    return Err(Violation {
-                        oracle: "guest-alive",
-                        msr: None,
-                        expected: "the empty guest program to complete".into(),
-                        actual: exit.to_string(),
-                    });
-                }
-                ran = true;
-                feats.add(&[14]);
-                trace.push(Obs::Run);
-            }
-            HostOp::SaveRestore => {
-                let list = &ctx.facts.msr_index_list;
-                let saved = v.vcpu.get_msrs(list);
-                let n = o::msr_io_count(&saved)?;
-                if n != list.len() {
-                    return Err(Violation {
-                        oracle: "save-restore-equal",
-                        msr: list.get(n).copied(),
-                        expected: format!("the source to read all {} listed MSRs", list.len()),
-                        actual: format!("KVM_GET_MSRS stopped at entry #{n}"),
-                    });
-                }
-                // The source goes back first, as on a migration the source VM is gone: the
-                // destination may be a vCPU of the same VM, and the per-VM MSRs (wall clock)
-                // must end up with the restored values, not the source's reset ones.
-                let source_cpuid = v.cpuid.clone();
-                let source_ran = ran;
-                pool.give_back(v);
-                // The destination is a vCPU that never ran, as on a migration.
-                v = pool.take(false).map_err(harness_violation)?;
-                ran = false;
-                let dest = &mut v;
-                if dest.cpuid.entries != source_cpuid.entries {
-                    if let Err(e) = dest.set_cpuid(&source_cpuid) {
-                        return Err(Violation {
-                            oracle: "save-restore-equal",
-                            msr: None,
-                            expected: "the destination to accept the source's CPUID".into(),
-                            actual: format!("KVM_SET_CPUID2 errno {e}"),
-                        });
-                    }
-                }
-                let restore = dest.set_msrs(ctx, &saved.entries, None);
-                let back = dest.vcpu.get_msrs(list);
-                o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
-                reads.forget();
-                for e in &saved.entries {
-                    reads.observe(volatile, e.index, e.data, "saved")?;
-                }
-                feats.add(&[15, u32::from(source_ran)]);
-                trace.push(Obs::Saved(n));
-            }
+            HostOp::Set(es) => run.set(&mut v, es)?,
+            HostOp::Get(ix) => run.get(&v, ix)?,
+            HostOp::SetCpuid(c) => run.set_cpuid(&mut v, pool.default_cpuid(), c)?,
+            HostOp::Run => run.run(&mut v)?,
+            HostOp::SaveRestore => v = run.save_restore(pool, v)?,
         }
     }
     pool.give_back(v);
-    Ok(trace)
+    Ok(run.trace)
 }
 
 /// The state of a campaign: the pool, the fresh-VM reference and how often to compare them.

@@ -50,12 +50,16 @@ fn idt_gate(handler: u64) -> [u8; 16] {
 }
 
 /// Write the environment and the runtime code into guest memory. Returns the runtime.
-pub fn install(mem: &mut GuestMemory) -> Code {
+pub fn install(mem: &mut GuestMemory) -> &'static Code {
     assert!(
         mem.len() >= MIN_MEMORY,
         "guest memory below {MIN_MEMORY:#x}"
     );
-    let rt = code::runtime(CODE);
+    // Assembled once per process: the code is the same for every machine (it only depends on
+    // CODE), and assembling it for each of the fuzzers' thousands of VMs a second cost them a
+    // few percent of their time.
+    static RUNTIME: std::sync::OnceLock<Code> = std::sync::OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| code::runtime(CODE));
     assert!(rt.bytes.len() <= CODE_MAX);
     for (i, d) in gdt().iter().enumerate() {
         mem.write_u64(GDT + 8 * i as u64, *d);

@@ -195,8 +195,7 @@ pub fn save_restore_equal(
     Ok(())
 }
 
-/// IA32_UCODE_REV: the one feature MSR that stays writable after KVM_RUN.
-pub const UCODE_REV: u32 = 0x8b;
+pub use crate::msr_index::IA32_UCODE_REV as UCODE_REV;
 
 /// Oracle `feature-msr-immutable-after-run` (x86.c do_set_msr: once the vCPU has run, a write
 /// of a different value to an immutable feature MSR fails with -EINVAL; kvm_is_immutable_feature_msr

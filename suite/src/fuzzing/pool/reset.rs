@@ -1,0 +1,135 @@
+//! Making a used vCPU fresh again (the snapshot written back, per-VM MSRs put back) and proving
+//! it by reading everything back.
+
+use super::*;
+use crate::kvm::raw::MsrEntry;
+use crate::kvm::{CpuidTable, Vcpu};
+use std::collections::BTreeSet;
+
+/// The MSRs of `indices` a host read succeeds for, with their values: one KVM_GET_MSRS, and
+/// past an entry that fails, the rest again.
+pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
+    let mut out = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let io = vcpu.get_msrs(rest);
+        let n = io.result.unwrap_or(0).min(rest.len());
+        out.extend_from_slice(&io.entries[..n]);
+        // Skip the entry that failed.
+        rest = &rest[(n + 1).min(rest.len())..];
+    }
+    out
+}
+
+/// Values just before a write (`PooledVcpu::read_before`): which indices were tried (sorted) and
+/// what those that could be read held.
+pub struct ReadBefore {
+    pub(super) attempted: Vec<u32>,
+    pub values: std::collections::BTreeMap<u32, u64>,
+}
+
+impl ReadBefore {
+    /// `index` was read (successfully or not).
+    pub fn attempted(&self, index: u32) -> bool {
+        self.attempted.binary_search(&index).is_ok()
+    }
+}
+
+/// Put the per-VM MSRs back to the values the VM had when it was new; true if they read back so.
+pub(super) fn restore_vm_scope(v: &PooledVcpu) -> bool {
+    let undo: Vec<MsrEntry> = v
+        .usage
+        .undo
+        .iter()
+        .rev()
+        .filter(|e| vm_scope(e.index))
+        .copied()
+        .collect();
+    let vm: Vec<MsrEntry> = v
+        .pristine
+        .iter()
+        .filter(|e| vm_scope(e.index))
+        .copied()
+        .collect();
+    let want: Vec<MsrEntry> = undo.iter().chain(&vm).copied().collect();
+    v.vcpu.set_msrs(&want).result == Ok(want.len())
+        && reads_back(v, &want, &BTreeSet::new()).is_ok()
+}
+
+/// Every entry reads back with its value (`volatile` MSRs excepted).
+pub(super) fn reads_back(
+    v: &PooledVcpu,
+    want: &[MsrEntry],
+    volatile: &BTreeSet<u32>,
+) -> std::result::Result<(), String> {
+    let idx: Vec<u32> = want.iter().map(|e| e.index).collect();
+    let io = v.vcpu.get_msrs(&idx);
+    if io.result != Ok(want.len()) {
+        return Err(format!(
+            "KVM_GET_MSRS of the reset MSRs returned {:?} of {}",
+            io.result,
+            want.len()
+        ));
+    }
+    for (a, b) in want.iter().zip(&io.entries) {
+        if a.data != b.data && !volatile.contains(&a.index) {
+            return Err(format!(
+                "MSR {:#x} reads {:#x} after being reset to {:#x}",
+                a.index, b.data, a.data
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Make a vCPU that never ran fresh again: default CPUID, the old values of MSRs outside the
+/// snapshot (last write first), then the snapshot; verified by reading everything back. With
+/// `skip_vm_scope` the per-VM MSRs are left alone (the vCPU did not write them, and another
+/// vCPU of the VM may be using them right now).
+pub(super) fn reset(
+    v: &mut PooledVcpu,
+    default_cpuid: &CpuidTable,
+    volatile: &BTreeSet<u32>,
+    skip_vm_scope: bool,
+) -> std::result::Result<(), String> {
+    // Host reads and rejected writes change nothing (a rejected write that changed state would
+    // be a KVM bug the `pool-equivalence` oracle reports).
+    if v.usage.changed_anything() {
+        if v.usage.cpuid_changed {
+            v.vcpu
+                .fd
+                .set_cpuid2(&default_cpuid.to_kvm())
+                .map_err(|e| format!("KVM_SET_CPUID2 of the default table: errno {}", e.errno()))?;
+            v.cpuid = default_cpuid.clone();
+        }
+        let keep = |e: &&MsrEntry| !(skip_vm_scope && vm_scope(e.index));
+        let want: Vec<MsrEntry> = v
+            .usage
+            .undo
+            .iter()
+            .rev()
+            .chain(v.pristine.iter())
+            .filter(keep)
+            .copied()
+            .collect();
+        let io = v.vcpu.set_msrs(&want);
+        if io.result != Ok(want.len()) {
+            let n = io.result.unwrap_or(0);
+            return Err(format!(
+                "KVM_SET_MSRS of the reset values stopped at #{n} ({:x?})",
+                want.get(n)
+            ));
+        }
+        let expect: Vec<MsrEntry> = v
+            .pristine
+            .iter()
+            .chain(&v.usage.undo)
+            .filter(keep)
+            .copied()
+            .collect();
+        reads_back(v, &expect, volatile)?;
+    }
+    v.usage = Usage::default();
+    v.resets += 1;
+    Ok(())
+}

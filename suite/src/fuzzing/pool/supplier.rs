@@ -1,0 +1,217 @@
+//! Where fresh vCPUs come from: the `Factory` (a shared VM or a new VM each) and the `Supplier`
+//! thread that creates, resets and destroys vCPUs off the fuzzing thread.
+
+use super::*;
+use crate::error::{Error, Result};
+use crate::guest::{layout::OPS, long_mode};
+use crate::kvm::{CpuidPolicy, CpuidTable, KvmSystem};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Makes fresh vCPUs: in a shared VM (`Reuse`) or each in a new VM (`Fresh`).
+pub(super) struct Factory {
+    pub(super) sys: KvmSystem,
+    pub(super) mode: PoolMode,
+    pub(super) stage: Option<Arc<Stage>>,
+    pub(super) cpuid: CpuidTable,
+    pub(super) cpuid_kvm: kvm_bindings::CpuId,
+    /// Index-list and feature MSRs: the snapshot a reset restores.
+    pub(super) indices: Vec<u32>,
+    /// MSRs the catalogue documents as changing on their own (not compared after a reset).
+    pub(super) volatile: Arc<BTreeSet<u32>>,
+}
+
+impl Factory {
+    pub(super) fn create(&mut self) -> Result<PooledVcpu> {
+        let stage = match &self.stage {
+            Some(s)
+                if self.mode == PoolMode::Reuse
+                    && !s.retired()
+                    && s.created.load(Ordering::Relaxed) < VCPUS_PER_VM =>
+            {
+                s.clone()
+            }
+            _ => {
+                let s = Stage::new(&self.sys)?;
+                self.stage = Some(s.clone());
+                s
+            }
+        };
+        let id = stage.created.fetch_add(1, Ordering::Relaxed) + 1;
+        // KVM_SET_CPUID2 here rather than through the policy: the pool does not need the
+        // KVM_GET_CPUID2 read-back (its expectations are the oracles', not CPUID-gated).
+        let vcpu = stage.vm.create_vcpu(id, &CpuidPolicy::Bare)?;
+        vcpu.fd.set_cpuid2(&self.cpuid_kvm).map_err(|e| {
+            Error::ioctl("KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)", e)
+        })?;
+        // An AP (any vCPU but the BSP) with an in-kernel LAPIC starts waiting for INIT/SIPI
+        // (KVM_MP_STATE_UNINITIALIZED); make it runnable as a VMM's SIPI would (api.rst 4.38).
+        vcpu.fd
+            .set_mp_state(kvm_bindings::kvm_mp_state {
+                mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(|e| Error::ioctl("KVM_SET_MP_STATE", e))?;
+        // HV_X64_MSR_VP_INDEX starts at the vCPU's index in its VM (hyperv.c kvm_hv_vcpu_init:
+        // vp_index = vcpu_idx), 0 for a fresh VM's only vCPU: give a pooled vCPU that value, as
+        // a VMM may (a host write sets it), so it looks like a fresh one (pool-equivalence).
+        if self.indices.contains(&HV_X64_MSR_VP_INDEX) && !vcpu.set_msr(HV_X64_MSR_VP_INDEX, 0) {
+            return Err(Error::Usage(
+                "pool: KVM_SET_MSRS of HV_X64_MSR_VP_INDEX = 0 was rejected".into(),
+            ));
+        }
+        long_mode::enter(&vcpu)?;
+        vcpu.fd
+            .set_regs(&long_mode::entry_regs(stage.entry, OPS))
+            .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
+        // Sorted like `indices` (`PooledVcpu::pristine_value` searches it).
+        let mut pristine = read_all(&vcpu, &self.indices);
+        let vm_values = stage.vm_pristine.get_or_init(|| {
+            pristine
+                .iter()
+                .filter(|e| vm_scope(e.index))
+                .copied()
+                .collect()
+        });
+        for e in pristine.iter_mut() {
+            if let Some(v) = vm_values.iter().find(|v| v.index == e.index) {
+                e.data = v.data;
+            }
+        }
+        Ok(PooledVcpu {
+            vcpu,
+            stage,
+            pristine,
+            cpuid: self.cpuid.clone(),
+            usage: Usage::default(),
+            resets: 0,
+            ever_ran: false,
+        })
+    }
+}
+
+/// A thread that resets used vCPUs, keeps a few new ones ready and destroys the dropped ones, so
+/// the fuzzing thread pays for none of it. It uses the same `Factory::create` and `reset` as the
+/// synchronous pool. Resets come first (two ioctls each, and they make a vCPU available); new
+/// vCPUs are made while fewer than `READY` are unclaimed. Used vCPUs that wrote a per-VM MSR are
+/// reset on the fuzzing thread instead: resetting them here would race with the vCPU of the same
+/// VM the next input uses.
+///
+/// The pool hands work over in batches (`Chores`, `BATCH` vCPUs): a send to the supplier while it
+/// sleeps costs the fuzzing thread a futex wake-up and, on a nested host, an IPI -- about as much
+/// as the reset it hands over. (A supplier that polls instead, spinning or in short sleeps, made
+/// the fuzzing thread slower on the nested test host, by 20-50 %.)
+pub(super) struct Supplier {
+    /// New and reset vCPUs, in the order the supplier finished them.
+    pub(super) supply: mpsc::Receiver<Supply>,
+    pub(super) chores: mpsc::Sender<Chores>,
+    /// New vCPUs sent and not yet taken by an input.
+    pub(super) unclaimed: Arc<AtomicUsize>,
+}
+
+/// Work for the supplier: vCPUs to reset and vCPUs to destroy.
+#[derive(Default)]
+pub(super) struct Chores {
+    pub(super) reset: Vec<PooledVcpu>,
+    pub(super) bury: Vec<PooledVcpu>,
+}
+
+impl Chores {
+    pub(super) fn len(&self) -> usize {
+        self.reset.len() + self.bury.len()
+    }
+}
+
+/// What the supplier sends back.
+pub(super) enum Supply {
+    New(Result<PooledVcpu>),
+    /// A used vCPU after its reset (whether it had run, and why the reset failed if it did).
+    Reset {
+        ran: bool,
+        result: std::result::Result<PooledVcpu, String>,
+    },
+}
+
+/// How many new vCPUs the supplier keeps ready.
+pub(super) const READY: usize = 8;
+
+/// How many vCPUs the pool collects for the supplier before it hands them over.
+pub(super) const BATCH: usize = 4;
+
+/// The supplier thread's side of its channels.
+pub(super) struct SupplierWork {
+    pub(super) factory: Factory,
+    pub(super) supply: mpsc::Sender<Supply>,
+    pub(super) chores: mpsc::Receiver<Chores>,
+    pub(super) unclaimed: Arc<AtomicUsize>,
+}
+
+/// The pool that owned the supplier is gone.
+pub(super) struct Hangup;
+
+impl SupplierWork {
+    pub(super) fn run(mut self) {
+        while self.step().is_ok() {}
+    }
+
+    pub(super) fn step(&mut self) -> std::result::Result<(), Hangup> {
+        let chores = if self.unclaimed.load(Ordering::Relaxed) < READY {
+            match self.chores.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Hangup),
+            }
+        } else {
+            // Enough new ones ready: sleep until there is work (the pool also sends when it runs
+            // out; the timeout is a backstop).
+            match self.chores.recv_timeout(Duration::from_millis(10)) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Hangup),
+            }
+        };
+        let Some(chores) = chores else {
+            // (Counted before the send: the pool may take it first.)
+            self.unclaimed.fetch_add(1, Ordering::Relaxed);
+            return self
+                .supply
+                .send(Supply::New(self.factory.create()))
+                .map_err(|_| Hangup);
+        };
+        for mut v in chores.reset {
+            let ran = v.ever_ran;
+            let result =
+                reset(&mut v, &self.factory.cpuid, &self.factory.volatile, true).map(|()| v);
+            self.supply
+                .send(Supply::Reset { ran, result })
+                .map_err(|_| Hangup)?;
+        }
+        drop(chores.bury);
+        Ok(())
+    }
+}
+
+impl Supplier {
+    pub(super) fn start(factory: Factory) -> Supplier {
+        let (supply_tx, supply) = mpsc::channel();
+        let (chores, todo) = mpsc::channel::<Chores>();
+        let unclaimed = Arc::new(AtomicUsize::new(0));
+        let work = SupplierWork {
+            factory,
+            supply: supply_tx,
+            chores: todo,
+            unclaimed: unclaimed.clone(),
+        };
+        std::thread::Builder::new()
+            .name("kvm-msr-vcpu-supplier".into())
+            .spawn(move || work.run())
+            .expect("spawning the vCPU supplier thread");
+        Supplier {
+            supply,
+            chores,
+            unclaimed,
+        }
+    }
+}
