@@ -11,6 +11,7 @@ pub const IA32_UCODE_REV: u32 = 0x8b;
 pub const MSR_PLATFORM_INFO: u32 = 0xce;
 pub const IA32_CORE_CAPS: u32 = 0xcf;
 pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
+pub const IA32_SYSENTER_CS: u32 = 0x174;
 pub const IA32_MCG_CAP: u32 = 0x179;
 pub const IA32_MCG_STATUS: u32 = 0x17a;
 pub const IA32_MCG_CTL: u32 = 0x17b;

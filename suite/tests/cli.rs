@@ -423,7 +423,20 @@ fn kernel_splat_during_report_is_a_failure() -> Outcome {
         .args(["report", "--format", "json", "--jobs", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Plant the record once the report watches the log (it has /dev/kmsg open), not after a
+    // fixed delay: on a loaded machine the report may not have started watching yet.
+    let fd_dir = format!("/proc/{}/fd", child.id());
+    let watching = || {
+        std::fs::read_dir(&fd_dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t == std::path::Path::new("/dev/kmsg"))
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !watching() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     use std::io::Write;
     // Addressed to the child, so a fuzz campaign or report running beside this test ignores it.
     let record = format!(

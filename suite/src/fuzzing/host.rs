@@ -12,7 +12,7 @@ use crate::kvm::raw::{self, MsrEntry, MsrOp};
 use crate::kvm::{CpuidTable, Exit};
 use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
 use crate::oracles::Violation;
-use crate::session::ids::SAME_CPUID_AFTER_RUN;
+use crate::session::ids::{CHANGED_BY_RUN_WHERE_RECORDED, SAME_CPUID_AFTER_RUN};
 use crate::session::Context;
 use arbitrary::Arbitrary;
 use std::collections::BTreeMap;
@@ -434,6 +434,12 @@ impl HostRun<'_> {
             });
         }
         self.ran = true;
+        let key = crate::deviations::HostKey::of(&self.ctx.facts);
+        for &(index, check) in CHANGED_BY_RUN_WHERE_RECORDED {
+            if self.ctx.deviations.find(check, key).is_some() {
+                self.reads.forget_index(index);
+            }
+        }
         self.feats.add(&[14]);
         self.trace.push(Obs::Run);
         Ok(())

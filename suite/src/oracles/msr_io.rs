@@ -150,6 +150,11 @@ impl RepeatedReads {
     pub fn forget(&mut self) {
         self.last.clear();
     }
+
+    /// Forget what was read of one MSR (something documented changed it).
+    pub fn forget_index(&mut self, index: u32) {
+        self.last.remove(&index);
+    }
 }
 
 /// Oracle `save-restore-equal` (api.rst 4.3: the index list is what userspace saves and

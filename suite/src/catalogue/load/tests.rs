@@ -1,5 +1,5 @@
-use super::*;
 use super::rules::parse_host_mode;
+use super::*;
 use rstest::rstest;
 
 fn parse(text: &str) -> Result<Vec<MsrInfo>> {
