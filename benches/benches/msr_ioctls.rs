@@ -343,7 +343,7 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
     g.finish();
     let feats = ctx.facts.msr_feature_index_list.clone();
     c.bench_function("system_get_feature_msrs", |b| {
-        b.iter(|| ctx.sys.get_feature_msrs(&feats))
+        b.iter(|| ctx.sys().get_feature_msrs(&feats))
     });
     c.bench_function("create/machine", |b| b.iter(|| machine(ctx)));
     // What the host fuzz target's pool pays: a fresh vCPU in a shared VM (a new VM every 64,

@@ -470,6 +470,51 @@ fn kernel_splat_during_report_is_a_failure() -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// `report --list` needs no /dev/kvm: it lists the checks every host has (harness, catalogued)
+/// and says on stderr what it leaves out; with KVM, every one of them is in the full list.
+fn report_list_needs_no_kvm() -> Outcome {
+    let out = kvm_msr()
+        .args(["report", "--list"])
+        .env("KVM_MSR_DEVICE", "/nonexistent")
+        .output()?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.code() == Some(0),
+        format!("exit {:?}: {err}", out.status.code()),
+    )?;
+    check(err.contains("listed where KVM can be opened"), &err)?;
+    let ids: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for want in [
+        "harness.guest-hang.reported",
+        "host.apic-base.reset",
+        "guest.apic-base.reset",
+    ] {
+        check(
+            ids.contains(&want),
+            format!("{want} missing from the list without KVM"),
+        )?;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Ok(Completion::Completed);
+    }
+    let full = kvm_msr().args(["report", "--list"]).output()?;
+    let full = String::from_utf8_lossy(&full.stdout);
+    let all: std::collections::BTreeSet<&str> = full
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let extra: Vec<&&str> = ids.iter().filter(|i| !all.contains(**i)).collect();
+    check(
+        extra.is_empty(),
+        format!("listed without KVM but not with it: {extra:?}"),
+    )?;
+    Ok(Completion::Completed)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<Test> = vec![
@@ -501,6 +546,7 @@ fn main() {
             "list_filters_and_needs_no_kvm",
             list_filters_and_needs_no_kvm,
         ),
+        ("report_list_needs_no_kvm", report_list_needs_no_kvm),
         (
             "diff_exit_codes_follow_the_verdict",
             diff_exit_codes_follow_the_verdict,

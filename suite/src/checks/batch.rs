@@ -32,7 +32,7 @@ fn nmsrs_zero(ctx: &Context, op: MsrOp) -> Outcome {
 fn over_limit(ctx: &Context, op: MsrOp, system: bool) -> Outcome {
     let e = entries(&vec![IA32_PAT; MAX_IO_MSRS as usize]);
     let io = if system {
-        ctx.sys.msr_io(op, &e, MAX_IO_MSRS)
+        ctx.sys().msr_io(op, &e, MAX_IO_MSRS)
     } else {
         match ctx.machine() {
             Ok(m) => m.vcpu.msr_io(op, &e, MAX_IO_MSRS),
@@ -218,7 +218,7 @@ fn vm_fd_get_msrs(ctx: &Context) -> Outcome {
 }
 
 fn system_set_msrs(ctx: &Context) -> Outcome {
-    let io = ctx.sys.msr_io(MsrOp::Set, &entries(&[IA32_PAT]), 1);
+    let io = ctx.sys().msr_io(MsrOp::Set, &entries(&[IA32_PAT]), 1);
     match io.result {
         Err(libc::EINVAL) => Outcome::pass("EINVAL"),
         r => Outcome::fail(

@@ -11,7 +11,7 @@ fn need_cap(ctx: &Context) -> Option<Outcome> {
 }
 
 fn readable(ctx: &Context, index: u32) -> Outcome {
-    let io = ctx.sys.get_feature_msrs(&[index]);
+    let io = ctx.sys().get_feature_msrs(&[index]);
     match io.result {
         Ok(1) => Outcome::pass(format!("value {}", hex(io.entries[0].data))),
         r => Outcome::fail("Ok(1)", format!("{r:?}")),
@@ -23,13 +23,13 @@ fn batch_matches_single(ctx: &Context) -> Outcome {
         return o;
     }
     let list = &ctx.facts.msr_feature_index_list;
-    let batch = ctx.sys.get_feature_msrs(list);
+    let batch = ctx.sys().get_feature_msrs(list);
     if batch.result != Ok(list.len()) {
         return Outcome::fail(format!("Ok({})", list.len()), format!("{:?}", batch.result));
     }
     let mut diffs = Vec::new();
     for e in &batch.entries {
-        let single = ctx.sys.get_feature_msrs(&[e.index]);
+        let single = ctx.sys().get_feature_msrs(&[e.index]);
         if single.result != Ok(1) || single.entries[0].data != e.data {
             diffs.push(format!(
                 "{:#x}: batch {} single {:?}/{}",
@@ -51,7 +51,7 @@ fn unlisted_rejected(ctx: &Context) -> Outcome {
     if let Some(o) = need_cap(ctx) {
         return o;
     }
-    let io = ctx.sys.get_feature_msrs(&[UNKNOWN]);
+    let io = ctx.sys().get_feature_msrs(&[UNKNOWN]);
     if ctx.facts.ignore_msrs() {
         // kvm_do_msr_access: with ignore_msrs an unsupported access "succeeds" and reads 0.
         match (io.result, io.entries[0].data) {

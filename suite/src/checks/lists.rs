@@ -23,7 +23,7 @@ fn e2big_protocol(ctx: &Context, kind: ListKind) -> Outcome {
     if let Some(o) = unavailable(ctx, kind) {
         return o;
     }
-    let first = ctx.sys.list_call(kind, 0, 0);
+    let first = ctx.sys().list_call(kind, 0, 0);
     if first.errno != libc::E2BIG {
         // Only an empty list may fit in zero slots.
         return if first.errno == 0 && first.written_back == 0 {
@@ -39,21 +39,21 @@ fn e2big_protocol(ctx: &Context, kind: ListKind) -> Outcome {
     if n == 0 {
         return Outcome::fail("a non-zero count written back with E2BIG", "nmsrs 0");
     }
-    let exact = ctx.sys.list_call(kind, n, n as usize);
+    let exact = ctx.sys().list_call(kind, n, n as usize);
     if exact.errno != 0 || exact.written_back != n || exact.indices.len() != n as usize {
         return Outcome::fail(
             format!("success with nmsrs={n} (the count KVM wrote back)"),
             format!("errno {} nmsrs {}", exact.errno, exact.written_back),
         );
     }
-    let bigger = ctx.sys.list_call(kind, n + 16, n as usize + 16);
+    let bigger = ctx.sys().list_call(kind, n + 16, n as usize + 16);
     if bigger.errno != 0 || bigger.written_back != n {
         return Outcome::fail(
             format!("a larger buffer accepted, nmsrs adjusted to {n}"),
             format!("errno {} nmsrs {}", bigger.errno, bigger.written_back),
         );
     }
-    let small = ctx.sys.list_call(kind, n - 1, n as usize - 1);
+    let small = ctx.sys().list_call(kind, n - 1, n as usize - 1);
     if small.errno != libc::E2BIG || small.written_back != n {
         return Outcome::fail(
             format!("E2BIG with nmsrs={} and {n} written back", n - 1),
@@ -71,7 +71,7 @@ fn no_duplicates(ctx: &Context, kind: ListKind) -> Outcome {
     if let Some(o) = unavailable(ctx, kind) {
         return o;
     }
-    let list = match ctx.sys.msr_list(kind) {
+    let list = match ctx.sys().msr_list(kind) {
         Ok(l) => l,
         Err(e) => return Outcome::harness(e),
     };
@@ -95,7 +95,7 @@ fn stable(ctx: &Context, kind: ListKind) -> Outcome {
     if let Some(o) = unavailable(ctx, kind) {
         return o;
     }
-    let lists: Result<Vec<Vec<u32>>, _> = (0..3).map(|_| ctx.sys.msr_list(kind)).collect();
+    let lists: Result<Vec<Vec<u32>>, _> = (0..3).map(|_| ctx.sys().msr_list(kind)).collect();
     let lists = match lists {
         Ok(l) => l,
         Err(e) => return Outcome::harness(e),

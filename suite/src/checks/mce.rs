@@ -25,7 +25,7 @@ pub(super) fn support(ctx: &Context) -> Result<(u64, u64), Outcome> {
     if banks <= 0 {
         return Err(Outcome::skip("KVM_CAP_MCE is absent: no KVM_X86_SETUP_MCE"));
     }
-    let caps = raw::mce_cap_supported(ctx.sys.kvm()).map_err(|e| {
+    let caps = raw::mce_cap_supported(ctx.sys().kvm()).map_err(|e| {
         Outcome::fail(
             "KVM_X86_GET_MCE_CAP_SUPPORTED to succeed where KVM_CAP_MCE is reported",
             format!("errno {e}"),

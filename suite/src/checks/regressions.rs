@@ -241,7 +241,7 @@ fn xapic_id_after_x2apic(ctx: &Context) -> Outcome {
 
 /// A VM with the default configuration and one vCPU with this id and CPUID.
 fn vm_with_vcpu(ctx: &Context, id: u64, t: CpuidTable) -> crate::Result<(Vm, Vcpu)> {
-    let vm = Vm::new(&ctx.sys, &VmConfig::default())?;
+    let vm = Vm::new(ctx.sys(), &VmConfig::default())?;
     let vcpu = vm.create_vcpu(id, &CpuidPolicy::Table(t))?;
     Ok((vm, vcpu))
 }

@@ -221,6 +221,30 @@ impl HostFacts {
         KernelVersion::sublevel(&self.kernel_release)
     }
 
+    /// The facts of a host whose KVM cannot be opened: the CPU (from CPUID) and the loaded
+    /// backend module are known, nothing KVM reports is (no lists, no capabilities, no supported
+    /// CPUID). Enough to build the checks that exist on every host, not to run any.
+    pub fn without_kvm() -> HostFacts {
+        HostFacts {
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            backend: Backend::detect(),
+            cpu: host_cpu(),
+            kvm_api_version: 0,
+            kvm_params: BTreeMap::new(),
+            backend_params: BTreeMap::new(),
+            caps: BTreeMap::new(),
+            msr_index_list: Vec::new(),
+            msr_feature_index_list: Vec::new(),
+            feature_values: Vec::new(),
+            supported_cpuid_vendor: Vendor::Other,
+            supported_cpuid_features: Vec::new(),
+            kvm_la57: false,
+            supported_cpuid: CpuidTable::default(),
+        }
+    }
+
     /// Gather every fact. Fails only if an ioctl the harness depends on fails.
     pub fn gather(sys: &KvmSystem) -> Result<HostFacts> {
         let backend = Backend::detect();

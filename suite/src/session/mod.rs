@@ -14,7 +14,9 @@ use crate::machine::{Machine, MachineConfig};
 use msr_traits::MsrTraitsTable;
 
 pub struct Context {
-    pub sys: KvmSystem,
+    /// None for a context built without KVM (`Context::without_kvm`), which lists checks but
+    /// runs none.
+    sys: Option<KvmSystem>,
     pub facts: HostFacts,
     pub catalogue: Catalogue,
     pub deviations: Deviations,
@@ -30,17 +32,40 @@ impl Context {
         let catalogue = Catalogue::load_default()?;
         Ok(Context {
             traits: MsrTraitsTable::new(&facts, &catalogue),
-            sys,
+            sys: Some(sys),
             facts,
             catalogue,
             deviations: Deviations::load_default()?,
         })
     }
 
+    /// A context for a host without a usable /dev/kvm: the fixtures and what can be known
+    /// without KVM (`HostFacts::without_kvm`). `checks::all` on it gives the checks that exist
+    /// on every host (those generated from this host's MSR lists are missing); running one
+    /// panics, which the runner turns into that check's failure.
+    pub fn without_kvm() -> crate::Result<Context> {
+        let facts = HostFacts::without_kvm();
+        let catalogue = Catalogue::load_default()?;
+        Ok(Context {
+            traits: MsrTraitsTable::new(&facts, &catalogue),
+            sys: None,
+            facts,
+            catalogue,
+            deviations: Deviations::load_default()?,
+        })
+    }
+
+    /// The KVM system fd.
+    pub fn sys(&self) -> &KvmSystem {
+        self.sys
+            .as_ref()
+            .expect("a context built without KVM lists checks; it cannot run them")
+    }
+
     /// A machine with KVM's supported CPUID (as a VMM with `-cpu host` would set it).
     pub fn machine(&self) -> crate::Result<Machine> {
         Machine::new(
-            &self.sys,
+            self.sys(),
             &MachineConfig::with_cpuid(self.facts.supported_cpuid.clone()),
         )
     }
@@ -58,13 +83,13 @@ impl Context {
     ) -> crate::Result<Machine> {
         let mut c = MachineConfig::with_cpuid(cpuid);
         c.vm.quirks_disabled = quirks_off;
-        Machine::new(&self.sys, &c)
+        Machine::new(self.sys(), &c)
     }
 
     /// A machine whose vCPU never saw KVM_SET_CPUID2.
     pub fn bare_machine(&self) -> crate::Result<Machine> {
         let mut c = MachineConfig::with_cpuid(self.facts.supported_cpuid.clone());
         c.cpuid = CpuidPolicy::Bare;
-        Machine::new(&self.sys, &c)
+        Machine::new(self.sys(), &c)
     }
 }

@@ -135,7 +135,7 @@ impl VcpuPool {
     /// destroyed on a thread of their own.
     pub fn new(ctx: &Context, mode: PoolMode, background: bool) -> Result<VcpuPool> {
         let factory = Factory {
-            sys: KvmSystem::open_at(ctx.sys.path())?,
+            sys: KvmSystem::open_at(ctx.sys().path())?,
             mode,
             stage: None,
             cpuid: ctx.facts.supported_cpuid.clone(),
