@@ -2,7 +2,7 @@
 //! vCPUs, guest RDMSR against host KVM_GET_MSRS, and repeated reads from both sides.
 
 use super::{hex, Check, Context, Outcome};
-use crate::catalogue::{GateState, HostWhenClosed, MsrInfo, Volatility};
+use crate::catalogue::{Gate, GateState, HostWhenClosed, MsrInfo, Volatility};
 use crate::guest::{GuestOp, OpOutcome};
 
 const ADVERTISED: &str = "api.rst 4.3 (the index list holds the MSRs to save and restore); x86.c kvm_do_msr_access: a host read of an advertised MSR that returns KVM_MSR_RET_UNSUPPORTED succeeds with 0";
@@ -116,6 +116,49 @@ fn guest_repeat(ctx: &Context, index: u32) -> Outcome {
     })
 }
 
+/// With the MSR's gate closed the guest may not read it (or reads 0 under ignore_msrs), and the
+/// host follows the documented mode for a closed gate on this kernel.
+fn closed_gate_reads(ctx: &Context, g: &Gate, guest: OpOutcome, after: Option<u64>) -> Outcome {
+    // The guest may not read it; the host follows the documented exemption.
+    let host_mode = g.host_on(ctx.facts.kernel_version());
+    let ignored = ctx.facts.ignore_msrs()
+        && matches!(
+            host_mode,
+            HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported
+        );
+    let guest_ok = if ignored {
+        guest == OpOutcome::Read(0)
+    } else {
+        guest.is_gp()
+    };
+    let host_ok = match host_mode {
+        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly | HostWhenClosed::WriteUnsupported => {
+            after.is_some()
+        }
+        HostWhenClosed::AdvertisedZero => after == Some(0),
+        HostWhenClosed::Unsupported if ignored => after == Some(0),
+        HostWhenClosed::Unsupported => after.is_none(),
+        HostWhenClosed::Fails => after.is_none(),
+    };
+    let expected = format!(
+        "gate {} closed: guest {}, host read {:?} ({})",
+        g.describe(),
+        if ignored {
+            "reads 0 (ignore_msrs=Y)"
+        } else {
+            "#GP"
+        },
+        host_mode,
+        g.host_cite(ctx.facts.kernel_version())
+    );
+    let actual = format!("guest {guest}, host {after:x?}");
+    if guest_ok && host_ok {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(expected, actual)
+    }
+}
+
 fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
     let info = ctx.catalogue.get(index);
     with_machine(ctx, false, |m| {
@@ -152,44 +195,7 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
             };
         }
         if let Some((g, GateState::Closed)) = gate {
-            // The guest may not read it; the host follows the documented exemption.
-            let host_mode = g.host_on(ctx.facts.kernel_version());
-            let ignored = ctx.facts.ignore_msrs()
-                && matches!(
-                    host_mode,
-                    HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported
-                );
-            let guest_ok = if ignored {
-                guest == OpOutcome::Read(0)
-            } else {
-                guest.is_gp()
-            };
-            let host_ok = match host_mode {
-                HostWhenClosed::Exempt
-                | HostWhenClosed::ZeroOnly
-                | HostWhenClosed::WriteUnsupported => after.is_some(),
-                HostWhenClosed::AdvertisedZero => after == Some(0),
-                HostWhenClosed::Unsupported if ignored => after == Some(0),
-                HostWhenClosed::Unsupported => after.is_none(),
-                HostWhenClosed::Fails => after.is_none(),
-            };
-            let expected = format!(
-                "gate {} closed: guest {}, host read {:?} ({})",
-                g.describe(),
-                if ignored {
-                    "reads 0 (ignore_msrs=Y)"
-                } else {
-                    "#GP"
-                },
-                host_mode,
-                g.host_cite(ctx.facts.kernel_version())
-            );
-            let actual = format!("guest {guest}, host {after:x?}");
-            return if guest_ok && host_ok {
-                Outcome::pass(actual)
-            } else {
-                Outcome::fail(expected, actual)
-            };
+            return closed_gate_reads(ctx, g, guest, after);
         }
         let gate_note = gate
             .map(|(g, _)| format!(" (gate {} open)", g.describe()))

@@ -9,27 +9,30 @@ use super::catalogued::{
 };
 use super::save_restore::{restore_saved, save};
 use super::{hex, Check, Context, Outcome};
-use crate::catalogue::{AccessPath, GateState, WriteOutcome};
+use crate::catalogue::{AccessPath, GateState, MsrInfo, WriteOutcome, WriteRule};
 use crate::guest::GuestOp;
+use crate::machine::Machine;
 
-fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
-    let m = ctx
-        .catalogue
-        .get(index)
-        .expect("generated from the catalogue");
-    let rule = &m.writes[k];
+/// vCPU A with the rule's value written, and what it must then read (with the rule's citation
+/// and the MSR's gate state); a skip or a failure where there is no written value to carry.
+fn written_source(
+    ctx: &Context,
+    m: &MsrInfo,
+    rule: &WriteRule,
+) -> Result<(Machine, u64, String, Option<GateState>), Outcome> {
+    let index = m.index;
     if let Some(v) = &m.volatile {
-        return Outcome::skip(format!(
+        return Err(Outcome::skip(format!(
             "{} changes without writes ({:?}: {}): the value read back after a restore is not the value written",
             m.name, v.rule, v.cite
-        ));
+        )));
     }
     if let Some(o) = not_on_backend(ctx, m) {
-        return o;
+        return Err(o);
     }
-    let mut a = match machine_for(ctx, m, None) {
+    let a = match machine_for(ctx, m, None) {
         Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
+        Err(e) => return Err(Outcome::harness(e)),
     };
     let (outcome, cite) = outcome_on(ctx, &a, rule, AccessPath::Host);
     if !matches!(
@@ -39,37 +42,55 @@ fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
             | WriteOutcome::Canonical
             | WriteOutcome::Canonical48
     ) {
-        return Outcome::skip(format!(
+        return Err(Outcome::skip(format!(
             "the host write of {} is documented as {outcome:?} here ({cite}): no written value to carry",
             hex(rule.value)
-        ));
+        )));
     }
     let gate = gate_state(m, &a);
     if let Some(o) = host_writes_gated(ctx, m, gate) {
-        return o;
+        return Err(o);
     }
     if let Some(b) = rule.before {
         if !a.vcpu.set_msr(index, b) {
-            return Outcome::fail(format!("the host sets up {} first", hex(b)), "rejected");
+            return Err(Outcome::fail(
+                format!("the host sets up {} first", hex(b)),
+                "rejected",
+            ));
         }
     }
     let before = a.vcpu.get_msr(index).unwrap_or(0);
     let Some(want) = expected_after(ctx, outcome, rule.value, before) else {
-        return Outcome::skip(format!("the host write is refused here ({cite})"));
+        return Err(Outcome::skip(format!(
+            "the host write is refused here ({cite})"
+        )));
     };
     if want == before {
-        return Outcome::skip(format!(
+        return Err(Outcome::skip(format!(
             "the written value reads back as {}, the value a fresh vCPU of {} already holds: nothing written to carry",
             hex(want),
             m.name
-        ));
+        )));
     }
     if !a.vcpu.set_msr(index, rule.value) {
-        return Outcome::fail(
+        return Err(Outcome::fail(
             format!("vCPU A accepts {} ({cite})", hex(rule.value)),
             "KVM_SET_MSRS rejected it",
-        );
+        ));
     }
+    Ok((a, want, cite.to_string(), gate))
+}
+
+fn written_roundtrip(ctx: &Context, index: u32, k: usize) -> Outcome {
+    let m = ctx
+        .catalogue
+        .get(index)
+        .expect("generated from the catalogue");
+    let rule = &m.writes[k];
+    let (mut a, want, cite, gate) = match written_source(ctx, m, rule) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     // Let A run, as a migrated vCPU has (a guest read where the guest may read it).
     let ops = if gate == Some(GateState::Closed) || m.read_fails.is_some() {
         vec![]
