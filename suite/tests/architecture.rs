@@ -172,3 +172,61 @@ fn the_checker_refuses_upward_and_sideways_edges() {
     assert_eq!(violations(&edge("kvm", "guest"), &layers).len(), 1);
     assert_eq!(violations(&edge("kvm", "nowhere"), &layers).len(), 1);
 }
+
+/// The limits a newcomer can read within: no source file of the library over 600 lines, no
+/// function over 100 (from its `fn` line to the closing brace at the same indentation).
+#[test]
+fn files_and_functions_stay_small() {
+    const MAX_FILE: usize = 600;
+    const MAX_FN: usize = 100;
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = modules().into_values().collect();
+    files.extend(
+        ["src/catalogue/load/tests.rs", "src/bin/kvm-msr.rs"]
+            .iter()
+            .map(|f| root().join(f))
+            .filter(|p| p.exists()),
+    );
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() > MAX_FILE {
+            problems.push(format!("{}: {} lines", path.display(), lines.len()));
+        }
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let indent = l.len() - t.len();
+            let is_fn = [
+                "fn ",
+                "pub fn ",
+                "pub(crate) fn ",
+                "pub(super) fn ",
+                "const fn ",
+                "pub const fn ",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p));
+            if !is_fn || t.trim_end().ends_with(';') {
+                continue;
+            }
+            let close = format!("{}}}", " ".repeat(indent));
+            let end = lines[i + 1..]
+                .iter()
+                .position(|x| x.trim_end() == close)
+                .map_or(lines.len(), |k| i + 1 + k);
+            if end - i + 1 > MAX_FN {
+                problems.push(format!(
+                    "{}:{}: {} lines: {t}",
+                    path.display(),
+                    i + 1,
+                    end - i + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "over the limits:\n{}",
+        problems.join("\n")
+    );
+}

@@ -88,6 +88,20 @@ fn closed_gate_machine(ctx: &Context, m: &MsrInfo) -> Result<Machine, Outcome> {
     Ok(mach)
 }
 
+/// The host's read of an MSR whose gate is closed, in `mode` (`zero_ok`: an UNSUPPORTED access of
+/// 0 succeeds here, because KVM lists the MSR or ignore_msrs is on).
+fn host_read_ok(mode: HostWhenClosed, zero_ok: bool, host: Option<u64>) -> bool {
+    match mode {
+        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly | HostWhenClosed::WriteUnsupported => {
+            host.is_some()
+        }
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => host == Some(0),
+        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported | HostWhenClosed::Fails => {
+            host.is_none()
+        }
+    }
+}
+
 /// With the gate closed the guest faults (or, under ignore_msrs, reads 0 and its writes are
 /// dropped), and the host follows the documented mode for a closed gate on this kernel.
 pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
@@ -142,16 +156,8 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     } else {
         (rd.is_gp() || write_only_read_ignored(ctx, m, rd)) && wr.is_gp()
     };
-    let host_ok = match host_mode {
-        _ if m.read_fails.is_some() => true, // write-only: no host read to judge
-        HostWhenClosed::Exempt | HostWhenClosed::ZeroOnly | HostWhenClosed::WriteUnsupported => {
-            host.is_some()
-        }
-        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported if zero_ok => host == Some(0),
-        HostWhenClosed::AdvertisedZero | HostWhenClosed::Unsupported | HostWhenClosed::Fails => {
-            host.is_none()
-        }
-    };
+    // A write-only MSR has no host read to judge.
+    let host_ok = m.read_fails.is_some() || host_read_ok(host_mode, zero_ok, host);
     let writes_ok = writes.is_none_or(|(zero, other)| {
         if zero_only {
             zero && !other
