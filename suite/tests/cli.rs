@@ -419,12 +419,19 @@ fn kernel_splat_during_report_is_a_failure() -> Outcome {
     if !std::path::Path::new("/dev/kvm").exists() {
         return Ok(Completion::ignored_with("no /dev/kvm: no report to watch"));
     }
-    let child = kvm_msr()
+    let mut child = kvm_msr()
         .args(["report", "--format", "json", "--jobs", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    // Plant the record once the report watches the log (it has /dev/kmsg open), not after a
-    // fixed delay: on a loaded machine the report may not have started watching yet.
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut b = Vec::new();
+        stdout.read_to_end(&mut b).map(|_| b)
+    });
+    // Plant records once the report has /dev/kmsg open, and keep planting while it runs: a
+    // record written between the watcher's open and its seek to the end is not new to it, and
+    // on a loaded machine that window can be long (a single record after a fixed delay flaked).
     let fd_dir = format!("/proc/{}/fd", child.id());
     let watching = || {
         std::fs::read_dir(&fd_dir).is_ok_and(|rd| {
@@ -444,8 +451,19 @@ fn kernel_splat_during_report_is_a_failure() -> Outcome {
         kvm_msr_suite::oracles::kmsg::PLANTED_TAG,
         child.id()
     );
-    kmsg.write_all(record.as_bytes())?;
-    let out = child.wait_with_output()?;
+    for _ in 0..20 {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        kmsg.write_all(record.as_bytes())?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = child.wait()?;
+    let out = std::process::Output {
+        status,
+        stdout: reader.join().expect("stdout reader")?,
+        stderr: Vec::new(),
+    };
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Failed::from(format!("report --format json: {e}")))?;
     let verdict = report["results"]
