@@ -156,8 +156,7 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     } else {
         (rd.is_gp() || write_only_read_ignored(ctx, m, rd)) && wr.is_gp()
     };
-    // A write-only MSR has no host read to judge.
-    let host_ok = m.read_fails.is_some() || host_read_ok(host_mode, zero_ok, host);
+    let host_ok = m.read_fails.is_some() || host_read_ok(host_mode, zero_ok, host); // write-only: no read
     let writes_ok = writes.is_none_or(|(zero, other)| {
         if zero_only {
             zero && !other
