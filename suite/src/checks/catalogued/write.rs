@@ -44,6 +44,19 @@ pub(crate) fn expected_after(
     }
 }
 
+/// The machine a write rule runs on, or why the rule does not apply on this backend.
+fn write_machine(
+    ctx: &Context,
+    m: &MsrInfo,
+    rule: &WriteRule,
+    vendor: Option<GuestVendor>,
+) -> Result<Machine, Outcome> {
+    if let Some(o) = not_on_backend(ctx, m) {
+        return Err(o);
+    }
+    machine_for_write(ctx, m, rule, vendor)
+}
+
 pub(super) fn write_host(
     ctx: &Context,
     index: u32,
@@ -51,10 +64,7 @@ pub(super) fn write_host(
     vendor: Option<GuestVendor>,
 ) -> Outcome {
     let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
-        return o;
-    }
-    let mut mach = match machine_for_write(ctx, m, rule, vendor) {
+    let mut mach = match write_machine(ctx, m, rule, vendor) {
         Ok(x) => x,
         Err(o) => return o,
     };
@@ -133,10 +143,7 @@ pub(super) fn write_guest(
     vendor: Option<GuestVendor>,
 ) -> Outcome {
     let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
-        return o;
-    }
-    let mut mach = match machine_for_write(ctx, m, rule, vendor) {
+    let mut mach = match write_machine(ctx, m, rule, vendor) {
         Ok(x) => x,
         Err(o) => return o,
     };

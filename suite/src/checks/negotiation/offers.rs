@@ -52,15 +52,20 @@ pub(super) fn offer_machine(ctx: &Context, o: &Offer) -> Result<Machine, Outcome
     Ok(m)
 }
 
-pub(super) fn host_accepts_offer(ctx: &Context, o: Offer) -> Outcome {
+/// The MSR's system value (what KVM offers) and a machine for the offer checks.
+fn offered(ctx: &Context, o: &Offer) -> Result<(u64, Machine), Outcome> {
     let Some(sys) = system_value(ctx, o.index) else {
-        return Outcome::fail(
+        return Err(Outcome::fail(
             "the system-level value readable",
             "KVM_GET_MSRS on /dev/kvm did not process it",
-        );
+        ));
     };
-    let m = match offer_machine(ctx, &o) {
-        Ok(m) => m,
+    Ok((sys, offer_machine(ctx, o)?))
+}
+
+pub(super) fn host_accepts_offer(ctx: &Context, o: Offer) -> Outcome {
+    let (sys, m) = match offered(ctx, &o) {
+        Ok(x) => x,
         Err(out) => return out,
     };
     let mut refused = Vec::new();
@@ -92,14 +97,8 @@ pub(super) fn host_accepts_offer(ctx: &Context, o: Offer) -> Outcome {
 }
 
 pub(super) fn host_rejects_beyond_offer(ctx: &Context, o: Offer) -> Outcome {
-    let Some(sys) = system_value(ctx, o.index) else {
-        return Outcome::fail(
-            "the system-level value readable",
-            "KVM_GET_MSRS on /dev/kvm did not process it",
-        );
-    };
-    let m = match offer_machine(ctx, &o) {
-        Ok(m) => m,
+    let (sys, m) = match offered(ctx, &o) {
+        Ok(x) => x,
         Err(out) => return out,
     };
     if let Some(n) = o.enumerating {
