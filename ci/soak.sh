@@ -16,6 +16,8 @@
 # Throughput: the run is made under ci/ioctl-clock.c (LD_PRELOAD), which times every ioctl,
 # close, mmap and munmap; the main thread's (libFuzzer's loop) sum is the kernel-imposed floor,
 # and floor_fraction = that time / the loop's wall time = exec/s / (1 / floor time per exec).
+# Where the rest goes: the main thread's waits on other threads (futex) and its user-mode CPU.
+# The targets are the campaign build (ci/fuzz-build.sh outcome; SOAK_BUILD=coverage for the other).
 # Without a C compiler the throughput figures are left out, with a note.
 # Everything lands in $SOAK_OUT/summary.json (default target/soak). Exit status: 0 all goals met,
 # 1 one missed, 4 no /dev/kvm.
@@ -62,10 +64,9 @@ else
 fi
 
 # --- soak --------------------------------------------------------------------------------------
-if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked >&2 || exit 1
-fi
-(cd fuzz && cargo fuzz build --sanitizer none >&2) || exit 1
+# The campaign build (ci/fuzz-build.sh: outcome counters only); SOAK_BUILD=coverage measures the
+# `cargo fuzz build` one instead.
+bins=$(ci/fuzz-build.sh "${SOAK_BUILD:-outcome}") || exit 1
 warm=$(( secs / 10 > 5 ? secs / 10 : 5 ))
 clock=""
 if command -v cc >/dev/null 2>&1 && cc -O2 -Wall -shared -fPIC -o "$out/ioctl-clock.so" ci/ioctl-clock.c -ldl; then
@@ -74,13 +75,13 @@ else
   echo "# throughput figures left out: no C compiler (cc) to build ci/ioctl-clock.c"
 fi
 : >"$out/soak.jsonl"
-for t in ${SOAK_TARGETS:-$(cd fuzz && cargo fuzz list)}; do
+for t in ${SOAK_TARGETS:-$(basename -s .rs fuzz/fuzz_targets/*.rs)}; do
   work=$(mktemp -d)
   cp -r "fixtures/corpus/$t/." "$work/" 2>/dev/null || true
   log="$out/soak-$t.log"
   rm -f "$out/clock-$t".*
   IOCTL_CLOCK_OUT="$(realpath "$out")/clock-$t" LD_PRELOAD="$clock" \
-    "fuzz/target/x86_64-unknown-linux-gnu/release/$t" "$work" -max_total_time="$secs" \
+    "$bins/$t" "$work" -max_total_time="$secs" \
     ${execs:+-runs="$execs"} -print_final_stats=1 >"$log" 2>&1 &
   pid=$!
   samples="$out/soak-$t.samples"
@@ -140,6 +141,9 @@ if os.path.exists(clock) and s["executions"]:
         c[0] += int(n); c[1] += int(ns)
     n = s["executions"]
     main = {k[1]: v for k, v in calls.items() if k[0] == "main"}
+    # futex: the main thread waiting on another thread (the vCPU supplier): not kernel-imposed.
+    waits_s = main.pop("futex", [0, 0])[1] / 1e9
+    cpu = next(([int(r[1]) / 1e9, int(r[2]) / 1e9] for r in rows if r[0] == "cpu"), None)
     floor_s = sum(v[1] for v in main.values()) / 1e9
     kvm_calls = sum(v[0] for k, v in main.items() if k.startswith("KVM"))
     s["throughput"] = {
@@ -150,6 +154,10 @@ if os.path.exists(clock) and s["executions"]:
         "floor_us_per_exec": round(floor_s / n * 1e6, 1),
         "floor_exec_per_s": round(n / floor_s) if floor_s else None,
         "floor_fraction": round(floor_s / wall, 3),
+        # Where the rest of the loop's wall time goes: waiting on other threads, and the main
+        # thread's user-mode CPU time (harness, oracles, libFuzzer) over the whole process.
+        "wait_fraction": round(waits_s / wall, 3),
+        "user_cpu_fraction": round(cpu[0] / wall, 3) if cpu else None,
         "calls": {k: {"per_exec": round(v[0] / n, 3), "mean_us": round(v[1] / v[0] / 1e3, 2),
                       "share_of_wall": round(v[1] / 1e9 / wall, 3)}
                   for k, v in sorted(main.items(), key=lambda kv: -kv[1][1]) if v[1] / 1e9 / wall >= 0.001},
@@ -172,6 +180,8 @@ for s in soak:
         print(f"  throughput {s['target']}: {tp['exec_per_s_loop']} exec/s, {tp['kvm_ioctls_per_exec']} KVM ioctls/exec "
               f"(+{tp['kvm_ioctls_per_exec_other_threads']} on other threads), kernel floor {tp['floor_us_per_exec']} us/exec "
               f"= {tp['floor_exec_per_s']} exec/s; the target reaches {round(100 * tp['floor_fraction'])}% of it (goal 90%)")
+        print(f"    the rest of the loop: {round(100 * tp['wait_fraction'])}% waiting on other threads, "
+              f"user-mode CPU {round(100 * (tp['user_cpu_fraction'] or 0))}% (harness and libFuzzer)")
         print("    " + ", ".join(f"{k} {v['per_exec']}/exec x {v['mean_us']} us" for k, v in tp["calls"].items()))
 sys.exit(0 if all(s["ok"] for s in soak) else 1)
 PY
