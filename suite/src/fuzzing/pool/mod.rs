@@ -252,10 +252,8 @@ impl VcpuPool {
             match s.supply.recv() {
                 Ok(supply) => got.push(supply),
                 Err(_) => {
-                    self.failed.get_or_insert(Error::Ioctl {
-                        what: "the vCPU supplier thread (it stopped)",
-                        errno: 0,
-                    });
+                    self.failed
+                        .get_or_insert(Error::Internal("the vCPU supplier thread stopped"));
                 }
             }
         }
