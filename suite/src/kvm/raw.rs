@@ -253,3 +253,46 @@ pub fn setup_mce(fd: &impl AsRawFd, mcg_cap: u64) -> Result<(), Errno> {
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, KVM_X86_SETUP_MCE(), &mcg_cap) };
     ioctl_result(ret).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(result: Result<usize, Errno>, indices: &[u32]) -> MsrIo {
+        MsrIo {
+            result,
+            entries: indices
+                .iter()
+                .map(|&index| MsrEntry { index, data: 0 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn all_processed_names_the_first_entry_kvm_did_not_process() {
+        assert!(io(Ok(2), &[0x10, 0x1b]).all_processed("x").is_ok());
+        match io(Ok(1), &[0x10, 0x1b]).all_processed("x") {
+            Err(Error::Msr {
+                index: 0x1b,
+                errno: None,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match io(Err(Errno::EFAULT), &[0x10, 0x1b]).all_processed("x") {
+            Err(Error::Msr {
+                index: 0x10,
+                errno: Some(Errno::EFAULT),
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match io(Err(Errno::E2BIG), &[]).all_processed("x") {
+            Err(Error::Ioctl {
+                errno: Errno::E2BIG,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -231,6 +231,13 @@ impl Vcpu {
         self.set_msrs(&[MsrEntry { index, data }]).result == Ok(1)
     }
 
+    /// A host write the harness itself needs (machine setup, the fuzzer's pool): [`Error::Msr`]
+    /// naming `what`, the MSR and the errno if KVM does not take it.
+    pub fn try_set_msr(&self, what: &'static str, index: u32, data: u64) -> Result<()> {
+        self.set_msrs(&[MsrEntry { index, data }])
+            .all_processed(what)
+    }
+
     /// KVM_RUN once, with a deadline. Never blocks past `timeout` (plus a few milliseconds).
     pub fn run(&mut self, timeout: Duration) -> Exit {
         let start = self.deadline.arm(timeout);
