@@ -99,8 +99,6 @@ pub enum Error {
     },
     /// A part of the harness itself stopped working (e.g. a helper thread ended).
     Internal(&'static str),
-    /// Bad command-line input that clap cannot see (e.g. an unknown format).
-    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -192,7 +190,6 @@ impl fmt::Display for Error {
                 message,
             } => at_line(f, file, *line, message),
             Error::Internal(what) => write!(f, "harness: {what}"),
-            Error::Usage(msg) => write!(f, "{msg}"),
         }
     }
 }
