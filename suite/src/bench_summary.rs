@@ -8,6 +8,7 @@
 //! happens by chance with probability 2 / C(2n, n): 10 % for 3 runs, 2.9 % for 4, 0.8 % for 5.
 //! With fewer runs the comparison says it cannot decide instead of guessing.
 
+use crate::error::Error;
 use crate::kvm::facts::HostFacts;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,15 +126,15 @@ impl Summary {
         self.benchmarks.iter().find(|b| b.name == name)
     }
 
-    /// Parse a summary file's text; `what` names it in errors.
-    pub fn parse(text: &str, what: &str) -> Result<Summary, String> {
-        let s: Summary = serde_json::from_str(text)
-            .map_err(|e| format!("{what}:{}: not a kvm-msr benchmark summary: {e}", e.line()))?;
+    /// Parse the text of the summary file `file` (named in errors).
+    pub fn parse(text: &str, file: &std::path::Path) -> Result<Summary, Error> {
+        let s: Summary = serde_json::from_str(text).map_err(|e| {
+            let message = format!("not a kvm-msr benchmark summary: {e}");
+            Error::input(file, Some(e.line()), message)
+        })?;
         if s.schema != SCHEMA {
-            return Err(format!(
-                "{what}: schema {:?}, expected {SCHEMA:?}",
-                s.schema
-            ));
+            let message = format!("schema {:?}, expected {SCHEMA:?}", s.schema);
+            return Err(Error::input(file, None, message));
         }
         Ok(s)
     }
@@ -537,15 +538,22 @@ mod tests {
 
     #[test]
     fn parse_rejects_other_files_with_the_file_named() {
-        let e = Summary::parse("{}", "a.json").unwrap_err();
-        assert!(e.starts_with("a.json:"), "{e}");
+        let e = Summary::parse("{}", "a.json".as_ref()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("a.json:1: not a kvm-msr benchmark summary: "),
+            "{e}"
+        );
         let mut s = summary(&[]);
         s.schema = "other".into();
-        let e = Summary::parse(&serde_json::to_string(&s).unwrap(), "b.json").unwrap_err();
-        assert!(e.contains("schema"), "{e}");
+        let e = Summary::parse(&serde_json::to_string(&s).unwrap(), "b.json".as_ref()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("b.json: schema \"other\", expected {SCHEMA:?}")
+        );
         let ok = Summary::parse(
             &serde_json::to_string(&summary(&[("x", 1.0)])).unwrap(),
-            "c",
+            "c".as_ref(),
         )
         .unwrap();
         assert_eq!(ok.get("x").unwrap().median_ns, 1.0);

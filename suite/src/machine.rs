@@ -8,7 +8,7 @@ use crate::guest::layout::{MAILBOX, OPS, PORT_DONE, PORT_UNEXPECTED};
 use crate::guest::msr_loop::{self, LoopResult, MsrLoop};
 use crate::guest::program::{read_results, write_program};
 use crate::guest::{long_mode, program, GuestOp, OpOutcome};
-use crate::kvm::{CpuidPolicy, CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
+use crate::kvm::{CpuidPolicy, CpuidTable, Errno, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use std::fmt;
 use std::time::Duration;
 
@@ -251,7 +251,7 @@ impl Machine {
         if !self.entered {
             return Some(GuestDeath {
                 exit: Exit::RunError {
-                    errno: libc::EINVAL,
+                    errno: Errno::EINVAL,
                 },
                 detail: "harness: a bare vCPU (no KVM_SET_CPUID2) is not in long mode and cannot run the runtime".into(),
             });
@@ -267,7 +267,7 @@ impl Machine {
         if self.resume.take() != Some(entry) {
             if let Err(e) = self.vcpu.fd.set_regs(&long_mode::entry_regs(entry, OPS)) {
                 return Some(GuestDeath {
-                    exit: Exit::RunError { errno: e.errno() },
+                    exit: Exit::RunError { errno: e.into() },
                     detail: "KVM_SET_REGS failed".into(),
                 });
             }

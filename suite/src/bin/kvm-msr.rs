@@ -7,6 +7,8 @@ use kvm_msr_suite::features::decode::DecodeTables;
 use kvm_msr_suite::features::probe::Probe;
 use kvm_msr_suite::report::{Format, Report};
 use kvm_msr_suite::runner::select;
+use kvm_msr_suite::Error;
+use std::path::Path;
 use std::process::ExitCode;
 
 /// Write to stdout; a reader that went away (`kvm-msr report | head -1`) is not an error: the
@@ -155,29 +157,30 @@ fn probe(format: ProbeFormat) -> ExitCode {
     }
 }
 
-fn read_probe(path: &std::path::Path) -> Result<Probe, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let p: Probe = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}:{}: not a `kvm-msr probe --format json` file: {e}",
-            path.display(),
-            e.line()
-        )
+/// The text of a file given on the command line.
+fn read_input(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error::input(path, None, e.to_string()))
+}
+
+fn read_probe(path: &Path) -> Result<Probe, Error> {
+    let p: Probe = serde_json::from_str(&read_input(path)?).map_err(|e| {
+        let message = format!("not a `kvm-msr probe --format json` file: {e}");
+        Error::input(path, Some(e.line()), message)
     })?;
     if p.schema != kvm_msr_suite::features::probe::SCHEMA {
-        return Err(format!(
-            "{}: schema {:?}, expected {:?}",
-            path.display(),
+        let message = format!(
+            "schema {:?}, expected {:?}",
             p.schema,
             kvm_msr_suite::features::probe::SCHEMA
-        ));
+        );
+        return Err(Error::input(path, None, message));
     }
     Ok(p)
 }
 
-fn diff(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
+fn diff(a: &Path, b: &Path) -> ExitCode {
     let probes = read_probe(a).and_then(|pa| read_probe(b).map(|pb| (pa, pb)));
-    let tables = DecodeTables::load_default().map_err(|e| e.to_string());
+    let tables = DecodeTables::load_default();
     match (probes, tables) {
         (Ok((pa, pb)), Ok(t)) => {
             let d = kvm_msr_suite::features::diff::diff(&pa, &pb, &t);
@@ -226,7 +229,8 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
     };
     match target.replay(&ctx, &bytes) {
         Err(e) => {
-            eprintln!("kvm-msr: {}: not a {target} input: {e}", file.display());
+            let e = Error::input(file, None, format!("not a {target} input: {e}"));
+            eprintln!("kvm-msr: {e}");
             ExitCode::from(2)
         }
         Ok((described, result)) => {
@@ -247,11 +251,7 @@ fn replay(file: &std::path::Path, target: Option<String>) -> ExitCode {
 
 fn compare(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
     use kvm_msr_suite::report::compare::{compare, ReportFile};
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| format!("{}: {e}", p.display()))
-            .and_then(|t| ReportFile::parse(&t, &p.display().to_string()))
-    };
+    let read = |p: &Path| read_input(p).and_then(|t| ReportFile::parse(&t, p));
     match read(a).and_then(|ra| read(b).map(|rb| (ra, rb))) {
         Ok((ra, rb)) => {
             let c = compare(&ra, &rb);
@@ -270,14 +270,10 @@ fn compare(a: &std::path::Path, b: &std::path::Path) -> ExitCode {
 
 fn bench_compare(a: &[std::path::PathBuf], b: &[std::path::PathBuf]) -> ExitCode {
     use kvm_msr_suite::bench_summary::{compare, Summary};
-    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Summary>, String> {
+    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Summary>, Error> {
         paths
             .iter()
-            .map(|p| {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                Summary::parse(&text, &p.display().to_string())
-            })
+            .map(|p| read_input(p).and_then(|t| Summary::parse(&t, p)))
             .collect()
     };
     match read(a).and_then(|sa| read(b).map(|sb| (sa, sb))) {

@@ -2,6 +2,7 @@
 
 use super::{Check, Context, Outcome};
 use crate::kvm::raw::{MsrEntry, MsrOp, MAX_IO_MSRS};
+use crate::kvm::Errno;
 use crate::msr_index::*;
 use crate::oracles;
 
@@ -40,7 +41,7 @@ fn over_limit(ctx: &Context, op: MsrOp, system: bool) -> Outcome {
         }
     };
     match io.result {
-        Err(libc::E2BIG) => Outcome::pass(format!("nmsrs={MAX_IO_MSRS} -> E2BIG")),
+        Err(Errno::E2BIG) => Outcome::pass(format!("nmsrs={MAX_IO_MSRS} -> E2BIG")),
         r => Outcome::fail("E2BIG", format!("{r:?}")),
     }
 }
@@ -70,7 +71,7 @@ fn at_limit(ctx: &Context, op: MsrOp) -> Outcome {
 /// A GET batch whose third entry fails for a reason ignore_msrs cannot hide: an x2APIC register
 /// while the local APIC is in xAPIC mode (lapic.c kvm_x2apic_msr_read returns 1).
 struct GetBatch {
-    count: Result<usize, i32>,
+    count: Result<usize, Errno>,
     sent: Vec<MsrEntry>,
     back: Vec<MsrEntry>,
 }
@@ -212,7 +213,7 @@ fn vm_fd_get_msrs(ctx: &Context) -> Outcome {
     };
     let io = crate::kvm::raw::msr_io(&m.vm.fd, MsrOp::Get, &entries(&[IA32_PAT]), 1);
     match io.result {
-        Err(libc::ENOTTY) => Outcome::pass("ENOTTY"),
+        Err(Errno::ENOTTY) => Outcome::pass("ENOTTY"),
         r => Outcome::fail("ENOTTY (not a VM ioctl)", format!("{r:?}")),
     }
 }
@@ -220,7 +221,7 @@ fn vm_fd_get_msrs(ctx: &Context) -> Outcome {
 fn system_set_msrs(ctx: &Context) -> Outcome {
     let io = ctx.sys().msr_io(MsrOp::Set, &entries(&[IA32_PAT]), 1);
     match io.result {
-        Err(libc::EINVAL) => Outcome::pass("EINVAL"),
+        Err(Errno::EINVAL) => Outcome::pass("EINVAL"),
         r => Outcome::fail(
             "EINVAL (KVM_SET_MSRS is not a system ioctl)",
             format!("{r:?}"),

@@ -5,6 +5,7 @@
 use super::{hex, Check, Context, Outcome};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::filter::set_msr_filter;
+use crate::kvm::Errno;
 use crate::machine::{Machine, MsrExit, MsrReply};
 use crate::model::filter::{Filter, Range};
 use crate::msr_index::{IA32_MCG_CTL as MCG_CTL, UNKNOWN};
@@ -104,13 +105,13 @@ fn bit_walk(
     name: &str,
     width: u32,
     valid: u64,
-    mut try_bit: impl FnMut(u32) -> Result<(), i32>,
+    mut try_bit: impl FnMut(u32) -> Result<(), Errno>,
 ) -> Outcome {
     let wrong: Vec<String> = (0..width)
         .filter_map(|b| {
             let want_ok = valid & (1u64 << b) != 0;
             match (try_bit(b), want_ok) {
-                (Ok(()), true) | (Err(libc::EINVAL), false) => None,
+                (Ok(()), true) | (Err(Errno::EINVAL), false) => None,
                 (r, _) => Some(format!("bit {b}: {r:?}")),
             }
         })

@@ -6,6 +6,7 @@ use super::exits::exit_machine;
 use super::{Check, Context, Outcome};
 use crate::guest::OpOutcome;
 use crate::kvm::filter::set_msr_filter;
+use crate::kvm::Errno;
 use crate::machine::Machine;
 use crate::model::filter::{Access, Filter, Range, DEFAULT_DENY, RANGE_READ, RANGE_WRITE};
 use crate::model::rng::SplitMix64;
@@ -248,7 +249,7 @@ fn replace_remove_invalid(ctx: &Context) -> Outcome {
             ranges: vec![],
         },
     );
-    ok &= invalid == Err(libc::EINVAL);
+    ok &= invalid == Err(Errno::EINVAL);
     steps.push(format!("invalid filter: {invalid:?}"));
     ok &= step(
         &mut steps,
@@ -288,7 +289,8 @@ fn limits(ctx: &Context) -> Outcome {
     let actual = format!(
         "0x3000 MSRs: {max:?}; 0x3001: {over:?}; 16 ranges: {sixteen:?}, 16th range: {seen:?}"
     );
-    if max.is_ok() && over == Err(libc::EINVAL) && sixteen.is_ok() && seen == Ok(Seen::FilterExit) {
+    if max.is_ok() && over == Err(Errno::EINVAL) && sixteen.is_ok() && seen == Ok(Seen::FilterExit)
+    {
         Outcome::pass(actual)
     } else {
         Outcome::fail("a 0x600-byte bitmap (0x3000 MSRs) accepted, one long more EINVAL; 16 ranges accepted, the 16th in effect", actual)

@@ -9,6 +9,7 @@ use super::exits::exit_machine;
 use super::filter::SUBJECTS;
 use super::{Check, Context, Outcome};
 use crate::kvm::filter::{set_msr_filter, set_msr_filter_unreadable};
+use crate::kvm::Errno;
 use crate::machine::Machine;
 use crate::model::filter::{Access, Filter, Range, DEFAULT_DENY, RANGE_READ, RANGE_WRITE};
 use crate::msr_index::{IA32_PAT, MSR_KERNEL_GS_BASE, MSR_SYSCALL_MASK};
@@ -61,7 +62,7 @@ struct Invalid {
     name: &'static str,
     filter: Filter,
     unreadable: Option<usize>,
-    errno: i32,
+    errno: Errno,
     why: &'static str,
 }
 
@@ -90,42 +91,42 @@ fn invalid_replacements() -> Vec<Invalid> {
             name: "filter-flags",
             filter: Filter { flags: 1 << 1, ..b() },
             unreadable: None,
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
             why: "flags outside KVM_MSR_FILTER_DEFAULT_DENY (checked before any range)",
         },
         Invalid {
             name: "range-flags-zero",
             filter: with_range(b(), Range::with_allowed(0, 0x10, 1, &[])),
             unreadable: None,
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
             why: "kvm_add_msr_filter: a non-empty range with flags 0 (5th range)",
         },
         Invalid {
             name: "range-flags-unknown",
             filter: with_range(b(), Range::with_allowed(RANGE_READ | 4, 0x10, 1, &[])),
             unreadable: None,
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
             why: "kvm_add_msr_filter: range flags outside READ|WRITE (5th range)",
         },
         Invalid {
             name: "bitmap-too-large-last",
             filter: sixteen,
             unreadable: None,
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
             why: "kvm_add_msr_filter: BITS_TO_LONGS(0x3001) longs exceed KVM_MSR_FILTER_MAX_BITMAP_SIZE (16th range, after 15 valid ones)",
         },
         Invalid {
             name: "bitmap-unreadable",
             filter: with_range(b(), Range::with_allowed(3, 0x10, 1, &[])),
             unreadable: Some(4),
-            errno: libc::EFAULT,
+            errno: Errno::EFAULT,
             why: "kvm_add_msr_filter: memdup_user of a NULL bitmap -> PTR_ERR (5th range, after 4 copied ones)",
         },
         Invalid {
             name: "default-deny-ranges-empty",
             filter: emptied,
             unreadable: None,
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
             why: "kvm_vm_ioctl_set_msr_filter: default deny with every range nmsrs 0 (flags and bitmaps still set)",
         },
     ]

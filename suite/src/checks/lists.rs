@@ -2,6 +2,7 @@
 
 use super::{Check, Context, Outcome};
 use crate::kvm::raw::ListKind;
+use crate::kvm::Errno;
 use std::collections::BTreeSet;
 
 const API_4_3: &str = "api.rst 4.3 KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST: \"The user fills in the size of the indices array in nmsrs, and in return kvm adjusts nmsrs to reflect the actual number of msrs\"; E2BIG when the list does not fit";
@@ -24,14 +25,18 @@ fn e2big_protocol(ctx: &Context, kind: ListKind) -> Outcome {
         return o;
     }
     let first = ctx.sys().list_call(kind, 0, 0);
-    if first.errno != libc::E2BIG {
+    if first.errno != Some(Errno::E2BIG) {
         // Only an empty list may fit in zero slots.
-        return if first.errno == 0 && first.written_back == 0 {
+        return if first.errno.is_none() && first.written_back == 0 {
             Outcome::pass("the list is empty; nmsrs=0 fits")
         } else {
             Outcome::fail(
                 "E2BIG for nmsrs=0 with the needed count written back",
-                format!("errno {} nmsrs {}", first.errno, first.written_back),
+                format!(
+                    "errno {} nmsrs {}",
+                    Errno::number(first.errno),
+                    first.written_back
+                ),
             )
         };
     }
@@ -40,24 +45,36 @@ fn e2big_protocol(ctx: &Context, kind: ListKind) -> Outcome {
         return Outcome::fail("a non-zero count written back with E2BIG", "nmsrs 0");
     }
     let exact = ctx.sys().list_call(kind, n, n as usize);
-    if exact.errno != 0 || exact.written_back != n || exact.indices.len() != n as usize {
+    if exact.errno.is_some() || exact.written_back != n || exact.indices.len() != n as usize {
         return Outcome::fail(
             format!("success with nmsrs={n} (the count KVM wrote back)"),
-            format!("errno {} nmsrs {}", exact.errno, exact.written_back),
+            format!(
+                "errno {} nmsrs {}",
+                Errno::number(exact.errno),
+                exact.written_back
+            ),
         );
     }
     let bigger = ctx.sys().list_call(kind, n + 16, n as usize + 16);
-    if bigger.errno != 0 || bigger.written_back != n {
+    if bigger.errno.is_some() || bigger.written_back != n {
         return Outcome::fail(
             format!("a larger buffer accepted, nmsrs adjusted to {n}"),
-            format!("errno {} nmsrs {}", bigger.errno, bigger.written_back),
+            format!(
+                "errno {} nmsrs {}",
+                Errno::number(bigger.errno),
+                bigger.written_back
+            ),
         );
     }
     let small = ctx.sys().list_call(kind, n - 1, n as usize - 1);
-    if small.errno != libc::E2BIG || small.written_back != n {
+    if small.errno != Some(Errno::E2BIG) || small.written_back != n {
         return Outcome::fail(
             format!("E2BIG with nmsrs={} and {n} written back", n - 1),
-            format!("errno {} nmsrs {}", small.errno, small.written_back),
+            format!(
+                "errno {} nmsrs {}",
+                Errno::number(small.errno),
+                small.written_back
+            ),
         );
     }
     Outcome::pass(format!(

@@ -5,7 +5,7 @@
 
 use super::{hex, Check, Context, Outcome};
 use crate::guest::{GuestOp, OpOutcome};
-use crate::kvm::raw;
+use crate::kvm::{raw, Errno};
 use crate::machine::Machine;
 use crate::msr_index::{IA32_MCG_CAP as MCG_CAP, IA32_MCG_CTL as MCG_CTL};
 
@@ -110,7 +110,7 @@ fn refused(ctx: &Context) -> Outcome {
     let mut bad = Vec::new();
     for (what, cap) in &cases {
         let r = raw::setup_mce(&m.vcpu, *cap);
-        if r != Err(libc::EINVAL) {
+        if r != Err(Errno::EINVAL) {
             bad.push(format!("{what} ({cap:#x}): {r:?}"));
         }
     }

@@ -8,7 +8,7 @@
 use super::{hex, Check, Context, Outcome};
 use crate::kvm::cpuid;
 use crate::kvm::raw::{self, one_reg_msr_id, MsrOp};
-use crate::kvm::Vcpu;
+use crate::kvm::{Errno, Vcpu};
 use crate::machine::Machine;
 use crate::msr_index::{IA32_APIC_BASE, UNKNOWN};
 
@@ -43,8 +43,8 @@ fn machine(ctx: &Context) -> Result<Machine, Outcome> {
     ctx.machine().map_err(Outcome::harness)
 }
 
-fn einval(r: Result<u64, i32>) -> bool {
-    r == Err(libc::EINVAL)
+fn einval(r: Result<u64, Errno>) -> bool {
+    r == Err(Errno::EINVAL)
 }
 
 /// Every listed MSR reads the same through both paths: a value where KVM_GET_MSRS reads one
@@ -106,7 +106,7 @@ fn set_matches(ctx: &Context) -> Outcome {
             tried += 1;
             let r = write_one(&one.vcpu, i, cur_one | bit);
             let accepted = msrs.vcpu.set_msr(i, cur_msrs | bit);
-            if r.is_ok() != accepted || r.is_err_and(|e| e != libc::EINVAL) {
+            if r.is_ok() != accepted || r.is_err_and(|e| e != Errno::EINVAL) {
                 bad.push(format!(
                     "{i:#x} = current {}: KVM_SET_MSRS {} vs KVM_SET_ONE_REG {}",
                     if bit == 0 {
@@ -132,11 +132,11 @@ fn set_matches(ctx: &Context) -> Outcome {
     )
 }
 
-fn write_one(vcpu: &Vcpu, index: u32, value: u64) -> Result<(), i32> {
+fn write_one(vcpu: &Vcpu, index: u32, value: u64) -> Result<(), Errno> {
     raw::one_reg(vcpu, MsrOp::Set, one_reg_msr_id(index), value).map(|_| ())
 }
 
-fn show<T>(r: Result<T, i32>) -> String {
+fn show<T>(r: Result<T, Errno>) -> String {
     match r {
         Ok(_) => "succeeded".into(),
         Err(e) => format!("errno {e}"),
@@ -272,7 +272,7 @@ fn without_shstk(ctx: &Context) -> Outcome {
     };
     let get = raw::one_reg(&m.vcpu, MsrOp::Get, GUEST_SSP_ID, 0);
     let list = raw::reg_list(&m.vcpu, 0);
-    if einval(get) && list.errno == 0 && list.written_back == 0 {
+    if einval(get) && list.errno.is_none() && list.written_back == 0 {
         Outcome::pass("GUEST_SSP: -EINVAL; KVM_GET_REG_LIST: no registers")
     } else {
         Outcome::fail(
@@ -280,7 +280,7 @@ fn without_shstk(ctx: &Context) -> Outcome {
             format!(
                 "GET {}; list errno {} n {}",
                 show(get),
-                list.errno,
+                Errno::number(list.errno),
                 list.written_back
             ),
         )
@@ -302,9 +302,9 @@ fn with_shstk(ctx: &Context) -> Outcome {
     let small = raw::reg_list(&m.vcpu, 0);
     let fits = raw::reg_list(&m.vcpu, 1);
     if get.is_ok()
-        && small.errno == libc::E2BIG
+        && small.errno == Some(Errno::E2BIG)
         && small.written_back == 1
-        && fits.errno == 0
+        && fits.errno.is_none()
         && fits.ids == [GUEST_SSP_ID]
     {
         Outcome::pass("GUEST_SSP readable; KVM_GET_REG_LIST: E2BIG with n=1, then GUEST_SSP alone")
@@ -316,9 +316,9 @@ fn with_shstk(ctx: &Context) -> Outcome {
             format!(
                 "GET {}; n=0: errno {} n {}; n=1: errno {} ids {:x?}",
                 show(get),
-                small.errno,
+                Errno::number(small.errno),
                 small.written_back,
-                fits.errno,
+                Errno::number(fits.errno),
                 fits.ids
             ),
         )

@@ -292,19 +292,19 @@ enum Retrigger {
     EveryRun,
 }
 
-fn retrigger(m: &Machine, how: Retrigger) -> Result<(), String> {
+fn retrigger(m: &Machine, how: Retrigger) -> crate::Result<()> {
     if let Retrigger::SetClock = how {
         let c =
             m.vm.fd
                 .get_clock()
-                .map_err(|e| format!("KVM_GET_CLOCK: {e}"))?;
+                .map_err(|e| crate::Error::ioctl("KVM_GET_CLOCK", e))?;
         let set = kvm_bindings::kvm_clock_data {
             clock: c.clock,
             ..Default::default()
         };
         m.vm.fd
             .set_clock(&set)
-            .map_err(|e| format!("KVM_SET_CLOCK: {e}"))?;
+            .map_err(|e| crate::Error::ioctl("KVM_SET_CLOCK", e))?;
     }
     Ok(())
 }
@@ -333,7 +333,7 @@ fn slot_deleted(
     reads(&mut m, msr, value, &mut problems);
     let v1 = extra_version(&extra, version_off);
     if let Err(e) = retrigger(&m, how) {
-        return Outcome::fail("the harness to request an update", e);
+        return Outcome::fail("the harness to request an update", e.to_string());
     }
     reads(&mut m, msr, value, &mut problems);
     let v2 = extra_version(&extra, version_off);
@@ -349,7 +349,7 @@ fn slot_deleted(
     }
     extra.fill(0, PAGE, GUARD);
     if let Err(e) = retrigger(&m, how) {
-        return Outcome::fail("the harness to request an update", e);
+        return Outcome::fail("the harness to request an update", e.to_string());
     }
     reads(&mut m, msr, value, &mut problems);
     reads(&mut m, msr, value, &mut problems);

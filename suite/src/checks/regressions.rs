@@ -7,7 +7,7 @@ use super::{hex, Check, Context, Outcome};
 use crate::catalogue::KernelVersion;
 use crate::guest::long_mode::long_mode_sregs;
 use crate::guest::{GuestOp, OpOutcome};
-use crate::kvm::{cpuid, CpuidPolicy, CpuidTable, Vcpu, Vm, VmConfig};
+use crate::kvm::{cpuid, CpuidPolicy, CpuidTable, Errno, Vcpu, Vm, VmConfig};
 
 use crate::msr_index::IA32_MC0_CTL2 as MC0_CTL2;
 /// MCG_CAP.MCG_CMCI_P (SDM vol. 3B 16.3.1.1).
@@ -194,7 +194,7 @@ fn xapic_id_after_x2apic(ctx: &Context) -> Outcome {
         Err(e) => return Outcome::harness(e),
     };
     let id_reg = |v: &Vcpu| v.get_lapic().map(|l| l.reg(APIC_ID));
-    let shown = |r: Result<u32, i32>| {
+    let shown = |r: Result<u32, Errno>| {
         r.map_or_else(
             |e| format!("KVM_GET_LAPIC errno {e}"),
             |id| format!("{id:#x}"),
@@ -261,7 +261,7 @@ fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
     }
     let mut without = ctx.facts.supported_cpuid.clone();
     without.set(lm, false);
-    let set = |t: CpuidTable| -> Result<(Option<i32>, u64, bool), Outcome> {
+    let set = |t: CpuidTable| -> Result<(Option<Errno>, u64, bool), Outcome> {
         let (_vm, vcpu) = vm_with_vcpu(ctx, 0, t).map_err(Outcome::harness)?;
         let has_lm = vcpu.effective_cpuid.as_ref().is_some_and(|c| c.has(lm));
         let s = vcpu
@@ -272,7 +272,7 @@ fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
             .fd
             .set_sregs(&long_mode_sregs(s))
             .err()
-            .map(|e| e.errno());
+            .map(Errno::from);
         let efer = vcpu
             .fd
             .get_sregs()
@@ -306,7 +306,7 @@ fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
         _ => None,
     };
     match fixed {
-        Some(true) if errno == Some(libc::EINVAL) && efer == 0 => Outcome::pass(actual),
+        Some(true) if errno == Some(Errno::EINVAL) && efer == 0 => Outcome::pass(actual),
         Some(true) => Outcome::fail(
             "without LM: EINVAL and EFER left at its reset value 0 (184bd464bdb6)",
             actual,

@@ -69,7 +69,7 @@ pub fn run_filter(
     let f = input.filter(ctx);
     feats.add(&[
         4,
-        f.validate().err().unwrap_or(0) as u32,
+        crate::kvm::Errno::number(f.validate().err()) as u32,
         f.ranges.len() as u32,
         f.flags,
     ]);

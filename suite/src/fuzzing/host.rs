@@ -9,7 +9,7 @@ use super::{confine, harness_violation, msr_class, Features, IndexChoice, ValueC
 use crate::guest::layout::PORT_DONE;
 use crate::kvm::cpuid::{self, Vendor};
 use crate::kvm::raw::{self, MsrEntry, MsrOp};
-use crate::kvm::{CpuidTable, Exit};
+use crate::kvm::{CpuidTable, Errno, Exit};
 use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
 use crate::oracles::Violation;
 use crate::session::ids::{CHANGED_BY_RUN_WHERE_RECORDED, SAME_CPUID_AFTER_RUN};
@@ -175,7 +175,7 @@ pub const MAX_HOST_ENTRIES: usize = 16;
 pub enum Obs {
     Set { accepted: usize },
     Read(Vec<(u32, Option<u64>)>),
-    Cpuid(Result<(), i32>),
+    Cpuid(Result<(), Errno>),
     Run,
     Saved(usize),
 }
@@ -408,7 +408,7 @@ impl HostRun<'_> {
             13,
             u32::from(self.ran),
             u32::from(same),
-            r.err().unwrap_or(0) as u32,
+            Errno::number(r.err()) as u32,
         ]);
         self.trace.push(Obs::Cpuid(r));
         Ok(())

@@ -67,7 +67,7 @@ impl Target {
         self,
         ctx: &Context,
         bytes: &[u8],
-    ) -> Result<(String, Result<(), Violation>), String> {
+    ) -> Result<(String, Result<(), Violation>), arbitrary::Error> {
         match self {
             Target::SetBatch => replay_as::<SetBatchExecutor>(ctx, bytes),
             Target::Guest => replay_as::<GuestExecutor>(ctx, bytes),
@@ -111,9 +111,8 @@ pub trait Executor: Sized {
 pub fn replay_as<E: Executor>(
     ctx: &Context,
     bytes: &[u8],
-) -> Result<(String, Result<(), Violation>), String> {
-    let input = E::Input::arbitrary_take_rest(arbitrary::Unstructured::new(bytes))
-        .map_err(|e| e.to_string())?;
+) -> Result<(String, Result<(), Violation>), arbitrary::Error> {
+    let input = E::Input::arbitrary_take_rest(arbitrary::Unstructured::new(bytes))?;
     let described = E::describe(ctx, &input);
     let result = E::for_replay(ctx).and_then(|mut e| e.run(ctx, &input, &mut Features::default()));
     Ok((described, result))

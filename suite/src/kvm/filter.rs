@@ -1,6 +1,7 @@
 //! KVM_X86_SET_MSR_FILTER (api.rst 4.97): a filter as userspace passes it, and the ioctl.
 //! `model::filter` validates such a filter and decides accesses the way KVM does.
 
+use crate::error::Errno;
 use kvm_bindings::{kvm_msr_filter, KVMIO};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
@@ -60,7 +61,7 @@ impl Range {
 
 /// Install `f` on the VM. Each range's bitmap is padded to what the kernel copies, so a short
 /// model bitmap never makes KVM read past the allocation.
-pub fn set_msr_filter(vm: &impl AsRawFd, f: &Filter) -> Result<(), i32> {
+pub fn set_msr_filter(vm: &impl AsRawFd, f: &Filter) -> Result<(), Errno> {
     set_raw(vm, f, None)
 }
 
@@ -70,11 +71,11 @@ pub fn set_msr_filter_unreadable(
     vm: &impl AsRawFd,
     f: &Filter,
     unreadable: usize,
-) -> Result<(), i32> {
+) -> Result<(), Errno> {
     set_raw(vm, f, Some(unreadable))
 }
 
-fn set_raw(vm: &impl AsRawFd, f: &Filter, unreadable: Option<usize>) -> Result<(), i32> {
+fn set_raw(vm: &impl AsRawFd, f: &Filter, unreadable: Option<usize>) -> Result<(), Errno> {
     assert!(
         f.ranges.len() <= MAX_RANGES,
         "the ABI holds {MAX_RANGES} ranges"
@@ -105,9 +106,5 @@ fn set_raw(vm: &impl AsRawFd, f: &Filter, unreadable: Option<usize>) -> Result<(
     // least BITS_TO_LONGS(nmsrs) * 8 bytes, alive until the ioctl returns (KVM copies them), or
     // are NULL, which KVM's copy_from_user refuses with EFAULT without touching our memory.
     let ret = unsafe { ioctl_with_ref(vm, KVM_X86_SET_MSR_FILTER(), &raw) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(())
-    }
+    super::raw::ioctl_result(ret).map(|_| ())
 }

@@ -1,6 +1,6 @@
 //! Guest memory: one anonymous mapping registered as memory slot 0 at guest physical address 0.
 
-use crate::error::{Error, Result};
+use crate::error::{Errno, Error, Result};
 
 pub struct GuestMemory {
     ptr: *mut u8,
@@ -25,10 +25,9 @@ impl GuestMemory {
             )
         };
         if ptr == libc::MAP_FAILED {
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
             return Err(Error::Ioctl {
                 what: "mmap of guest memory",
-                errno,
+                errno: Errno::last(),
             });
         }
         Ok(GuestMemory {

@@ -10,6 +10,7 @@ pub mod stats;
 pub mod system;
 pub mod vm;
 
+pub use crate::error::Errno;
 pub use cpuid::{CpuidTable, Vendor};
 pub use raw::{ListKind, MsrEntry, MsrIo, MsrOp};
 pub use run::Exit;

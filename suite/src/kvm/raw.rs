@@ -2,6 +2,7 @@
 //! (short buffers, over-limit counts). kvm-ioctls' wrappers size their buffers themselves, which
 //! would hide exactly what the checks look at.
 
+use crate::error::{Errno, Error};
 use kvm_bindings::{kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
@@ -18,20 +19,20 @@ ioctl_iow_nr!(KVM_X86_SETUP_MCE, KVMIO, 0x9c, u64);
 ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
 
 /// An ioctl's return value: Ok(ret), or the errno when it failed (ret < 0).
-fn ioctl_result(ret: i32) -> Result<usize, i32> {
+pub(super) fn ioctl_result(ret: i32) -> Result<usize, Errno> {
     if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+        Err(Errno::last())
     } else {
         Ok(ret as usize)
     }
 }
 
 /// How many entries an ioctl that writes back a count copied out: that count, at most `room`,
-/// none if it failed. With the errno (0 on success).
-fn copied_out(ret: i32, written_back: usize, room: usize) -> (i32, usize) {
+/// none if it failed. With the errno if it failed.
+fn copied_out(ret: i32, written_back: usize, room: usize) -> (Option<Errno>, usize) {
     match ioctl_result(ret) {
-        Ok(_) => (0, written_back.min(room)),
-        Err(e) => (e, 0),
+        Ok(_) => (None, written_back.min(room)),
+        Err(e) => (Some(e), 0),
     }
 }
 
@@ -58,8 +59,8 @@ impl ListKind {
 #[derive(Clone, Debug)]
 pub struct ListCall {
     pub asked: u32,
-    /// 0 on success, else the errno.
-    pub errno: i32,
+    /// The errno if the call failed.
+    pub errno: Option<Errno>,
     pub written_back: u32,
     pub indices: Vec<u32>,
 }
@@ -95,7 +96,7 @@ pub fn list_call(fd: &impl AsRawFd, kind: ListKind, asked: u32, room: usize) -> 
 /// written back, retry with exactly that count. Returns both calls so a check can judge them.
 pub fn list_with_protocol(fd: &impl AsRawFd, kind: ListKind) -> (ListCall, Option<ListCall>) {
     let first = list_call(fd, kind, 1, 1);
-    if first.errno == libc::E2BIG {
+    if first.errno == Some(Errno::E2BIG) {
         let n = first.written_back;
         let second = list_call(fd, kind, n, n as usize);
         (first, Some(second))
@@ -115,8 +116,26 @@ pub struct MsrEntry {
 /// and the entries as they were copied back (GET) or passed in (SET).
 #[derive(Clone, Debug)]
 pub struct MsrIo {
-    pub result: Result<usize, i32>,
+    pub result: Result<usize, Errno>,
     pub entries: Vec<MsrEntry>,
+}
+
+impl MsrIo {
+    /// For the harness's own MSR accesses: Ok when KVM processed every entry, else
+    /// [`Error::Msr`] at the first entry it did not process, with the errno if the ioctl failed
+    /// (then none was processed). `what` names the access ("setup x2apic-mode: KVM_SET_MSRS").
+    pub fn all_processed(&self, what: &'static str) -> crate::error::Result<()> {
+        let done = self.result.unwrap_or(0);
+        match (self.entries.get(done), self.result) {
+            (Some(e), errno) => Err(Error::Msr {
+                what,
+                index: e.index,
+                errno: errno.err(),
+            }),
+            (None, Err(errno)) => Err(Error::Ioctl { what, errno }),
+            (None, Ok(_)) => Ok(()),
+        }
+    }
 }
 
 /// Direction of an MSR ioctl.
@@ -172,7 +191,7 @@ pub const fn one_reg_msr_id(index: u32) -> u64 {
 /// KVM_GET_ONE_REG / KVM_SET_ONE_REG (api.rst 4.68, 4.69) of register `id`, any id (malformed
 /// ones exercise KVM's checks of it): GET returns the register's first 8 bytes, SET writes
 /// `value` (zero-extended to the size the id names). The errno on failure.
-pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64, i32> {
+pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64, Errno> {
     // The id's size field (bits 55:52, KVM_REG_SIZE) names 2^field bytes, up to 32 KiB: the
     // buffer holds that many (and at least the 8 of the value), whatever the id is.
     let bytes = 1usize << ((id >> 52) & 0xf);
@@ -193,11 +212,11 @@ pub fn one_reg(fd: &impl AsRawFd, op: MsrOp, id: u64, value: u64) -> Result<u64,
     ioctl_result(ret).map(|_| buf[0])
 }
 
-/// What one KVM_GET_REG_LIST call did (api.rst 4.84): 0 or the errno, the count KVM wrote back
-/// and the ids it copied out.
+/// What one KVM_GET_REG_LIST call did (api.rst 4.84): the errno if it failed, the count KVM
+/// wrote back and the ids it copied out.
 #[derive(Clone, Debug)]
 pub struct RegListCall {
-    pub errno: i32,
+    pub errno: Option<Errno>,
     pub written_back: u64,
     pub ids: Vec<u64>,
 }
@@ -221,7 +240,7 @@ pub fn reg_list(fd: &impl AsRawFd, room: usize) -> RegListCall {
 
 /// KVM_X86_GET_MCE_CAP_SUPPORTED on the /dev/kvm fd (api.rst 4.106): the MCG_CAP bits
 /// KVM_X86_SETUP_MCE accepts beyond the bank count, or the errno.
-pub fn mce_cap_supported(fd: &impl AsRawFd) -> Result<u64, i32> {
+pub fn mce_cap_supported(fd: &impl AsRawFd) -> Result<u64, Errno> {
     let mut caps = 0u64;
     // SAFETY: KVM writes one u64 to the pointer, which points at `caps`; the fd is /dev/kvm.
     let ret = unsafe { ioctl_with_mut_ptr(fd, KVM_X86_GET_MCE_CAP_SUPPORTED(), &mut caps) };
@@ -229,8 +248,51 @@ pub fn mce_cap_supported(fd: &impl AsRawFd) -> Result<u64, i32> {
 }
 
 /// KVM_X86_SETUP_MCE on a vCPU fd (api.rst 4.105): MCG_CAP with the bank count in bits 7:0.
-pub fn setup_mce(fd: &impl AsRawFd, mcg_cap: u64) -> Result<(), i32> {
+pub fn setup_mce(fd: &impl AsRawFd, mcg_cap: u64) -> Result<(), Errno> {
     // SAFETY: KVM reads one u64 from the pointer, which points at `mcg_cap`; the fd is a vCPU fd.
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, KVM_X86_SETUP_MCE(), &mcg_cap) };
     ioctl_result(ret).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(result: Result<usize, Errno>, indices: &[u32]) -> MsrIo {
+        MsrIo {
+            result,
+            entries: indices
+                .iter()
+                .map(|&index| MsrEntry { index, data: 0 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn all_processed_names_the_first_entry_kvm_did_not_process() {
+        assert!(io(Ok(2), &[0x10, 0x1b]).all_processed("x").is_ok());
+        match io(Ok(1), &[0x10, 0x1b]).all_processed("x") {
+            Err(Error::Msr {
+                index: 0x1b,
+                errno: None,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match io(Err(Errno::EFAULT), &[0x10, 0x1b]).all_processed("x") {
+            Err(Error::Msr {
+                index: 0x10,
+                errno: Some(Errno::EFAULT),
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match io(Err(Errno::E2BIG), &[]).all_processed("x") {
+            Err(Error::Ioctl {
+                errno: Errno::E2BIG,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

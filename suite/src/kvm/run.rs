@@ -8,6 +8,7 @@
 //! a signal that lands just before the thread enters KVM_RUN is followed by another. The signal
 //! handler does nothing; the signal makes KVM_RUN return EINTR (api.rst 4.10).
 
+use crate::error::Errno;
 use std::sync::atomic::{
     AtomicI32, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
@@ -21,15 +22,11 @@ ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 /// KVM_RUN on a vCPU fd (api.rst 4.10), nothing else: Ok once it returned 0 (the exit is in
 /// the vCPU's kvm_run area), else the errno. The harness and the benchmarks' raw loop both use
 /// exactly this.
-pub fn kvm_run(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), i32> {
+pub fn kvm_run(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), Errno> {
     // SAFETY: KVM_RUN takes no argument; `vcpu` is an open vCPU fd whose kvm_run area stays
     // mapped by `VcpuFd` while it lives.
     let ret = unsafe { ioctl(vcpu, KVM_RUN()) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
-    } else {
-        Ok(())
-    }
+    super::raw::ioctl_result(ret).map(|_| ())
 }
 
 /// The signal used to kick vCPU threads out of KVM_RUN.
@@ -264,7 +261,7 @@ pub enum Exit {
     },
     /// KVM_RUN itself failed.
     RunError {
-        errno: i32,
+        errno: Errno,
     },
     /// KVM_EXIT_SYSTEM_EVENT with its type (api.rst: KVM_SYSTEM_EVENT_SHUTDOWN 1, _RESET 2,
     /// _CRASH 3, ...), e.g. after a write of 1 to HV_X64_MSR_RESET.
@@ -319,13 +316,7 @@ impl std::fmt::Display for Exit {
                 )
             }
             Exit::Timeout { after } => write!(f, "guest still running after {after:?} (hang)"),
-            Exit::RunError { errno } => {
-                write!(
-                    f,
-                    "KVM_RUN failed: {}",
-                    std::io::Error::from_raw_os_error(*errno)
-                )
-            }
+            Exit::RunError { errno } => write!(f, "KVM_RUN failed: {}", errno.text()),
             Exit::SystemEvent { kind } => {
                 let name = match *kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => " (shutdown)",

@@ -12,6 +12,7 @@
 //! missing one as absent, never as zero.
 
 use super::vm::Vcpu;
+use crate::error::Errno;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -33,7 +34,7 @@ pub enum StatsError {
     /// KVM_CHECK_EXTENSION(KVM_CAP_BINARY_STATS_FD) is 0.
     CapAbsent,
     /// An ioctl or read failed.
-    Os { what: &'static str, errno: i32 },
+    Os { what: &'static str, errno: Errno },
     /// The file does not follow the documented layout.
     Malformed(String),
 }
@@ -45,11 +46,9 @@ impl fmt::Display for StatsError {
                 f,
                 "KVM_CAP_BINARY_STATS_FD is absent: this kernel has no binary vCPU statistics"
             ),
-            StatsError::Os { what, errno } => write!(
-                f,
-                "{what} failed: {} (errno {errno})",
-                std::io::Error::from_raw_os_error(*errno)
-            ),
+            StatsError::Os { what, errno } => {
+                write!(f, "{what} failed: {} (errno {errno})", errno.text())
+            }
             StatsError::Malformed(m) => write!(f, "KVM binary stats file malformed: {m}"),
         }
     }
@@ -238,7 +237,7 @@ fn read_exact_at(
 ) -> Result<(), StatsError> {
     file.read_exact_at(buf, at).map_err(|e| StatsError::Os {
         what,
-        errno: e.raw_os_error().unwrap_or(-1),
+        errno: Errno(e.raw_os_error().unwrap_or(-1)),
     })
 }
 
@@ -255,7 +254,7 @@ impl VcpuStats {
         if fd < 0 {
             return Err(StatsError::Os {
                 what: "KVM_GET_STATS_FD",
-                errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+                errno: Errno::last(),
             });
         }
         // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.

@@ -2,7 +2,7 @@
 //! system-level feature MSR reads (api.rst 4.1, 4.3, 4.4, 4.18).
 
 use super::raw::{self, ListCall, ListKind, MsrEntry, MsrIo, MsrOp};
-use crate::error::{Error, Result};
+use crate::error::{Errno, Error, Result};
 use kvm_ioctls::Kvm;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
@@ -79,9 +79,9 @@ impl KvmSystem {
             Ok(fd) => fd,
             Err(e) => {
                 let path = path.to_path_buf();
-                return Err(match e.errno() {
-                    libc::ENOENT | libc::ENXIO | libc::ENODEV => Error::KvmMissing { path },
-                    libc::EACCES | libc::EPERM => {
+                return Err(match Errno::from(e) {
+                    Errno::ENOENT | Errno::ENXIO | Errno::ENODEV => Error::KvmMissing { path },
+                    Errno::EACCES | Errno::EPERM => {
                         let detail = permission_detail(&path);
                         Error::KvmPermission { path, detail }
                     }
@@ -127,10 +127,10 @@ impl KvmSystem {
     pub fn msr_list(&self, kind: ListKind) -> Result<Vec<u32>> {
         let (first, second) = raw::list_with_protocol(self, kind);
         let call = second.unwrap_or(first);
-        if call.errno != 0 {
+        if let Some(errno) = call.errno {
             return Err(Error::Ioctl {
                 what: kind.ioctl_name(),
-                errno: call.errno,
+                errno,
             });
         }
         Ok(call.indices)

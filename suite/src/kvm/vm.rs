@@ -6,7 +6,7 @@ use super::memory::GuestMemory;
 use super::raw::{self, MsrEntry, MsrIo, MsrOp};
 use super::run::{decode_exit, kvm_run, Deadline, Exit};
 use super::system::KvmSystem;
-use crate::error::{Error, Result};
+use crate::error::{Errno, Error, Result};
 use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
@@ -119,7 +119,7 @@ impl Vm {
         slot: u32,
         gpa: u64,
         mem: Option<&GuestMemory>,
-    ) -> std::result::Result<(), i32> {
+    ) -> std::result::Result<(), Errno> {
         assert!(slot != 0, "slot 0 is the guest's main memory");
         let region = kvm_userspace_memory_region {
             slot,
@@ -130,17 +130,17 @@ impl Vm {
         };
         // SAFETY: the region describes `mem`, which the caller keeps mapped while the slot
         // exists (or deletes the slot: size 0 maps nothing).
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| e.errno())
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(Errno::from)
     }
 
     /// KVM_ENABLE_CAP on the VM fd (api.rst 4.37).
-    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), Errno> {
         let c = kvm_enable_cap {
             cap,
             args,
             ..Default::default()
         };
-        self.fd.enable_cap(&c).map_err(|e| e.errno())
+        self.fd.enable_cap(&c).map_err(Errno::from)
     }
 
     /// KVM_CREATE_VCPU, then the CPUID policy, then KVM_GET_CPUID2 to learn what took effect.
@@ -161,7 +161,7 @@ impl Vm {
         };
         if let CpuidPolicy::Table(t) = cpuid {
             if let Err(e) = vcpu.fd.set_cpuid2(&t.to_kvm()) {
-                vcpu.set_cpuid_errno = Some(e.errno());
+                vcpu.set_cpuid_errno = Some(e.into());
             }
             vcpu.effective_cpuid = vcpu.read_cpuid();
         }
@@ -176,7 +176,7 @@ pub struct Vcpu {
     /// bare vCPU.
     pub effective_cpuid: Option<CpuidTable>,
     /// Errno of KVM_SET_CPUID2, if it failed.
-    pub set_cpuid_errno: Option<i32>,
+    pub set_cpuid_errno: Option<Errno>,
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID was enabled on this vCPU.
     pub pv_enforced: bool,
     /// KVM_CAP_HYPERV_SYNIC2 was enabled on this vCPU (Hyper-V SynIC active).
@@ -231,6 +231,13 @@ impl Vcpu {
         self.set_msrs(&[MsrEntry { index, data }]).result == Ok(1)
     }
 
+    /// A host write the harness itself needs (machine setup, the fuzzer's pool): [`Error::Msr`]
+    /// naming `what`, the MSR and the errno if KVM does not take it.
+    pub fn try_set_msr(&self, what: &'static str, index: u32, data: u64) -> Result<()> {
+        self.set_msrs(&[MsrEntry { index, data }])
+            .all_processed(what)
+    }
+
     /// KVM_RUN once, with a deadline. Never blocks past `timeout` (plus a few milliseconds).
     pub fn run(&mut self, timeout: Duration) -> Exit {
         let start = self.deadline.arm(timeout);
@@ -238,7 +245,7 @@ impl Vcpu {
             self.kvm_runs += 1;
             match kvm_run(&self.fd) {
                 Ok(()) => break decode_exit(self.fd.get_kvm_run()),
-                Err(libc::EINTR) => {
+                Err(Errno::EINTR) => {
                     let after = Deadline::since(start);
                     if after >= timeout {
                         break Exit::Timeout { after };
@@ -256,8 +263,8 @@ impl Vcpu {
     /// without one KVM answers ENXIO. Without KVM_CAP_X2APIC_API's 32-bit IDs (this harness never
     /// enables it) APIC_ID (offset 0x20) comes back in xAPIC format, the ID in bits 31:24, also in
     /// x2APIC mode (lapic.c kvm_apic_state_fixup).
-    pub fn get_lapic(&self) -> std::result::Result<LapicState, i32> {
-        let s = self.fd.get_lapic().map_err(|e| e.errno())?;
+    pub fn get_lapic(&self) -> std::result::Result<LapicState, Errno> {
+        let s = self.fd.get_lapic().map_err(Errno::from)?;
         Ok(LapicState {
             regs: s.regs.map(|b| b as u8),
         })
@@ -265,7 +272,7 @@ impl Vcpu {
 
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.x): from now on the KVM PV MSRs follow the
     /// vCPU's KVM_CPUID_FEATURES bits.
-    pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), i32> {
+    pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), Errno> {
         self.enable_cap(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID, [1, 0, 0, 0])?;
         self.pv_enforced = true;
         Ok(())
@@ -273,20 +280,20 @@ impl Vcpu {
 
     /// KVM_CAP_HYPERV_SYNIC2 (api.rst 7.x): activate the vCPU's Hyper-V SynIC (needs an
     /// in-kernel LAPIC; hyperv.c kvm_hv_activate_synic).
-    pub fn activate_synic(&mut self) -> std::result::Result<(), i32> {
+    pub fn activate_synic(&mut self) -> std::result::Result<(), Errno> {
         self.enable_cap(kvm_bindings::KVM_CAP_HYPERV_SYNIC2, [0; 4])?;
         self.synic_active = true;
         Ok(())
     }
 
     /// KVM_ENABLE_CAP on the vCPU fd.
-    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), i32> {
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> std::result::Result<(), Errno> {
         let c = kvm_enable_cap {
             cap,
             args,
             ..Default::default()
         };
-        self.fd.enable_cap(&c).map_err(|e| e.errno())
+        self.fd.enable_cap(&c).map_err(Errno::from)
     }
 }
 

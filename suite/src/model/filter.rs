@@ -13,6 +13,7 @@ pub use crate::kvm::filter::{
     bitmap_bytes, Filter, Range, DEFAULT_DENY, FLAGS_VALID, MAX_BITMAP_BYTES, MAX_RANGES,
     RANGE_FLAGS_VALID, RANGE_READ, RANGE_WRITE,
 };
+use crate::kvm::Errno;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -47,23 +48,23 @@ impl Filter {
 
     /// What KVM_X86_SET_MSR_FILTER returns: Ok, or the errno (EINVAL; E2BIG for more than 16
     /// ranges, which the fixed-size ABI cannot express and the harness refuses to build).
-    pub fn validate(&self) -> Result<(), i32> {
+    pub fn validate(&self) -> Result<(), Errno> {
         if self.ranges.len() > MAX_RANGES {
-            return Err(libc::E2BIG);
+            return Err(Errno::E2BIG);
         }
         if self.flags & !FLAGS_VALID != 0 {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let empty = self.ranges.iter().all(|r| r.nmsrs == 0);
         if empty && self.flags & DEFAULT_DENY != 0 {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         for r in self.ranges.iter().filter(|r| r.nmsrs != 0) {
             if r.flags & !RANGE_FLAGS_VALID != 0 || r.flags == 0 {
-                return Err(libc::EINVAL);
+                return Err(Errno::EINVAL);
             }
             if bitmap_bytes(r.nmsrs) > MAX_BITMAP_BYTES {
-                return Err(libc::EINVAL);
+                return Err(Errno::EINVAL);
             }
         }
         Ok(())
@@ -123,17 +124,17 @@ mod tests {
     }
 
     #[rstest]
-    #[case::unknown_flag(Filter { flags: 2, ranges: vec![] }, Err(libc::EINVAL))]
-    #[case::deny_all_empty(Filter { flags: DEFAULT_DENY, ranges: vec![] }, Err(libc::EINVAL))]
-    #[case::deny_with_only_empty_ranges(Filter { flags: DEFAULT_DENY, ranges: vec![deny(0x10, 0, 3)] }, Err(libc::EINVAL))]
+    #[case::unknown_flag(Filter { flags: 2, ranges: vec![] }, Err(Errno::EINVAL))]
+    #[case::deny_all_empty(Filter { flags: DEFAULT_DENY, ranges: vec![] }, Err(Errno::EINVAL))]
+    #[case::deny_with_only_empty_ranges(Filter { flags: DEFAULT_DENY, ranges: vec![deny(0x10, 0, 3)] }, Err(Errno::EINVAL))]
     #[case::allow_all_empty_ok(Filter { flags: 0, ranges: vec![] }, Ok(()))]
-    #[case::range_flags_zero(Filter { flags: 0, ranges: vec![deny(0x10, 1, 0)] }, Err(libc::EINVAL))]
-    #[case::range_flags_unknown(Filter { flags: 0, ranges: vec![deny(0x10, 1, 4)] }, Err(libc::EINVAL))]
+    #[case::range_flags_zero(Filter { flags: 0, ranges: vec![deny(0x10, 1, 0)] }, Err(Errno::EINVAL))]
+    #[case::range_flags_unknown(Filter { flags: 0, ranges: vec![deny(0x10, 1, 4)] }, Err(Errno::EINVAL))]
     #[case::empty_range_flags_ignored(Filter { flags: 0, ranges: vec![deny(0x10, 0, 0xff)] }, Ok(()))]
     #[case::max_bitmap_ok(Filter { flags: 0, ranges: vec![deny(0, 0x3000, 3)] }, Ok(()))]
-    #[case::bitmap_one_long_too_many(Filter { flags: 0, ranges: vec![deny(0, 0x3001, 3)] }, Err(libc::EINVAL))]
+    #[case::bitmap_one_long_too_many(Filter { flags: 0, ranges: vec![deny(0, 0x3001, 3)] }, Err(Errno::EINVAL))]
     #[case::sixteen_ranges_ok(Filter { flags: 0, ranges: (0..16).map(|i| deny(i * 16, 1, 3)).collect() }, Ok(()))]
-    fn validation(#[case] f: Filter, #[case] want: Result<(), i32>) {
+    fn validation(#[case] f: Filter, #[case] want: Result<(), Errno>) {
         assert_eq!(f.validate(), want);
     }
 

@@ -7,6 +7,7 @@ pub mod msr_io;
 
 use crate::catalogue::Catalogue;
 use crate::kvm::raw::MsrEntry;
+use crate::kvm::Errno;
 use crate::machine::Machine;
 use std::fmt;
 
@@ -35,7 +36,7 @@ pub struct BatchComparison {
     /// Index of the first entry the one-by-one twin rejected (entries.len() if none).
     pub first_rejected: usize,
     /// What KVM_SET_MSRS returned for the whole batch.
-    pub batch_result: Result<usize, i32>,
+    pub batch_result: Result<usize, Errno>,
 }
 
 /// KVM_SET_MSRS semantics (api.rst 4.19): writing `entries` in one call on `batch` returns the

@@ -4,7 +4,7 @@
 
 use super::Violation;
 use crate::kvm::raw::{MsrEntry, MsrIo};
-use crate::kvm::Vcpu;
+use crate::kvm::{Errno, Vcpu};
 use std::collections::BTreeMap;
 
 /// What a KVM_GET_MSRS caller puts in `data` of every entry, to see which ones KVM wrote.
@@ -13,7 +13,7 @@ pub const SENTINEL: u64 = 0x5a5a_0bad_c0de_5a5a;
 /// Errnos a call may return, with the source that documents them.
 pub struct Errnos {
     pub ioctl: &'static str,
-    pub allowed: &'static [i32],
+    pub allowed: &'static [Errno],
     pub cite: &'static str,
 }
 
@@ -30,14 +30,14 @@ pub const MSR_IO: Errnos = Errnos {
 /// different table, or a table kvm_check_cpuid refuses), ENOMEM, EFAULT.
 pub const SET_CPUID2: Errnos = Errnos {
     ioctl: "KVM_SET_CPUID2",
-    allowed: &[libc::EINVAL, libc::E2BIG],
+    allowed: &[Errno::EINVAL, Errno::E2BIG],
     cite:
         "api.rst 4.73; cpuid.c kvm_set_cpuid (kvm_cpuid_check_equal after KVM_RUN, kvm_check_cpuid)",
 };
 
 impl Errnos {
     /// Oracle `documented-errno`: `errno` is one the call may return.
-    pub fn check(&self, errno: i32) -> Result<(), Violation> {
+    pub fn check(&self, errno: Errno) -> Result<(), Violation> {
         if self.allowed.contains(&errno) {
             return Ok(());
         }
@@ -48,10 +48,7 @@ impl Errnos {
                 "{} to fail only with {:?} ({})",
                 self.ioctl, self.allowed, self.cite
             ),
-            actual: format!(
-                "errno {errno} ({})",
-                std::io::Error::from_raw_os_error(errno)
-            ),
+            actual: format!("errno {errno} ({})", errno.text()),
         })
     }
 }
@@ -236,7 +233,7 @@ pub fn feature_msrs_immutable(
 mod tests {
     use super::*;
 
-    fn io(result: Result<usize, i32>, data: &[u64]) -> MsrIo {
+    fn io(result: Result<usize, Errno>, data: &[u64]) -> MsrIo {
         MsrIo {
             result,
             entries: data
@@ -268,13 +265,13 @@ mod tests {
             "batch-count"
         );
         assert_eq!(
-            msr_io_count(&io(Err(libc::EINVAL), &[0]))
+            msr_io_count(&io(Err(Errno::EINVAL), &[0]))
                 .unwrap_err()
                 .oracle,
             "documented-errno"
         );
-        assert!(SET_CPUID2.check(libc::EINVAL).is_ok());
-        assert!(SET_CPUID2.check(libc::EPERM).is_err());
+        assert!(SET_CPUID2.check(Errno::EINVAL).is_ok());
+        assert!(SET_CPUID2.check(Errno::EPERM).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! view: which checks change verdict between kernel A and kernel B (or between module
 //! parameters), with each side's reason, and which exist on one side only.
 
+use crate::error::Error;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -46,19 +47,15 @@ impl ResultPart {
 pub const SCHEMA: &str = "kvm-msr-report/1";
 
 impl ReportFile {
-    /// Parse a report, naming the file in errors.
-    pub fn parse(text: &str, name: &str) -> Result<ReportFile, String> {
+    /// Parse the text of the report file `file` (named in errors).
+    pub fn parse(text: &str, file: &std::path::Path) -> Result<ReportFile, Error> {
         let r: ReportFile = serde_json::from_str(text).map_err(|e| {
-            format!(
-                "{name}:{}: not a `kvm-msr report --format json` file: {e}",
-                e.line()
-            )
+            let message = format!("not a `kvm-msr report --format json` file: {e}");
+            Error::input(file, Some(e.line()), message)
         })?;
         if r.schema != SCHEMA {
-            return Err(format!(
-                "{name}: schema {:?}, expected {SCHEMA:?}",
-                r.schema
-            ));
+            let message = format!("schema {:?}, expected {SCHEMA:?}", r.schema);
+            return Err(Error::input(file, None, message));
         }
         Ok(r)
     }
@@ -178,7 +175,7 @@ mod tests {
                     ("z", "skip", "no cap"),
                 ],
             ),
-            "a",
+            "a".as_ref(),
         )
         .unwrap();
         let b = ReportFile::parse(
@@ -186,7 +183,7 @@ mod tests {
                 "6.12",
                 &[("x", "pass", ""), ("y", "pass", "ok"), ("w", "pass", "")],
             ),
-            "b",
+            "b".as_ref(),
         )
         .unwrap();
         let c = compare(&a, &b);
@@ -204,10 +201,16 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_file() {
-        let e = ReportFile::parse("{", "r.json").unwrap_err();
-        assert!(e.starts_with("r.json:"), "{e}");
-        let e = ReportFile::parse(&report("6.1", &[]).replace(SCHEMA, "other/1"), "r.json")
-            .unwrap_err();
-        assert!(e.contains("schema"), "{e}");
+        let e = ReportFile::parse("{", "r.json".as_ref()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("r.json:1: not a `kvm-msr report"),
+            "{e}"
+        );
+        let other = report("6.1", &[]).replace(SCHEMA, "other/1");
+        let e = ReportFile::parse(&other, "r.json".as_ref()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("r.json: schema \"other/1\", expected {SCHEMA:?}")
+        );
     }
 }

@@ -98,22 +98,18 @@ pub(super) fn apply_setup(mach: &mut Machine, m: &MsrInfo, open_gates: bool) -> 
             // The gate-closed check keeps SynIC off: that is its closed state.
             Setup::HypervSynic if !open_gates => {}
             Setup::HypervSynic => {
-                mach.vcpu.activate_synic().map_err(|errno| {
-                    crate::Error::Usage(format!(
-                        "setup hyperv-synic: KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2) failed with errno {errno}"
-                    ))
-                })?;
+                mach.vcpu
+                    .activate_synic()
+                    .map_err(|errno| crate::Error::Ioctl {
+                        what: "setup hyperv-synic: KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2)",
+                        errno,
+                    })?;
             }
-            Setup::X2apicMode => {
-                if !mach
-                    .vcpu
-                    .set_msr(crate::msr_index::IA32_APIC_BASE, 0xfee0_0d00)
-                {
-                    return Err(crate::Error::Usage(
-                        "setup x2apic-mode: KVM_SET_MSRS of IA32_APIC_BASE = 0xfee00d00 was rejected".into(),
-                    ));
-                }
-            }
+            Setup::X2apicMode => mach.vcpu.try_set_msr(
+                "setup x2apic-mode: KVM_SET_MSRS (value 0xfee00d00)",
+                crate::msr_index::IA32_APIC_BASE,
+                0xfee0_0d00,
+            )?,
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::guest::{GuestOp, OpOutcome};
-use crate::kvm::cpuid;
+use crate::kvm::{cpuid, Errno};
 
 /// The enumerating CPUID bits KVM reports survive KVM_SET_CPUID2: KVM_GET_CPUID2 returns the
 /// table userspace set (api.rst KVM_GET_CPUID2), apart from the runtime bits KVM updates itself
@@ -172,21 +172,21 @@ pub(super) fn same_cpuid_after_run(ctx: &Context) -> Outcome {
         return Outcome::fail("KVM_RUN of an empty guest program", d.to_string());
     }
     let table = ctx.facts.supported_cpuid.clone();
-    let same = m.vcpu.fd.set_cpuid2(&table.to_kvm()).map_err(|e| e.errno());
+    let same = m.vcpu.fd.set_cpuid2(&table.to_kvm()).map_err(Errno::from);
     // The selftests' way (cpuid_test.c test_set_cpuid_after_run): the table KVM_GET_CPUID2 returns.
     let read_back = match m.vcpu.read_cpuid() {
-        Some(t) => m.vcpu.fd.set_cpuid2(&t.to_kvm()).map_err(|e| e.errno()),
+        Some(t) => m.vcpu.fd.set_cpuid2(&t.to_kvm()).map_err(Errno::from),
         None => return Outcome::fail("KVM_GET_CPUID2 after KVM_RUN", "failed"),
     };
     let mut other = table.clone();
     let f = crate::kvm::cpuid::FEATURES[0];
     other.set(f, !table.has(f));
-    let different = m.vcpu.fd.set_cpuid2(&other.to_kvm()).map_err(|e| e.errno());
+    let different = m.vcpu.fd.set_cpuid2(&other.to_kvm()).map_err(Errno::from);
     let actual = format!(
         "same table {same:?}, KVM_GET_CPUID2 table {read_back:?}, {} flipped {different:?}",
         f.name
     );
-    if same.is_ok() && read_back.is_ok() && different == Err(libc::EINVAL) {
+    if same.is_ok() && read_back.is_ok() && different == Err(Errno::EINVAL) {
         Outcome::pass(actual)
     } else {
         Outcome::fail(

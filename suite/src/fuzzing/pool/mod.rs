@@ -77,7 +77,7 @@ pub struct PoolStats {
     pub reused: u64,
     /// Reused vCPUs that had run (for inputs that cannot tell).
     pub reused_after_run: u64,
-    /// Resets that failed (the vCPU was dropped), and why the last one did.
+    /// Resets that failed (the vCPU was dropped), and why the last one did (its message).
     pub reset_failures: u64,
     pub last_reset_failure: Option<String>,
     /// Takes that found no vCPU ready and waited for the supplier thread.
@@ -91,9 +91,9 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    fn reset_failed(&mut self, why: String) {
+    fn reset_failed(&mut self, why: Error) {
         self.reset_failures += 1;
-        self.last_reset_failure = Some(why);
+        self.last_reset_failure = Some(why.to_string());
     }
 }
 
@@ -252,10 +252,8 @@ impl VcpuPool {
             match s.supply.recv() {
                 Ok(supply) => got.push(supply),
                 Err(_) => {
-                    self.failed.get_or_insert(Error::Ioctl {
-                        what: "the vCPU supplier thread (it stopped)",
-                        errno: 0,
-                    });
+                    self.failed
+                        .get_or_insert(Error::Internal("the vCPU supplier thread stopped"));
                 }
             }
         }

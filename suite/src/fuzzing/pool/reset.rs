@@ -61,22 +61,18 @@ pub(super) fn reads_back(
     v: &PooledVcpu,
     want: &[MsrEntry],
     volatile: &BTreeSet<u32>,
-) -> std::result::Result<(), String> {
+) -> Result<()> {
     let idx: Vec<u32> = want.iter().map(|e| e.index).collect();
     let io = v.vcpu.get_msrs(&idx);
-    if io.result != Ok(want.len()) {
-        return Err(format!(
-            "KVM_GET_MSRS of the reset MSRs returned {:?} of {}",
-            io.result,
-            want.len()
-        ));
-    }
+    io.all_processed("pool reset proof: KVM_GET_MSRS of the reset MSRs")?;
     for (a, b) in want.iter().zip(&io.entries) {
         if a.data != b.data && !volatile.contains(&a.index) {
-            return Err(format!(
-                "MSR {:#x} reads {:#x} after being reset to {:#x}",
-                a.index, b.data, a.data
-            ));
+            return Err(Error::MsrReadBack {
+                what: "pool reset proof",
+                index: a.index,
+                read: b.data,
+                want: a.data,
+            });
         }
     }
     Ok(())
@@ -91,7 +87,7 @@ pub(super) fn reset(
     default_cpuid: &CpuidTable,
     volatile: &BTreeSet<u32>,
     skip_vm_scope: bool,
-) -> std::result::Result<(), String> {
+) -> Result<()> {
     // Host reads and rejected writes change nothing (a rejected write that changed state would
     // be a KVM bug the `pool-equivalence` oracle reports).
     if v.usage.changed_anything() {
@@ -99,7 +95,7 @@ pub(super) fn reset(
             v.vcpu
                 .fd
                 .set_cpuid2(&default_cpuid.to_kvm())
-                .map_err(|e| format!("KVM_SET_CPUID2 of the default table: errno {}", e.errno()))?;
+                .map_err(|e| Error::ioctl("pool reset: KVM_SET_CPUID2 of the default table", e))?;
             v.cpuid = default_cpuid.clone();
         }
         let keep = |e: &&MsrEntry| !(skip_vm_scope && vm_scope(e.index));
@@ -112,14 +108,9 @@ pub(super) fn reset(
             .filter(keep)
             .copied()
             .collect();
-        let io = v.vcpu.set_msrs(&want);
-        if io.result != Ok(want.len()) {
-            let n = io.result.unwrap_or(0);
-            return Err(format!(
-                "KVM_SET_MSRS of the reset values stopped at #{n} ({:x?})",
-                want.get(n)
-            ));
-        }
+        v.vcpu
+            .set_msrs(&want)
+            .all_processed("pool reset: KVM_SET_MSRS of the reset values")?;
         let expect: Vec<MsrEntry> = v
             .pristine
             .iter()

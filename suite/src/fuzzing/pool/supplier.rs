@@ -57,10 +57,8 @@ impl Factory {
         // HV_X64_MSR_VP_INDEX starts at the vCPU's index in its VM (hyperv.c kvm_hv_vcpu_init:
         // vp_index = vcpu_idx), 0 for a fresh VM's only vCPU: give a pooled vCPU that value, as
         // a VMM may (a host write sets it), so it looks like a fresh one (pool-equivalence).
-        if self.indices.contains(&HV_X64_MSR_VP_INDEX) && !vcpu.set_msr(HV_X64_MSR_VP_INDEX, 0) {
-            return Err(Error::Usage(
-                "pool: KVM_SET_MSRS of HV_X64_MSR_VP_INDEX = 0 was rejected".into(),
-            ));
+        if self.indices.contains(&HV_X64_MSR_VP_INDEX) {
+            vcpu.try_set_msr("pool: KVM_SET_MSRS (value 0)", HV_X64_MSR_VP_INDEX, 0)?;
         }
         long_mode::enter(&vcpu)?;
         vcpu.fd
@@ -130,7 +128,7 @@ pub(super) enum Supply {
     /// A used vCPU after its reset (whether it had run, and why the reset failed if it did).
     Reset {
         ran: bool,
-        result: std::result::Result<PooledVcpu, String>,
+        result: Result<PooledVcpu>,
     },
 }
 

@@ -5,7 +5,7 @@ use super::*;
 use crate::error::Result;
 use crate::guest::long_mode;
 use crate::kvm::raw::MsrEntry;
-use crate::kvm::{CpuidTable, Exit, KvmSystem, Vcpu, Vm, VmConfig};
+use crate::kvm::{CpuidTable, Errno, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use crate::session::msr_traits::MsrTraits;
 use crate::session::Context;
 use std::collections::BTreeSet;
@@ -252,12 +252,12 @@ impl PooledVcpu {
     }
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
-    pub fn set_cpuid(&mut self, table: &CpuidTable) -> std::result::Result<(), i32> {
+    pub fn set_cpuid(&mut self, table: &CpuidTable) -> std::result::Result<(), Errno> {
         let r = self
             .vcpu
             .fd
             .set_cpuid2(&table.to_kvm())
-            .map_err(|e| e.errno());
+            .map_err(Errno::from);
         if r.is_ok() {
             self.usage.cpuid_set = true;
             self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
