@@ -12,6 +12,9 @@ use crate::kvm::{CpuidPolicy, CpuidTable, Errno, Exit, KvmSystem, Vcpu, Vm, VmCo
 use std::fmt;
 use std::time::Duration;
 
+pub mod access;
+pub use access::{Access, AccessPath};
+
 thread_local! {
     static FORCE_EMULATION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -169,12 +169,7 @@ pub struct Requirement {
 }
 
 /// Which access path a rule is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessPath {
-    Host,
-    Guest,
-}
+pub use crate::machine::AccessPath;
 
 /// Which guest vendor class a rule is about (KVM's guest_cpuid_is_intel/amd_compatible).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

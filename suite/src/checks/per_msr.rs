@@ -2,8 +2,9 @@
 //! vCPUs, guest RDMSR against host KVM_GET_MSRS, and repeated reads from both sides.
 
 use super::{hex, Check, Context, Outcome};
-use crate::catalogue::{Gate, GateState, HostWhenClosed, MsrInfo, Volatility};
+use crate::catalogue::{AccessPath, Gate, GateState, HostWhenClosed, MsrInfo, Volatility};
 use crate::guest::{GuestOp, OpOutcome};
+use crate::machine::Access;
 
 const ADVERTISED: &str = "api.rst 4.3 (the index list holds the MSRs to save and restore); x86.c kvm_do_msr_access: a host read of an advertised MSR that returns KVM_MSR_RET_UNSUPPORTED succeeds with 0";
 
@@ -67,7 +68,10 @@ fn expectation_text(info: Option<&MsrInfo>) -> &'static str {
     }
 }
 
-fn host_repeat(ctx: &Context, index: u32) -> Outcome {
+/// Two reads from `path` with nothing in between agree, or move as the catalogue documents. The
+/// host must read an index-list MSR at all (api.rst 4.3, as `host_readable`); the guest may
+/// fault, the same way twice.
+fn repeat(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     let info = ctx.catalogue.get(index);
     if let Some(v) = info
         .and_then(|i| i.volatile.as_ref())
@@ -79,37 +83,18 @@ fn host_repeat(ctx: &Context, index: u32) -> Outcome {
         ));
     }
     with_machine(ctx, false, |m| {
-        let (Some(a), Some(b)) = (m.vcpu.get_msr(index), m.vcpu.get_msr(index)) else {
-            return Outcome::fail("two successful host reads", "a read failed");
+        let reads = match m.access(path, &[GuestOp::Rdmsr(index), GuestOp::Rdmsr(index)]) {
+            Ok(x) => x,
+            Err(d) => return super::catalogued::died(d),
         };
-        match reads_agree(info, a, b) {
-            Ok(d) => Outcome::pass(d),
-            Err(d) => Outcome::fail(expectation_text(info), d),
-        }
-    })
-}
-
-fn guest_repeat(ctx: &Context, index: u32) -> Outcome {
-    let info = ctx.catalogue.get(index);
-    if let Some(v) = info
-        .and_then(|i| i.volatile.as_ref())
-        .filter(|v| v.rule == Volatility::Changes)
-    {
-        return Outcome::skip(format!(
-            "the value is documented to change between reads: {}",
-            v.cite
-        ));
-    }
-    with_machine(ctx, false, |m| {
-        let run = m.run_ops(&[GuestOp::Rdmsr(index), GuestOp::Rdmsr(index)]);
-        if let Some(d) = run.death {
-            return Outcome::fail("the guest program to complete", d.to_string());
-        }
-        match (run.outcomes[0], run.outcomes[1]) {
-            (OpOutcome::Read(a), OpOutcome::Read(b)) => match reads_agree(info, a, b) {
+        match (reads[0], reads[1]) {
+            (Access::Read(a), Access::Read(b)) => match reads_agree(info, a, b) {
                 Ok(d) => Outcome::pass(d),
                 Err(d) => Outcome::fail(expectation_text(info), d),
             },
+            _ if path == AccessPath::Host => {
+                Outcome::fail("two successful host reads", "a read failed")
+            }
             (a, b) if a == b => Outcome::pass(format!("both reads: {a}")),
             (a, b) => Outcome::fail("the same outcome twice", format!("{a}, then {b}")),
         }
@@ -240,44 +225,42 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     for &index in &ctx.facts.msr_index_list {
         let id = ctx.catalogue.slug(index);
         let name = ctx.catalogue.name(index);
-        let cite = ctx
-            .catalogue
-            .get(index)
+        let info = ctx.catalogue.get(index);
+        let cite = info
             .map(|i| i.cite.clone())
             .unwrap_or_else(|| "not catalogued".into());
-        let gate_cite = ctx
-            .catalogue
-            .get(index)
+        let gate_cite = info
             .and_then(|i| i.gate.as_ref())
-            .map(|g| format!("; gate: {}", g.cite))
-            .unwrap_or_default();
-        let vol_cite = ctx
-            .catalogue
-            .get(index)
+            .map_or(String::new(), |g| format!("; gate: {}", g.cite));
+        let vol_cite = info
             .and_then(|i| i.volatile.as_ref())
-            .map(|v| format!("; changes: {}", v.cite))
-            .unwrap_or_default();
-        v.push(Check::new(
-            format!("host.{id}.readable-fresh"),
-            Some(index),
-            format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU with KVM's supported CPUID"),
-            format!("{ADVERTISED}; {cite}"),
-            move |c| host_readable(c, index, false),
-        ));
-        v.push(Check::new(
-            format!("host.{id}.readable-bare"),
-            Some(index),
-            format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU that never saw KVM_SET_CPUID2"),
-            format!("{ADVERTISED}; {cite}"),
-            move |c| host_readable(c, index, true),
-        ));
-        v.push(Check::new(
-            format!("host.{id}.repeat-read-stable"),
-            Some(index),
-            format!("{name}: two host reads agree (or move as documented)"),
-            format!("api.rst 4.18; {cite}{vol_cite}"),
-            move |c| host_repeat(c, index),
-        ));
+            .map_or(String::new(), |v| format!("; changes: {}", v.cite));
+        let repeat_check = |path: AccessPath| {
+            let (reads, source) = match path {
+                AccessPath::Host => ("host reads", "api.rst 4.18"),
+                AccessPath::Guest => ("guest RDMSRs", "SDM vol. 2B RDMSR"),
+            };
+            Check::new(
+                format!("{}.{id}.repeat-read-stable", path.name()),
+                Some(index),
+                format!("{name}: two {reads} agree (or move as documented)"),
+                format!("{source}; {cite}{vol_cite}"),
+                move |c| repeat(c, index, path),
+            )
+        };
+        for (kind, bare, vcpu) in [
+            ("fresh", false, "with KVM's supported CPUID"),
+            ("bare", true, "that never saw KVM_SET_CPUID2"),
+        ] {
+            v.push(Check::new(
+                format!("host.{id}.readable-{kind}"),
+                Some(index),
+                format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU {vcpu}"),
+                format!("{ADVERTISED}; {cite}"),
+                move |c| host_readable(c, index, bare),
+            ));
+        }
+        v.push(repeat_check(AccessPath::Host));
         v.push(Check::new(
             format!("guest.{id}.matches-host"),
             Some(index),
@@ -285,13 +268,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
             format!("x86.c kvm_emulate_msr_read and do_get_msr share kvm_get_msr_ignored_check; {cite}{gate_cite}{vol_cite}"),
             move |c| guest_matches_host(c, index),
         ));
-        v.push(Check::new(
-            format!("guest.{id}.repeat-read-stable"),
-            Some(index),
-            format!("{name}: two guest RDMSRs agree (or move as documented)"),
-            format!("SDM vol. 2B RDMSR; {cite}{vol_cite}"),
-            move |c| guest_repeat(c, index),
-        ));
+        v.push(repeat_check(AccessPath::Guest));
     }
     v
 }

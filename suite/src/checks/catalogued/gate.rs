@@ -3,9 +3,12 @@
 use super::super::{hex, Context, Outcome};
 use super::*;
 use crate::catalogue::{AccessPath, GateCondition, GateState, HostWhenClosed, MsrInfo};
-use crate::guest::{GuestOp, OpOutcome};
+use crate::guest::GuestOp;
 use crate::kvm::cpuid::{self};
+use crate::machine::Access;
 
+/// A read of a write-only MSR fails from `path`: the host's entry is not processed, the guest
+/// takes #GP (`Access::rejected`), or under kvm.ignore_msrs it reads 0.
 pub(super) fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     let m = info(ctx, index);
     if let Some(o) = not_on_backend(ctx, m) {
@@ -15,27 +18,20 @@ pub(super) fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    match path {
-        AccessPath::Host => match mach.vcpu.get_msrs(&[index]) {
-            io if io.result == Ok(0) => Outcome::pass("host read not processed"),
-            io if write_only_read_ignored(ctx, m, OpOutcome::Read(io.entries[0].data))
-                && io.result == Ok(1) =>
-            {
-                Outcome::pass("host read 0 (kvm.ignore_msrs=Y)")
-            }
-            io => Outcome::fail("Ok(0): the host read fails", format!("{:?}", io.result)),
-        },
-        AccessPath::Guest => {
-            let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
-            match (run.death, run.outcomes[0]) {
-                (None, o) if o.is_gp() => Outcome::pass("guest RDMSR #GP"),
-                (None, o) if write_only_read_ignored(ctx, m, o) => {
-                    Outcome::pass("guest RDMSR read 0 (kvm.ignore_msrs=Y)")
-                }
-                (None, o) => Outcome::fail("guest RDMSR #GP", o.to_string()),
-                (Some(d), _) => Outcome::fail("the guest program to complete", d.to_string()),
-            }
+    let reader = reader(path);
+    match mach.read(path, index) {
+        Err(d) => died(d),
+        Ok(a) if a.rejected() => Outcome::pass(match path {
+            AccessPath::Host => "host read not processed",
+            AccessPath::Guest => "guest RDMSR #GP",
+        }),
+        Ok(a) if write_only_read_ignored(ctx, m, a) => {
+            Outcome::pass(format!("{reader} read 0 (kvm.ignore_msrs=Y)"))
         }
+        Ok(a) => match a.ioctl_result() {
+            Some(r) => Outcome::fail("Ok(0): the host read fails", format!("{r:?}")),
+            None => Outcome::fail("guest RDMSR #GP", a.to_string()),
+        },
     }
 }
 
@@ -43,8 +39,8 @@ pub(super) fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome
 /// no case for it (kvm_get_msr_common's default, KVM_MSR_RET_UNSUPPORTED), kvm_do_msr_access
 /// reports success with 0 (semantics §1.6 step 5); handlers that return 1 still fail. Which one
 /// applies is per MSR, so under ignore_msrs either is accepted.
-pub(super) fn write_only_read_ignored(ctx: &Context, m: &MsrInfo, read: OpOutcome) -> bool {
-    ctx.facts.ignore_msrs() && m.read_fails.is_some() && read == OpOutcome::Read(0)
+pub(super) fn write_only_read_ignored(ctx: &Context, m: &MsrInfo, read: Access) -> bool {
+    ctx.facts.ignore_msrs() && m.read_fails.is_some() && read == Access::Read(0)
 }
 
 /// Clear the gate's CPUID bits (or use the default MCG_CAP) and check both paths.
@@ -137,22 +133,22 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
             mach.vcpu.set_msr(index, nonzero),
         )
     });
-    let run = mach.run_ops(&[GuestOp::Rdmsr(index), GuestOp::Wrmsr(index, value)]);
-    if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
-    }
+    let guest = [GuestOp::Rdmsr(index), GuestOp::Wrmsr(index, value)];
+    let (rd, wr) = match mach.access(AccessPath::Guest, &guest) {
+        Ok(x) => (x[0], x[1]),
+        Err(d) => return died(d),
+    };
     let ignore = ctx.facts.ignore_msrs();
     let ignored = ignore && unsupported;
     // An UNSUPPORTED host access with value 0 succeeds: listed (the 0-exemption, where the
     // kernel has it for this MSR) or ignore_msrs.
     let zero_ok = (exemption && ctx.facts.is_advertised(index)) || ignore;
-    let (rd, wr) = (run.outcomes[0], run.outcomes[1]);
     let guest_ok = if ignored {
         (if reads_gated {
-            rd == OpOutcome::Read(0)
+            rd == Access::Read(0)
         } else {
             rd.is_gp()
-        }) && wr == OpOutcome::Wrote
+        }) && wr == Access::Wrote
     } else {
         (rd.is_gp() || write_only_read_ignored(ctx, m, rd)) && wr.is_gp()
     };

@@ -8,7 +8,7 @@ use crate::catalogue::{
     WriteRule,
 };
 use crate::kvm::cpuid::{self};
-use crate::machine::Machine;
+use crate::machine::{GuestDeath, Machine};
 
 mod gate;
 mod reserved;
@@ -129,6 +129,19 @@ pub(super) fn not_on_backend(ctx: &Context, m: &MsrInfo) -> Option<Outcome> {
             r.cite
         ))
     })
+}
+
+/// How the checks' sentences name a read from `path`.
+pub(super) fn reader(path: AccessPath) -> &'static str {
+    match path {
+        AccessPath::Host => "host read",
+        AccessPath::Guest => "guest RDMSR",
+    }
+}
+
+/// A guest that died before its program completed: the check's failure.
+pub(super) fn died(d: GuestDeath) -> Outcome {
+    Outcome::fail("the guest program to complete", d.to_string())
 }
 
 pub(super) fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {

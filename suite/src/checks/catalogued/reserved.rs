@@ -3,8 +3,9 @@
 use super::super::{hex, Context, Outcome};
 use super::*;
 use crate::catalogue::{AccessPath, MsrInfo, WriteOutcome};
-use crate::guest::{GuestOp, OpOutcome};
+use crate::guest::GuestOp;
 use crate::kvm::cpuid::{self};
+use crate::machine::Access;
 use crate::machine::Machine;
 
 pub(super) fn reserved_base(ctx: &Context, m: &MsrInfo) -> u64 {
@@ -48,78 +49,12 @@ pub(super) fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64).filter(move |b| mask & (1 << b) != 0)
 }
 
-pub(super) fn reserved_host(ctx: &Context, index: u32) -> Outcome {
-    let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m) {
-        return o;
-    }
-    let r = m.reserved.as_ref().expect("reserved rule");
-    let base = reserved_base(ctx, m);
-    let mach = match machine_for(ctx, m, None) {
-        Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
-    };
-    let base_ok = mach.vcpu.set_msr(index, base);
-    let mask = reserved_mask(r, &mach);
-    if !base_ok {
-        // A write rule may say that this host refuses the base value itself (e.g. PRED_CMD
-        // before 6.7 on a host without IBPB): then every reserved bit must be refused too.
-        let refused_here = m.writes.iter().find(|w| {
-            w.value == base
-                && w.path != Some(AccessPath::Guest)
-                && outcome_on(ctx, &mach, w, AccessPath::Host).0 == WriteOutcome::Rejected
-        });
-        let Some(w) = refused_here else {
-            return Outcome::fail(format!("the base value {} accepted", hex(base)), "rejected");
-        };
-        let accepted: Vec<u32> = bits(mask)
-            .filter(|b| mach.vcpu.set_msr(index, base | (1 << b)))
-            .collect();
-        return if accepted.is_empty() {
-            Outcome::pass(format!(
-                "the base value {} is refused on this host ({}), and so is each of the {} reserved bits",
-                hex(base),
-                outcome_on(ctx, &mach, w, AccessPath::Host).1,
-                mask.count_ones()
-            ))
-        } else {
-            Outcome::fail(
-                format!(
-                    "each of the {} bits of {} rejected ({})",
-                    mask.count_ones(),
-                    hex(mask),
-                    r.cite
-                ),
-                format!("accepted bits {accepted:?}"),
-            )
-        };
-    }
-    let mut accepted = Vec::new();
-    for b in bits(mask) {
-        if mach.vcpu.set_msr(index, base | (1 << b)) {
-            accepted.push(b);
-            mach.vcpu.set_msr(index, base);
-        }
-    }
-    let n = mask.count_ones();
-    if accepted.is_empty() {
-        Outcome::pass(format!(
-            "all {n} reserved bits rejected one at a time on top of {}",
-            hex(base)
-        ))
-    } else {
-        Outcome::fail(
-            format!(
-                "each of the {n} bits of {} rejected ({})",
-                hex(mask),
-                r.cite
-            ),
-            format!("accepted bits {accepted:?}"),
-        )
-    }
-}
-
-pub(super) fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
+/// Each reserved bit written alone on top of the base value from `path` is refused
+/// (`Access::rejected`), the base value restored after each. Where a write rule of the base value
+/// on a fresh vCPU (no `before`) says this machine refuses it from `path` (e.g. a host PRED_CMD
+/// write before 6.7 on a host without IBPB), each reserved bit must be refused too. Only the
+/// guest needs the gate open.
+pub(super) fn reserved(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     let m = info(ctx, index);
     if let Some(o) = not_on_backend(ctx, m) {
         return o;
@@ -130,7 +65,7 @@ pub(super) fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    if let Some(o) = guest_gate_closed(m, &mach) {
+    if let Some(o) = guest_gate_closed(m, &mach).filter(|_| path == AccessPath::Guest) {
         return o;
     }
     let mask = reserved_mask(r, &mach);
@@ -140,32 +75,55 @@ pub(super) fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
         ops.push(GuestOp::Wrmsr(index, base | (1 << b)));
         ops.push(GuestOp::Wrmsr(index, base)); // restore if the bit was (wrongly) accepted
     }
-    let run = mach.run_ops(&ops);
-    if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
-    }
-    if run.outcomes[0] != OpOutcome::Wrote {
-        return Outcome::fail(
-            format!("the base value {} accepted", hex(base)),
-            run.outcomes[0].to_string(),
-        );
-    }
-    let accepted: Vec<String> = walked
+    let done = match mach.access(path, &ops) {
+        Ok(x) => x,
+        Err(d) => return died(d),
+    };
+    let accepted: Vec<(u32, Access)> = walked
         .iter()
-        .zip(run.outcomes[1..].chunks(2))
-        .filter(|(_, o)| !o[0].is_gp())
-        .map(|(b, o)| format!("bit {b}: {}", o[0]))
+        .zip(done[1..].chunks(2))
+        .filter(|(_, o)| !o[0].rejected())
+        .map(|(b, o)| (*b, o[0]))
         .collect();
-    if accepted.is_empty() {
-        Outcome::pass(format!(
-            "#GP for each of the {} reserved bits",
-            walked.len()
-        ))
-    } else {
-        Outcome::fail(
+    let n = walked.len();
+    let refused_base = (done[0] != Access::Wrote).then(|| {
+        m.writes
+            .iter()
+            .filter(|w| w.value == base && w.before.is_none() && w.path.is_none_or(|p| p == path))
+            .map(|w| outcome_on(ctx, &mach, w, path))
+            .find(|(o, _)| *o == WriteOutcome::Rejected)
+    });
+    match (refused_base, path) {
+        (None, _) if accepted.is_empty() => Outcome::pass(match path {
+            AccessPath::Host => format!(
+                "all {n} reserved bits rejected one at a time on top of {}",
+                hex(base)
+            ),
+            AccessPath::Guest => format!("#GP for each of the {n} reserved bits"),
+        }),
+        (Some(Some((_, cite))), _) if accepted.is_empty() => Outcome::pass(format!(
+            "the base value {} is refused on this host ({cite}), and so is each of the {n} reserved bits",
+            hex(base),
+        )),
+        (Some(None), p) => Outcome::fail(
+            format!("the base value {} accepted", hex(base)),
+            match p {
+                AccessPath::Host => "rejected".to_string(),
+                AccessPath::Guest => done[0].to_string(),
+            },
+        ),
+        (_, AccessPath::Host) => Outcome::fail(
+            format!("each of the {n} bits of {} rejected ({})", hex(mask), r.cite),
+            format!("accepted bits {:?}", accepted.iter().map(|a| a.0).collect::<Vec<_>>()),
+        ),
+        (_, AccessPath::Guest) => Outcome::fail(
             format!("#GP for each bit of {} ({})", hex(mask), r.cite),
-            accepted.join(", "),
-        )
+            accepted
+                .iter()
+                .map(|(b, o)| format!("bit {b}: {o}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
     }
 }
 
@@ -173,25 +131,23 @@ pub(super) fn reserved_guest(ctx: &Context, index: u32) -> Outcome {
 pub(super) fn reserved_checks(m: &MsrInfo, v: &mut Vec<Check>) {
     let (index, id, name) = (m.index, m.id.clone(), m.name.clone());
     if let Some(r) = &m.reserved {
-        v.push(Check::new(
-            format!("host.{id}.reserved-bits"),
-            Some(index),
-            format!(
-                "{name}: KVM_SET_MSRS rejects each reserved bit ({:#x}) alone",
-                r.mask
-            ),
-            r.cite.clone(),
-            move |c| reserved_host(c, index),
-        ));
-        v.push(Check::new(
-            format!("guest.{id}.reserved-bits"),
-            Some(index),
-            format!(
-                "{name}: WRMSR of each reserved bit ({:#x}) alone #GPs",
-                r.mask
-            ),
-            r.cite.clone(),
-            move |c| reserved_guest(c, index),
-        ));
+        for path in AccessPath::BOTH {
+            let mask = format!("{:#x}", r.mask);
+            let summary = match path {
+                AccessPath::Host => {
+                    format!("{name}: KVM_SET_MSRS rejects each reserved bit ({mask}) alone")
+                }
+                AccessPath::Guest => {
+                    format!("{name}: WRMSR of each reserved bit ({mask}) alone #GPs")
+                }
+            };
+            v.push(Check::new(
+                format!("{}.{id}.reserved-bits", path.name()),
+                Some(index),
+                summary,
+                r.cite.clone(),
+                move |c| reserved(c, index, path),
+            ));
+        }
     }
 }

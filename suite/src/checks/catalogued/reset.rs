@@ -2,30 +2,20 @@
 
 use super::super::{hex, Context, Outcome};
 use super::*;
-use crate::catalogue::{AccessPath, GateState, HostWhenClosed};
-use crate::guest::{GuestOp, OpOutcome};
+use crate::catalogue::{AccessPath, GateState, HostWhenClosed, MsrInfo};
+use crate::machine::Machine;
 
-pub(super) fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
-    let m = info(ctx, index);
-    if let Some(o) = not_on_backend(ctx, m).or_else(|| quirks_unsupported(ctx, quirks_off)) {
-        return o;
-    }
-    let rule = m.reset.as_ref().expect("reset rule");
-    let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
-    let mach = match machine_quirks(ctx, m, None, quirks_off, &[]) {
-        Ok(x) => x,
-        Err(e) => return Outcome::harness(e),
-    };
-    let got = mach.vcpu.get_msr(index);
-    // A closed gate changes what the host reads (semantics §1.6).
-    let want = match (
-        gate_state(m, &mach),
+/// What the host reads of the MSR on `mach`: the reset value, unless a closed gate changes it
+/// (semantics §1.6; None: the read fails).
+fn host_reads(ctx: &Context, m: &MsrInfo, mach: &Machine, reset: u64) -> Option<u64> {
+    match (
+        gate_state(m, mach),
         m.gate
             .as_ref()
             .map(|g| g.host_on(ctx.facts.kernel_version())),
     ) {
         (Some(GateState::Closed), Some(HostWhenClosed::AdvertisedZero))
-            if ctx.facts.is_advertised(index) =>
+            if ctx.facts.is_advertised(m.index) =>
         {
             Some(0)
         }
@@ -40,42 +30,53 @@ pub(super) fn reset_host(ctx: &Context, index: u32, quirks_off: u64) -> Outcome 
                 | HostWhenClosed::Unsupported,
             ),
         ) => None,
-        _ => Some(want),
-    };
-    if got == want {
-        Outcome::pass(format!("reads {got:x?}"))
-    } else {
-        Outcome::fail(format!("{want:x?} ({cite})"), format!("{got:x?}"))
+        _ => Some(reset),
     }
 }
 
-pub(super) fn reset_guest(ctx: &Context, index: u32, quirks_off: u64) -> Outcome {
+/// A fresh vCPU's read from `path` is the documented reset value. The host reads through a
+/// closed gate as its mode says (`host_reads`); the guest needs the gate open; a path whose
+/// reads fail (write-only) has nothing to read.
+pub(super) fn reset(ctx: &Context, index: u32, quirks_off: u64, path: AccessPath) -> Outcome {
     let m = info(ctx, index);
     if let Some(o) = not_on_backend(ctx, m).or_else(|| quirks_unsupported(ctx, quirks_off)) {
         return o;
     }
     let rule = m.reset.as_ref().expect("reset rule");
-    let (want, cite) = rule.value_for(ctx.facts.backend, quirks_off);
+    let (reset, cite) = rule.value_for(ctx.facts.backend, quirks_off);
     let mut mach = match machine_quirks(ctx, m, None, quirks_off, &[]) {
         Ok(x) => x,
         Err(e) => return Outcome::harness(e),
     };
-    if let Some(o) = guest_gate_closed(m, &mach) {
-        return o;
-    }
+    let want = match path {
+        AccessPath::Host => host_reads(ctx, m, &mach, reset),
+        AccessPath::Guest => match guest_gate_closed(m, &mach) {
+            Some(o) => return o,
+            None => Some(reset),
+        },
+    };
     if m.read_fails
         .as_ref()
-        .is_some_and(|r| r.path != Some(AccessPath::Host))
+        .is_some_and(|r| r.path.is_none_or(|p| p == path))
     {
-        return Outcome::skip("write-only: the guest cannot read it (see guest.<msr>.read-fails)");
+        let p = path.name();
+        return Outcome::skip(format!(
+            "write-only: the {p} cannot read it (see {p}.<msr>.read-fails)"
+        ));
     }
-    let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
-    if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
-    }
-    match run.outcomes[0] {
-        OpOutcome::Read(v) if v == want => Outcome::pass(format!("guest reads {}", hex(v))),
-        o => Outcome::fail(format!("guest reads {} ({cite})", hex(want)), o.to_string()),
+    let got = match mach.read(path, index) {
+        Ok(a) => a,
+        Err(d) => return died(d),
+    };
+    let read = got.value();
+    match path {
+        AccessPath::Host if read == want => Outcome::pass(format!("reads {read:x?}")),
+        AccessPath::Host => Outcome::fail(format!("{want:x?} ({cite})"), format!("{read:x?}")),
+        AccessPath::Guest if read == want => Outcome::pass(format!("guest reads {}", hex(reset))),
+        AccessPath::Guest => Outcome::fail(
+            format!("guest reads {} ({cite})", hex(reset)),
+            got.to_string(),
+        ),
     }
 }
 
@@ -84,25 +85,22 @@ pub(super) fn reset_checks(m: &MsrInfo, v: &mut Vec<Check>) {
     let (index, id, name) = (m.index, m.id.clone(), m.name.clone());
     if let Some(r) = &m.reset {
         let cite = format!("{}; {}", r.cite, m.cite);
-        v.push(Check::new(
-            format!("host.{id}.reset"),
-            Some(index),
-            format!("{name}: a fresh vCPU's host read is the reset value"),
-            cite.clone(),
-            move |c| reset_host(c, index, 0),
-        ));
-        v.push(Check::new(
-            format!("guest.{id}.reset"),
-            Some(index),
-            format!("{name}: a fresh vCPU's guest RDMSR is the reset value"),
-            cite,
-            move |c| reset_guest(c, index, 0),
-        ));
+        for path in AccessPath::BOTH {
+            v.push(Check::new(
+                format!("{}.{id}.reset", path.name()),
+                Some(index),
+                format!("{name}: a fresh vCPU's {} is the reset value", reader(path)),
+                cite.clone(),
+                move |c| reset(c, index, 0, path),
+            ));
+        }
         for (q, _, qcite) in &r.quirk_off {
             let (bit, qn) = (q.bit(), q.name().to_ascii_lowercase().replace('_', "-"));
             let cite = format!("api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2; {qcite}");
-            v.push(Check::new(format!("host.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the host reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite.clone(), move |c| reset_host(c, index, bit)));
-            v.push(Check::new(format!("guest.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the guest reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite, move |c| reset_guest(c, index, bit)));
+            for path in AccessPath::BOTH {
+                let p = path.name();
+                v.push(Check::new(format!("{p}.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the {p} reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite.clone(), move |c| reset(c, index, bit, path)));
+            }
         }
     }
 }

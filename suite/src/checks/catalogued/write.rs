@@ -4,7 +4,8 @@
 use super::super::{hex, Context, Outcome};
 use super::*;
 use crate::catalogue::{AccessPath, GateState, GuestVendor, MsrInfo, WriteOutcome, WriteRule};
-use crate::guest::{GuestOp, OpOutcome};
+use crate::guest::GuestOp;
+use crate::machine::Access;
 
 /// A rejected write left the value alone: equal, or for a counting MSR (`volatile`) moved on as
 /// it does without writes (a monotonic one never backwards).
@@ -57,158 +58,166 @@ fn write_machine(
     machine_for_write(ctx, m, rule, vendor)
 }
 
-pub(super) fn write_host(
+/// What a write from one path left behind: the MSR, the host's read before it, the write and this path's
+/// read back (None for a write-only MSR), the host's read after it; with the check's words for
+/// the write (`host writes 0x..`) and the rule's cite.
+struct Written {
+    index: u32,
+    before: Option<u64>,
+    wrote: Access,
+    back: Option<Access>,
+    host_after: Option<u64>,
+    said: String,
+    cite: String,
+}
+
+/// `rule`'s write from `path`: rejected with the value left alone, or accepted with the
+/// documented value read back from this path and seen from the other. Where the paths differ:
+/// host writes follow a closed gate only where its mode says so (`host_writes_gated`), guest
+/// accesses always (`guest_gate_closed`).
+pub(super) fn write(
     ctx: &Context,
     index: u32,
     rule: &WriteRule,
     vendor: Option<GuestVendor>,
+    path: AccessPath,
 ) -> Outcome {
     let m = info(ctx, index);
     let mut mach = match write_machine(ctx, m, rule, vendor) {
         Ok(x) => x,
         Err(o) => return o,
     };
-    let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Host);
     let gate = gate_state(m, &mach);
-    if let Some(o) = host_writes_gated(ctx, m, gate) {
+    let gated = match path {
+        AccessPath::Host => host_writes_gated(ctx, m, gate),
+        AccessPath::Guest => guest_gate_closed(m, &mach),
+    };
+    if let Some(o) = gated {
         return o;
     }
+    let (outcome, cite) = outcome_on(ctx, &mach, rule, path);
     if let Some(b) = rule.before {
         if !mach.vcpu.set_msr(index, b) {
             return Outcome::fail(format!("the host sets up {} first", hex(b)), "rejected");
         }
     }
+    let readable = m.read_fails.is_none();
     let before = mach.vcpu.get_msr(index);
-    let accepted = mach.vcpu.set_msr(index, rule.value);
-    let after = mach.vcpu.get_msr(index);
-    let want = expected_after(ctx, outcome, rule.value, before.unwrap_or(0));
-    let written = format!("host writes {}", hex(rule.value));
-    if m.read_fails.is_some() {
-        // Write-only: acceptance is all there is to see.
-        return match (want.is_some(), accepted) {
-            (true, true) => Outcome::pass(format!("{written}: accepted (write-only)")),
-            (false, false) => Outcome::pass(format!("{written}: rejected (write-only)")),
-            (w, a) => Outcome::fail(
-                format!(
-                    "{written}: {} ({cite})",
-                    if w { "accepted" } else { "rejected" }
-                ),
-                format!("accepted={a}"),
+    let ops = [GuestOp::Wrmsr(index, rule.value), GuestOp::Rdmsr(index)];
+    let done = match mach.access(path, &ops[..1 + usize::from(readable)]) {
+        Ok(x) => x,
+        Err(d) => return died(d),
+    };
+    let back = done.get(1).copied();
+    let w = Written {
+        index,
+        before,
+        wrote: done[0],
+        back,
+        host_after: match path {
+            AccessPath::Host => back.and_then(Access::value),
+            AccessPath::Guest => mach.vcpu.get_msr(index),
+        },
+        said: format!("{} writes {}", path.name(), hex(rule.value)),
+        cite,
+    };
+    match expected_after(ctx, outcome, rule.value, before.unwrap_or(0)) {
+        want if !readable && path == AccessPath::Host => write_only(want.is_some(), &w),
+        None => rejected(m, path, &w),
+        Some(want) => accepted(&mut mach, path, gate, want, &w),
+    }
+}
+
+/// A host write of a write-only MSR: acceptance is all there is to see.
+fn write_only(accept: bool, w: &Written) -> Outcome {
+    let (said, accepted) = (&w.said, w.wrote == Access::Wrote);
+    match (accept, w.wrote) {
+        (true, Access::Wrote) => Outcome::pass(format!("{said}: accepted (write-only)")),
+        (false, a) if a.rejected() => Outcome::pass(format!("{said}: rejected (write-only)")),
+        (_, _) => Outcome::fail(
+            format!(
+                "{said}: {} ({})",
+                if accept { "accepted" } else { "rejected" },
+                w.cite
             ),
-        };
-    }
-    match want {
-        None if !accepted && unchanged(m, before, after) => {
-            return Outcome::pass(format!("{written}: rejected, value stays {before:x?}"))
-        }
-        None => {
-            return Outcome::fail(
-                format!("{written}: rejected and the value unchanged ({cite})"),
-                format!("accepted={accepted}, read {before:x?} -> {after:x?}"),
-            )
-        }
-        Some(w) if accepted && after == Some(w) => {}
-        Some(w) => {
-            return Outcome::fail(
-                format!("{written}: accepted, reads back {} ({cite})", hex(w)),
-                format!("accepted={accepted}, reads {after:x?}"),
-            )
-        }
-    }
-    // The other path sees it.
-    if gate == Some(GateState::Closed) || m.read_fails.is_some() {
-        return Outcome::pass(format!(
-            "{written}: reads back {after:x?} (guest view not checked: the guest may not read it)"
-        ));
-    }
-    let run = mach.run_ops(&[GuestOp::Rdmsr(index)]);
-    if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
-    }
-    match (run.outcomes[0], after) {
-        (OpOutcome::Read(g), Some(a)) if g == a => {
-            Outcome::pass(format!("{written}: host and guest read {}", hex(a)))
-        }
-        (o, a) => Outcome::fail(
-            format!("the guest reads what the host wrote: {a:x?}"),
-            o.to_string(),
+            format!("accepted={accepted}"),
         ),
     }
 }
 
-pub(super) fn write_guest(
-    ctx: &Context,
-    index: u32,
-    rule: &WriteRule,
-    vendor: Option<GuestVendor>,
+/// Rejected as documented: refused (`Access::rejected`) and the host's view of the value
+/// unchanged.
+fn rejected(m: &MsrInfo, path: AccessPath, w: &Written) -> Outcome {
+    let (said, before, after) = (&w.said, w.before, w.host_after);
+    let refused = match path {
+        AccessPath::Host => "rejected",
+        AccessPath::Guest => "#GP",
+    };
+    if w.wrote.rejected() && unchanged(m, before, after) {
+        return Outcome::pass(match path {
+            AccessPath::Host => format!("{said}: rejected, value stays {before:x?}"),
+            AccessPath::Guest => format!("{said}: #GP, value stays {before:x?} -> {after:x?}"),
+        });
+    }
+    let wrote = match path {
+        AccessPath::Host => format!("accepted={}, read", w.wrote == Access::Wrote),
+        AccessPath::Guest => format!("{}, host reads", w.wrote),
+    };
+    Outcome::fail(
+        format!("{said}: {refused} and the value unchanged ({})", w.cite),
+        format!("{wrote} {before:x?} -> {after:x?}"),
+    )
+}
+
+/// Accepted as documented: the write completed, this path reads `want` back and the other path
+/// reads it too (the host after a guest write; the guest after a host write, where it may read
+/// the MSR: its gate is open).
+fn accepted(
+    mach: &mut Machine,
+    path: AccessPath,
+    gate: Option<GateState>,
+    want: u64,
+    w: &Written,
 ) -> Outcome {
-    let m = info(ctx, index);
-    let mut mach = match write_machine(ctx, m, rule, vendor) {
-        Ok(x) => x,
-        Err(o) => return o,
-    };
-    if let Some(o) = guest_gate_closed(m, &mach) {
-        return o;
-    }
-    let (outcome, cite) = outcome_on(ctx, &mach, rule, AccessPath::Guest);
-    let readable = m.read_fails.is_none();
-    if let Some(b) = rule.before {
-        if !mach.vcpu.set_msr(index, b) {
-            return Outcome::fail(format!("the host sets up {} first", hex(b)), "rejected");
+    let (said, after) = (&w.said, w.host_after);
+    let this_ok = w.wrote == Access::Wrote && w.back.is_none_or(|b| b == Access::Read(want));
+    let both = format!(
+        "{said}: {} and {} read {}",
+        path.name(),
+        path.other().name(),
+        hex(want)
+    );
+    match path {
+        AccessPath::Guest if this_ok && (w.back.is_none() || after == Some(want)) => {
+            Outcome::pass(both)
         }
-    }
-    let before = mach.vcpu.get_msr(index);
-    let mut ops = vec![GuestOp::Wrmsr(index, rule.value)];
-    if readable {
-        ops.push(GuestOp::Rdmsr(index));
-    }
-    let run = mach.run_ops(&ops);
-    if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
-    }
-    let host_after = mach.vcpu.get_msr(index);
-    let written = format!("guest writes {}", hex(rule.value));
-    let want = expected_after(ctx, outcome, rule.value, before.unwrap_or(0));
-    let guest_read = if readable {
-        Some(run.outcomes[1])
-    } else {
-        None
-    };
-    match want {
-        None => {
-            if run.outcomes[0].is_gp() && unchanged(m, before, host_after) {
-                Outcome::pass(format!(
-                    "{written}: #GP, value stays {before:x?} -> {host_after:x?}"
-                ))
-            } else {
-                Outcome::fail(
-                    format!("{written}: #GP and the value unchanged ({cite})"),
-                    format!(
-                        "{}, host reads {before:x?} -> {host_after:x?}",
-                        run.outcomes[0]
-                    ),
-                )
-            }
-        }
-        Some(w) => {
-            let guest_ok = guest_read.is_none_or(|r| r == OpOutcome::Read(w));
-            let host_ok = !readable || host_after == Some(w);
-            if run.outcomes[0] == OpOutcome::Wrote && guest_ok && host_ok {
-                Outcome::pass(format!("{written}: guest and host read {}", hex(w)))
-            } else {
-                Outcome::fail(
-                    format!(
-                        "{written}: accepted; guest and host read {} ({cite})",
-                        hex(w)
-                    ),
-                    format!(
-                        "write {}, guest read {}, host reads {host_after:x?}",
-                        run.outcomes[0],
-                        guest_read.map(|r| r.to_string()).unwrap_or("-".into())
-                    ),
-                )
-            }
-        }
+        AccessPath::Guest => Outcome::fail(
+            format!(
+                "{said}: accepted; guest and host read {} ({})",
+                hex(want),
+                w.cite
+            ),
+            format!(
+                "write {}, guest read {}, host reads {after:x?}",
+                w.wrote,
+                w.back.map_or("-".into(), |r| r.to_string())
+            ),
+        ),
+        AccessPath::Host if !this_ok => Outcome::fail(
+            format!("{said}: accepted, reads back {} ({})", hex(want), w.cite),
+            format!("accepted={}, reads {after:x?}", w.wrote == Access::Wrote),
+        ),
+        AccessPath::Host if gate == Some(GateState::Closed) => Outcome::pass(format!(
+            "{said}: reads back {after:x?} (guest view not checked: the guest may not read it)"
+        )),
+        AccessPath::Host => match mach.read(AccessPath::Guest, w.index) {
+            Err(d) => died(d),
+            Ok(Access::Read(g)) if g == want => Outcome::pass(both),
+            Ok(o) => Outcome::fail(
+                format!("the guest reads what the host wrote: {after:x?}"),
+                o.to_string(),
+            ),
+        },
     }
 }
 
@@ -231,14 +240,11 @@ pub(super) fn write_checks(m: &MsrInfo, v: &mut Vec<Check>) {
                 .chain(w.when.iter().map(|x| x.cite.as_str()))
                 .collect::<Vec<_>>()
                 .join("; ");
-            for path in [AccessPath::Host, AccessPath::Guest] {
+            for path in AccessPath::BOTH {
                 if w.path.is_some_and(|p| p != path) {
                     continue;
                 }
-                let (fam, verb) = match path {
-                    AccessPath::Host => ("host", "KVM_SET_MSRS"),
-                    AccessPath::Guest => ("guest", "WRMSR"),
-                };
+                let (fam, verb) = (path.name(), path.write_call());
                 v.push(Check::new(
                     format!("{fam}.{id}.write.{}{suffix}", w.name),
                     Some(index),
@@ -255,10 +261,7 @@ pub(super) fn write_checks(m: &MsrInfo, v: &mut Vec<Check>) {
                     cite.clone(),
                     move |c| {
                         let rule = &info(c, index).writes[k];
-                        match path {
-                            AccessPath::Host => write_host(c, index, rule, vendor),
-                            AccessPath::Guest => write_guest(c, index, rule, vendor),
-                        }
+                        write(c, index, rule, vendor, path)
                     },
                 ));
             }
