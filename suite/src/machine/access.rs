@@ -8,7 +8,7 @@
 use super::{GuestDeath, Machine};
 use crate::guest::program::vector_name;
 use crate::guest::{GuestOp, OpOutcome};
-use crate::kvm::{MsrEntry, MsrIo};
+use crate::kvm::{Errno, MsrEntry, MsrIo};
 use serde::Serialize;
 use std::fmt;
 
@@ -65,7 +65,7 @@ pub enum Access {
     /// stops at the first failing entry and msr_io returns how many it processed (x86.c).
     NotProcessed,
     /// Host: the ioctl itself failed with this errno.
-    Errno(i32),
+    Errno(Errno),
     /// Guest: the instruction raised this exception (#GP is vector 13).
     Fault { vector: u8, error_code: u32 },
 }
@@ -115,7 +115,7 @@ impl Access {
 
     /// What a one-entry KVM_GET_MSRS / KVM_SET_MSRS returned (`MsrIo::result`); None for a
     /// guest access.
-    pub fn ioctl_result(self) -> Option<Result<usize, i32>> {
+    pub fn ioctl_result(self) -> Option<Result<usize, Errno>> {
         match self {
             Access::Read(_) | Access::Wrote => Some(Ok(1)),
             Access::NotProcessed => Some(Ok(0)),
@@ -181,7 +181,7 @@ impl Machine {
 mod tests {
     use super::*;
 
-    fn io(result: Result<usize, i32>, data: u64) -> MsrIo {
+    fn io(result: Result<usize, Errno>, data: u64) -> MsrIo {
         MsrIo {
             result,
             entries: vec![MsrEntry { index: 0x10, data }],
@@ -197,12 +197,15 @@ mod tests {
             Access::NotProcessed
         );
         assert_eq!(Access::from_host(&io(Ok(0), 5), true), Access::NotProcessed);
-        assert_eq!(Access::from_host(&io(Err(7), 0), false), Access::Errno(7));
+        assert_eq!(
+            Access::from_host(&io(Err(Errno(7)), 0), false),
+            Access::Errno(Errno(7))
+        );
         for (r, write) in [
             (Ok(1), false),
             (Ok(1), true),
             (Ok(0), false),
-            (Err(14), true),
+            (Err(Errno::EFAULT), true),
         ] {
             assert_eq!(Access::from_host(&io(r, 3), write).ioctl_result(), Some(r));
         }
@@ -252,7 +255,7 @@ mod tests {
         };
         assert!(gp.rejected() && gp.is_gp());
         assert!(Access::NotProcessed.rejected());
-        assert!(!ud.rejected() && !Access::Errno(22).rejected());
+        assert!(!ud.rejected() && !Access::Errno(Errno::EINVAL).rejected());
         assert!(!Access::Wrote.rejected() && !Access::Read(0).rejected());
         assert_eq!(Access::Read(9).value(), Some(9));
         assert_eq!(gp.value(), None);
