@@ -167,7 +167,10 @@ fn checks_exist_here() -> Result<Completion, Failed> {
         }
         Err(e) => return Err(e.to_string().into()),
     };
-    let ids: Vec<String> = checks::all(&ctx).into_iter().map(|c| c.id).collect();
+    let ids: Vec<String> = checks::all(&ctx)
+        .into_iter()
+        .map(|c| c.id.to_string())
+        .collect();
     let matches = |g: &str| ids.iter().any(|id| glob_match(g, id));
     let mut bad = Vec::new();
     let mut elsewhere = Vec::new();
