@@ -80,8 +80,8 @@ pub type CheckFn = Arc<dyn Fn(&Context) -> Outcome + Send + Sync>;
 /// One check, instantiated for this host.
 #[derive(Clone)]
 pub struct Check {
-    /// `<family>.<subject>.<check>` (`check_id`), e.g. `guest.tsc.matches-host`. Stable: test names, KTAP
-    /// lines, JSON keys and deviation records use it.
+    /// `<family>.<subject>.<check>` (`check_id`), e.g. `guest.tsc.matches-host`. Stable: test
+    /// names, KTAP lines, JSON keys and deviation records use it.
     pub id: CheckId,
     pub msr: Option<u32>,
     /// What is checked, one line.
