@@ -7,6 +7,7 @@
 
 use kvm_msr_suite::check_id::{CheckId, Family};
 use kvm_msr_suite::checks::{self, Context};
+use kvm_msr_suite::report::compare::ReportFile;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::collections::HashSet;
 
@@ -74,19 +75,14 @@ fn round_trip_in_report() -> Result<Completion, Failed> {
             "KVM_MSR_IDS_REPORT is not set (a `kvm-msr report --format json`, e.g. target/upstream-vm/latest-all/report.json)",
         ));
     };
-    let text = std::fs::read_to_string(&report)
-        .map_err(|e| format!("{}: {e}", report.to_string_lossy()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let ids: Vec<&str> = json["results"]
-        .as_array()
-        .ok_or("the report has no results array")?
-        .iter()
-        .map(|r| r["id"].as_str().unwrap_or("(an id that is not a string)"))
-        .collect();
+    let name = report.to_string_lossy();
+    let text = std::fs::read_to_string(&report).map_err(|e| format!("{name}: {e}"))?;
+    let parsed = ReportFile::parse(&text, &name)?;
+    let ids: Vec<&str> = parsed.results.iter().map(|r| r.id.as_str()).collect();
     if ids.is_empty() {
         return Err("the report has no results".into());
     }
-    let what = format!("{} ids in {}", ids.len(), report.to_string_lossy());
+    let what = format!("{} ids in {name}", ids.len());
     verdict(what, round_trip_problems(ids))
 }
 
