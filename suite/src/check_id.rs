@@ -108,6 +108,11 @@ enum SegmentProblem {
     BadChar,
 }
 
+/// The characters of a segment: lowercase letters, digits and '-'.
+const fn segment_byte(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+}
+
 /// Whether `s` is one segment: lowercase letters, digits and '-', at least one of them.
 const fn segment_problem(s: &str) -> Option<SegmentProblem> {
     let b = s.as_bytes();
@@ -116,8 +121,7 @@ const fn segment_problem(s: &str) -> Option<SegmentProblem> {
     }
     let mut i = 0;
     while i < b.len() {
-        let c = b[i];
-        if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+        if !segment_byte(b[i]) {
             return Some(SegmentProblem::BadChar);
         }
         i += 1;
@@ -144,7 +148,7 @@ const fn path_problem(p: &str) -> Option<SegmentProblem> {
             if b[i + 1] == b'.' {
                 return Some(SegmentProblem::Empty);
             }
-        } else if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+        } else if !segment_byte(c) {
             return Some(SegmentProblem::BadChar);
         }
         i += 1;
@@ -180,7 +184,7 @@ impl CheckId {
     /// `<family>.<subject>`: panics when `subject` is not one valid segment (a bug in the caller).
     pub fn new(family: Family, subject: impl AsRef<str>) -> CheckId {
         let subject = subject.as_ref();
-        Self::assert_segment(family.as_str(), subject);
+        Self::assert_segment(family, subject);
         CheckId {
             family,
             path: Cow::Owned(subject.to_string()),
@@ -190,7 +194,7 @@ impl CheckId {
     /// The same id with one more segment: panics when `segment` is not one valid segment.
     pub fn then(self, segment: impl AsRef<str>) -> CheckId {
         let segment = segment.as_ref();
-        Self::assert_segment(&self.to_string(), segment);
+        Self::assert_segment(&self, segment);
         let mut path = self.path.into_owned();
         path.push('.');
         path.push_str(segment);
@@ -206,7 +210,8 @@ impl CheckId {
         CheckId::new(family, msr).then(check)
     }
 
-    fn assert_segment(before: &str, segment: &str) {
+    /// Panics, naming the id so far, when `segment` is not one valid segment.
+    fn assert_segment(before: impl fmt::Display, segment: &str) {
         if let Some(p) = segment_problem(segment) {
             panic!(
                 "check id {before}.{segment}: {}",
