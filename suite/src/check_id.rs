@@ -168,6 +168,18 @@ impl CheckId {
     /// A literal id: `family` and the rest of it, e.g. `CheckId::fixed(Family::Ioctl,
     /// "get-msrs.failed-entry-zeroed")`. Panics (a compile error in a `const`) when a segment of
     /// `path` is empty or holds anything but lowercase letters, digits and '-'.
+    ///
+    /// ```
+    /// use kvm_msr_suite::check_id::{CheckId, Family};
+    /// const ID: CheckId = CheckId::fixed(Family::Host, "tsc.reset");
+    /// assert_eq!(ID.to_string(), "host.tsc.reset");
+    /// ```
+    ///
+    /// ```compile_fail
+    /// use kvm_msr_suite::check_id::{CheckId, Family};
+    /// const ID: CheckId = CheckId::fixed(Family::Host, "tsc.Reset");
+    /// assert_eq!(ID.to_string(), "host.tsc.Reset");
+    /// ```
     pub const fn fixed(family: Family, path: &'static str) -> CheckId {
         match path_problem(path) {
             None => CheckId {
