@@ -5,6 +5,7 @@
 //! deviation (apart from passes and failures); a check that passes while a record says it should
 //! deviate is a failure, so a record never outlives the behaviour it describes.
 
+use crate::check_id::CheckId;
 use crate::error::{Error, Result};
 use crate::kvm::cpuid::Vendor;
 use crate::kvm::facts::Backend;
@@ -58,8 +59,8 @@ impl HostKey {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Deviation {
-    /// The check id that measures it.
-    pub check: String,
+    /// The check id that measures it (a record naming no valid id is refused at load, file:line).
+    pub check: CheckId,
     /// Backend name: vmx, svm, pvm.
     pub backend: String,
     /// What upstream KVM does, and where that is written (api.rst section or kernel function).
@@ -119,7 +120,7 @@ impl Deviations {
             let bad = |m: &str| Error::Fixture {
                 file: file.to_path_buf(),
                 line: Some(line),
-                message: format!("deviation {:?}: {m}", d.check),
+                message: format!("deviation {:?}: {m}", d.check.to_string()),
             };
             if !["vmx", "svm", "pvm"].contains(&d.backend.as_str()) {
                 return Err(bad("backend must be vmx, svm or pvm"));
@@ -187,7 +188,7 @@ impl Deviations {
             line: d.source.as_ref().map(|s| s.1),
             message: format!(
                 "deviation {:?}: backend {} already has a record for this check at {}; give each a different `host_vendor`, `platform` or `ignore_msrs`",
-                d.check,
+                d.check.to_string(),
                 d.backend,
                 place(&p.source)
             ),
@@ -200,9 +201,9 @@ impl Deviations {
     }
 
     /// The record for `check` on this host, if any.
-    pub fn find(&self, check: &str, host: HostKey) -> Option<&Deviation> {
+    pub fn find(&self, check: &CheckId, host: HostKey) -> Option<&Deviation> {
         self.all.iter().find(|d| {
-            d.check == check
+            &d.check == check
                 && d.backend == host.backend.name()
                 && d.host_vendor.is_none_or(|v| v == host.vendor)
                 && d.platform.is_none_or(|p| p == host.platform)
@@ -237,7 +238,7 @@ mod tests {
 
     const ONE: &str = r#"
 [[deviation]]
-check = "c"
+check = "host.c.reset"
 backend = "pvm"
 host_vendor = "amd"
 upstream = "u"
@@ -245,7 +246,7 @@ reason = "r"
 actual = "on amd"
 
 [[deviation]]
-check = "c"
+check = "host.c.reset"
 backend = "pvm"
 host_vendor = "intel"
 upstream = "u"
@@ -260,6 +261,25 @@ actual = "on intel"
             all.push(d);
         }
         Ok(Deviations { all })
+    }
+
+    /// The check the test records name.
+    fn c() -> CheckId {
+        CheckId::msr(crate::check_id::Family::Host, "c", "reset")
+    }
+
+    #[test]
+    fn a_malformed_check_id_is_refused_with_its_line() {
+        for (bad, why) in [
+            ("hots.c.reset", "unknown family \"hots\""),
+            ("host.C.reset", "segment \"C\""),
+            ("host..reset", "an empty segment"),
+        ] {
+            let text = ONE.replacen("\"host.c.reset\"", &format!("{bad:?}"), 1);
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains("t.toml:3"), "{e}");
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]
@@ -278,20 +298,20 @@ actual = "on intel"
             ignore_msrs: false,
         };
         let on = |v| {
-            d.find("c", key(Backend::Pvm, v))
+            d.find(&c(), key(Backend::Pvm, v))
                 .and_then(|r| r.actual.clone())
         };
         assert_eq!(on(Vendor::Amd).as_deref(), Some("on amd"));
         assert_eq!(on(Vendor::Intel).as_deref(), Some("on intel"));
         assert_eq!(on(Vendor::Hygon), None);
-        assert!(d.find("c", key(Backend::Vmx, Vendor::Amd)).is_none());
+        assert!(d.find(&c(), key(Backend::Vmx, Vendor::Amd)).is_none());
     }
 
     #[test]
     fn facts_match_any_subset_and_nothing_else() {
         let text = r#"
 [[deviation]]
-check = "c"
+check = "host.c.reset"
 backend = "pvm"
 upstream = "u"
 reason = "r"
@@ -313,7 +333,7 @@ facts = ["A=false: x true", "B=false: x true"]
     fn platform_selects_the_record() {
         let text = r#"
 [[deviation]]
-check = "c"
+check = "host.c.reset"
 backend = "svm"
 platform = "qemu-tcg"
 upstream = "u"
@@ -322,7 +342,7 @@ reason = "r"
         let d = load(text).unwrap();
         let on = |platform| {
             d.find(
-                "c",
+                &c(),
                 HostKey {
                     backend: Backend::Svm,
                     vendor: Vendor::Amd,

@@ -3,6 +3,7 @@
 
 pub mod bench_summary;
 pub mod catalogue;
+pub mod check_id;
 pub mod checks;
 pub mod deviations;
 pub mod error;

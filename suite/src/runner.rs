@@ -1,5 +1,6 @@
 //! Running checks: each in isolation (a panic is that check's failure), deviations applied.
 
+use crate::check_id::{CheckId, Family};
 use crate::checks::{Check, Context, Outcome};
 use crate::deviations::Deviation;
 use serde::Serialize;
@@ -30,7 +31,7 @@ impl Verdict {
 /// A check's verdict with everything a report needs.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckResult {
-    pub id: String,
+    pub id: CheckId,
     #[serde(serialize_with = "ser_msr")]
     pub msr: Option<u32>,
     pub summary: String,
@@ -131,7 +132,10 @@ pub fn run_check(check: &Check, ctx: &Context) -> CheckResult {
 pub fn select<'a>(checks: &'a [Check], filters: &[String]) -> Vec<&'a Check> {
     checks
         .iter()
-        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())))
+        .filter(|c| {
+            let id = c.id.to_string();
+            filters.is_empty() || filters.iter().any(|f| id.contains(f.as_str()))
+        })
         .collect()
 }
 
@@ -163,7 +167,7 @@ pub fn run_checks(ctx: &Context, selected: &[&Check], jobs: usize) -> Vec<CheckR
 }
 
 /// The id of the kernel-log verdict `run_watched` adds.
-pub const KERNEL_LOG: &str = "kernel-log.no-splat-while-checks-ran";
+pub const KERNEL_LOG: CheckId = CheckId::fixed(Family::KernelLog, "no-splat-while-checks-ran");
 
 const KERNEL_LOG_CITE: &str = "a KVM operation must not make the kernel log a WARNING, BUG, Oops, general protection fault, KASAN or UBSAN report, nor taint it (Documentation/admin-guide/tainted-kernels.rst)";
 
@@ -177,7 +181,7 @@ pub fn run_watched(ctx: &Context, selected: &[&Check], jobs: usize) -> Vec<Check
     let start = Instant::now();
     let mut results = run_checks(ctx, selected, jobs);
     let mut verdict = CheckResult {
-        id: KERNEL_LOG.into(),
+        id: KERNEL_LOG,
         msr: None,
         summary: "the kernel logs no WARNING/BUG/Oops/KASAN/UBSAN record and stays untainted while the checks run".into(),
         cite: KERNEL_LOG_CITE.into(),
@@ -212,7 +216,7 @@ pub fn run_watched(ctx: &Context, selected: &[&Check], jobs: usize) -> Vec<Check
                         r.detail = "the kernel logged a splat while this check ran (found when the checks were run again one at a time)".into();
                         r.expected = Some(format!("no kernel splat ({KERNEL_LOG_CITE})"));
                         r.actual = Some(again.actual);
-                        blamed.push(c.id.clone());
+                        blamed.push(c.id.to_string());
                     }
                 }
                 verdict.verdict = Verdict::Fail;

@@ -35,7 +35,7 @@ fn trials() -> Vec<Trial> {
         .into_iter()
         .map(|check| {
             let ctx = Arc::clone(&ctx);
-            Trial::ignorable_test(check.id.clone(), move || {
+            Trial::ignorable_test(check.id.to_string(), move || {
                 let r = run_check(&check, &ctx);
                 match r.verdict {
                     Verdict::Pass => Ok(Completion::Completed),

@@ -5,6 +5,7 @@
 //! given a report JSON in KVM_MSR_COVERAGE_REPORT (e.g. the upstream testbed's), that every glob
 //! matches a check id in it (`coverage.checks-exist-in-report`).
 
+use kvm_msr_suite::check_id::{CheckId, Family};
 use kvm_msr_suite::checks::{self, Context};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use serde::Deserialize;
@@ -109,11 +110,29 @@ fn row_problems(f: &Fix) -> Vec<String> {
     for g in f.checks.iter().chain(f.checks_where.keys()) {
         if g.is_empty() || g.contains(char::is_whitespace) {
             bad.push(format!("malformed check glob {g:?}"));
+        } else if let Some(p) = glob_problem(g) {
+            bad.push(p);
         }
     }
     bad.into_iter()
         .map(|b| format!("{}: {b}", f.commit))
         .collect()
+}
+
+/// A name without `*` must be a check id (`CheckId`'s parser); a glob's family, unless its first
+/// segment has a `*`, must be one, and its other characters those of ids.
+fn glob_problem(g: &str) -> Option<String> {
+    if !g.contains('*') {
+        return g.parse::<CheckId>().err().map(|e| e.to_string());
+    }
+    let family = g.split('.').next().unwrap_or("");
+    if !family.contains('*') {
+        if let Err(e) = family.parse::<Family>() {
+            return Some(format!("check glob {g:?}: {e}"));
+        }
+    }
+    let id_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.*".contains(c);
+    (!g.chars().all(id_char)).then(|| format!("check glob {g:?}: a character no check id has"))
 }
 
 /// `*` matches any run of characters; everything else literally; the whole id must match.
@@ -167,7 +186,10 @@ fn checks_exist_here() -> Result<Completion, Failed> {
         }
         Err(e) => return Err(e.to_string().into()),
     };
-    let ids: Vec<String> = checks::all(&ctx).into_iter().map(|c| c.id).collect();
+    let ids: Vec<String> = checks::all(&ctx)
+        .into_iter()
+        .map(|c| c.id.to_string())
+        .collect();
     let matches = |g: &str| ids.iter().any(|id| glob_match(g, id));
     let mut bad = Vec::new();
     let mut elsewhere = Vec::new();
@@ -236,6 +258,23 @@ fn main() {
     ));
     assert!(glob_match("a*b*c", "axxbyyc") && !glob_match("a*b*c", "axxcyyb"));
     assert!(!glob_match("lists.k7-*", "lists.k8") && glob_match("x", "x"));
+    for good in [
+        "host.efer.reset",
+        "*.hwcr.write.x",
+        "guest.hv-*.gate-closed",
+        "filter.limits",
+    ] {
+        assert_eq!(glob_problem(good), None, "{good}");
+    }
+    for bad in [
+        "hots.efer.reset",
+        "host.efer_x.reset",
+        "hots.*",
+        "host.*.Reset",
+        "host",
+    ] {
+        assert!(glob_problem(bad).is_some(), "{bad}");
+    }
     let args = Arguments::from_args();
     let trials = vec![
         Trial::ignorable_test("coverage.rows-well-formed", rows_well_formed),

@@ -1,6 +1,7 @@
 //! KVM_GET_MSRS / KVM_SET_MSRS batch semantics (api.rst 4.18, 4.19; x86.c msr_io, __msr_io).
 
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::kvm::raw::{MsrEntry, MsrOp, MAX_IO_MSRS};
 use crate::kvm::Errno;
 use crate::msr_index::*;
@@ -236,21 +237,21 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         (MsrOp::Set, "set-msrs", API_4_19),
     ] {
         v.push(Check::new(
-            format!("ioctl.{name}.nmsrs-zero"),
+            CheckId::new(Family::Ioctl, name).then("nmsrs-zero"),
             None,
             "nmsrs=0 processes nothing and returns 0",
             format!("{cite}; x86.c __msr_io loop"),
             move |c| nmsrs_zero(c, op),
         ));
         v.push(Check::new(
-            format!("ioctl.{name}.e2big-at-256"),
+            CheckId::new(Family::Ioctl, name).then("e2big-at-256"),
             None,
             "nmsrs=256 is rejected with E2BIG",
             MSR_IO,
             move |c| over_limit(c, op, false),
         ));
         v.push(Check::new(
-            format!("ioctl.{name}.accepts-255"),
+            CheckId::new(Family::Ioctl, name).then("accepts-255"),
             None,
             "nmsrs=255 (the limit) is processed whole",
             MSR_IO,
@@ -258,7 +259,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         ));
     }
     v.push(Check::new(
-        "ioctl.get-msrs.count-is-first-failure",
+        CheckId::fixed(Family::Ioctl, "get-msrs.count-is-first-failure"),
         None,
         "GET stops at the first failing entry and returns its index",
         format!(
@@ -267,22 +268,22 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         get_stops,
     ));
     v.push(Check::new(
-        "ioctl.get-msrs.failed-entry-zeroed",
+        CheckId::fixed(Family::Ioctl, "get-msrs.failed-entry-zeroed"),
         None,
         "GET zeroes the data of the entry that failed",
         "x86.c kvm_do_msr_access: a failed read sets *data = 0; msr_io copies the array back",
         get_failed_zeroed,
     ));
     v.push(Check::new(
-        "ioctl.get-msrs.later-entries-untouched",
+        CheckId::fixed(Family::Ioctl, "get-msrs.later-entries-untouched"),
         None,
         "GET leaves entries after the failure as the caller sent them",
         "x86.c __msr_io stops at the failure; msr_io copies the whole array back",
         get_later_untouched,
     ));
-    v.push(Check::new("ioctl.set-msrs.count-is-first-failure", None, "SET returns the index of the first entry a one-by-one twin rejects and leaves later entries unwritten", format!("{API_4_19}; lapic.c kvm_x2apic_msr_write returns 1 outside x2APIC mode"), set_stops));
+    v.push(Check::new(CheckId::fixed(Family::Ioctl, "set-msrs.count-is-first-failure"), None, "SET returns the index of the first entry a one-by-one twin rejects and leaves later entries unwritten", format!("{API_4_19}; lapic.c kvm_x2apic_msr_write returns 1 outside x2APIC mode"), set_stops));
     v.push(Check::new(
-        "ioctl.system-get-msrs.e2big-at-256",
+        CheckId::fixed(Family::Ioctl, "system-get-msrs.e2big-at-256"),
         None,
         "system-level KVM_GET_MSRS with nmsrs=256 -> E2BIG",
         format!("api.rst 4.18 (system ioctl form); {MSR_IO} (kvm_get_feature_msrs uses msr_io)"),
@@ -296,14 +297,14 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         },
     ));
     v.push(Check::new(
-        "ioctl.system-set-msrs.rejected",
+        CheckId::fixed(Family::Ioctl, "system-set-msrs.rejected"),
         None,
         "KVM_SET_MSRS on /dev/kvm fails with EINVAL",
         "api.rst 4.19 (vcpu ioctl only); x86.c kvm_arch_dev_ioctl default case -EINVAL",
         system_set_msrs,
     ));
     v.push(Check::new(
-        "ioctl.vm-get-msrs.rejected",
+        CheckId::fixed(Family::Ioctl, "vm-get-msrs.rejected"),
         None,
         "KVM_GET_MSRS on a VM fd fails with ENOTTY",
         "api.rst 4.18 (system and vcpu ioctl only); x86.c kvm_arch_vm_ioctl default case -ENOTTY",

@@ -3,6 +3,7 @@
 //! validation of the capability and of KVM_X86_SET_MSR_FILTER, one bit at a time.
 
 use super::{hex, Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::filter::set_msr_filter;
 use crate::kvm::Errno;
@@ -361,15 +362,15 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
     const API: &str =
         "api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR; api.rst kvm_run KVM_EXIT_X86_RDMSR/WRMSR";
     vec![
-                Check::new("exits.reason-mask-matrix", None, "for every INVAL/UNKNOWN/FILTER mask, exactly the accesses whose reason is enabled exit; the others #GP", format!("{API}; x86.c kvm_msr_user_space, kvm_msr_reason"), mask_matrix),
-        Check::new("exits.cap.flag-bits", None, "KVM_CAP_X86_USER_SPACE_MSR accepts only INVAL|UNKNOWN|FILTER, one bit at a time", format!("{API}; x86.c kvm_vm_ioctl_enable_cap: args[0] & ~KVM_MSR_EXIT_REASON_VALID_MASK -> -EINVAL"), cap_flag_bits),
-        Check::new("exits.filter.flag-bits", None, "KVM_X86_SET_MSR_FILTER accepts only KVM_MSR_FILTER_DEFAULT_DENY in flags", "api.rst 4.97; x86.c kvm_vm_ioctl_set_msr_filter: flags & ~KVM_MSR_FILTER_VALID_MASK -> -EINVAL", |c| filter_flag_bits(c, false)),
-        Check::new("exits.filter.range-flag-bits", None, "KVM_X86_SET_MSR_FILTER accepts only READ|WRITE in a range's flags", "api.rst 4.97; x86.c kvm_add_msr_filter: flags & ~KVM_MSR_FILTER_RANGE_VALID_MASK -> -EINVAL", |c| filter_flag_bits(c, true)),
-        Check::new("exits.unknown.rdmsr", Some(UNKNOWN), "an unknown MSR read exits with reason UNKNOWN and the data userspace gives lands in EDX:EAX", format!("{API}; x86.c kvm_msr_user_space, complete_userspace_rdmsr"), unknown_rdmsr),
-        Check::new("exits.unknown.wrmsr", Some(UNKNOWN), "an unknown MSR write exits with its data and retires", format!("{API}; x86.c kvm_msr_user_space"), unknown_wrmsr),
-        Check::new("exits.error-injects-gp", Some(UNKNOWN), "error = 1 from userspace makes RDMSR and WRMSR #GP", format!("{API}: \"error ... if set, KVM injects #GP\"; x86.c complete_emulated_msr_access"), error_injects_gp),
-        Check::new("exits.unknown.disabled-gp", Some(UNKNOWN), "without the UNKNOWN reason the guest gets #GP instead of an exit", format!("{API}; x86.c kvm_msr_user_space: reason not in the mask -> #GP"), reason_disabled_gp),
-        Check::new("exits.inval.refused-write", Some(MCG_CTL), "a known MSR written with a value KVM refuses exits with reason INVAL", format!("{API}; x86.c kvm_msr_reason: failures other than UNSUPPORTED/FILTERED are INVAL; set_msr_mce"), inval_exit),
-        Check::new("exits.not-completed-is-not-lost", Some(UNKNOWN), "an exit userspace re-enters without completing is completed by the next KVM_RUN", format!("{API}: userspace must re-enter KVM_RUN to complete the access"), not_completed_not_lost),
+                Check::new(CheckId::fixed(Family::Exits, "reason-mask-matrix"), None, "for every INVAL/UNKNOWN/FILTER mask, exactly the accesses whose reason is enabled exit; the others #GP", format!("{API}; x86.c kvm_msr_user_space, kvm_msr_reason"), mask_matrix),
+        Check::new(CheckId::fixed(Family::Exits, "cap.flag-bits"), None, "KVM_CAP_X86_USER_SPACE_MSR accepts only INVAL|UNKNOWN|FILTER, one bit at a time", format!("{API}; x86.c kvm_vm_ioctl_enable_cap: args[0] & ~KVM_MSR_EXIT_REASON_VALID_MASK -> -EINVAL"), cap_flag_bits),
+        Check::new(CheckId::fixed(Family::Exits, "filter.flag-bits"), None, "KVM_X86_SET_MSR_FILTER accepts only KVM_MSR_FILTER_DEFAULT_DENY in flags", "api.rst 4.97; x86.c kvm_vm_ioctl_set_msr_filter: flags & ~KVM_MSR_FILTER_VALID_MASK -> -EINVAL", |c| filter_flag_bits(c, false)),
+        Check::new(CheckId::fixed(Family::Exits, "filter.range-flag-bits"), None, "KVM_X86_SET_MSR_FILTER accepts only READ|WRITE in a range's flags", "api.rst 4.97; x86.c kvm_add_msr_filter: flags & ~KVM_MSR_FILTER_RANGE_VALID_MASK -> -EINVAL", |c| filter_flag_bits(c, true)),
+        Check::new(CheckId::fixed(Family::Exits, "unknown.rdmsr"), Some(UNKNOWN), "an unknown MSR read exits with reason UNKNOWN and the data userspace gives lands in EDX:EAX", format!("{API}; x86.c kvm_msr_user_space, complete_userspace_rdmsr"), unknown_rdmsr),
+        Check::new(CheckId::fixed(Family::Exits, "unknown.wrmsr"), Some(UNKNOWN), "an unknown MSR write exits with its data and retires", format!("{API}; x86.c kvm_msr_user_space"), unknown_wrmsr),
+        Check::new(CheckId::fixed(Family::Exits, "error-injects-gp"), Some(UNKNOWN), "error = 1 from userspace makes RDMSR and WRMSR #GP", format!("{API}: \"error ... if set, KVM injects #GP\"; x86.c complete_emulated_msr_access"), error_injects_gp),
+        Check::new(CheckId::fixed(Family::Exits, "unknown.disabled-gp"), Some(UNKNOWN), "without the UNKNOWN reason the guest gets #GP instead of an exit", format!("{API}; x86.c kvm_msr_user_space: reason not in the mask -> #GP"), reason_disabled_gp),
+        Check::new(CheckId::fixed(Family::Exits, "inval.refused-write"), Some(MCG_CTL), "a known MSR written with a value KVM refuses exits with reason INVAL", format!("{API}; x86.c kvm_msr_reason: failures other than UNSUPPORTED/FILTERED are INVAL; set_msr_mce"), inval_exit),
+        Check::new(CheckId::fixed(Family::Exits, "not-completed-is-not-lost"), Some(UNKNOWN), "an exit userspace re-enters without completing is completed by the next KVM_RUN", format!("{API}: userspace must re-enter KVM_RUN to complete the access"), not_completed_not_lost),
     ]
 }

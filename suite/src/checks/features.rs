@@ -1,6 +1,7 @@
 //! Feature MSRs through the /dev/kvm fd (api.rst 4.3, 4.18; x86.c kvm_get_feature_msrs).
 
 use super::{hex, Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::msr_index::UNKNOWN;
 
 const API: &str = "api.rst 4.3: KVM_GET_MSR_FEATURE_INDEX_LIST \"returns the list of MSRs that can be passed to the KVM_GET_MSRS system ioctl\"; api.rst 4.18 (system ioctl form)";
@@ -77,7 +78,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
     for &index in &ctx.facts.msr_feature_index_list {
         let id = ctx.catalogue.slug(index);
         v.push(Check::new(
-            format!("feature.{id}.system-readable"),
+            CheckId::msr(Family::Feature, &id, "system-readable"),
             Some(index),
             format!(
                 "{} is readable through KVM_GET_MSRS on /dev/kvm",
@@ -88,14 +89,14 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
         ));
     }
     v.push(Check::new(
-        "feature.batch-matches-single",
+        CheckId::fixed(Family::Feature, "batch-matches-single"),
         None,
         "one system KVM_GET_MSRS of every feature MSR equals reading each alone",
         format!("{API}; x86.c kvm_get_feature_msrs -> msr_io (entries processed one by one)"),
         batch_matches_single,
     ));
     v.push(Check::new(
-        "feature.unlisted.system-read-rejected",
+        CheckId::fixed(Family::Feature, "unlisted.system-read-rejected"),
         Some(UNKNOWN),
         "an index in neither list is not readable through /dev/kvm (reads 0 with ignore_msrs=Y)",
         format!("{API}; x86.c kvm_get_feature_msr returns KVM_MSR_RET_UNSUPPORTED for unknown indices, kvm_do_msr_access applies ignore_msrs"),

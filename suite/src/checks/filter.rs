@@ -4,6 +4,7 @@
 
 use super::exits::exit_machine;
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::OpOutcome;
 use crate::kvm::filter::set_msr_filter;
 use crate::kvm::Errno;
@@ -336,7 +337,9 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             let f2 = f.clone();
             let suffix = if exits { "exit" } else { "gp" };
             v.push(Check::new(
-                format!("filter.table.{name}.{suffix}"),
+                CheckId::new(Family::Filter, "table")
+                    .then(name)
+                    .then(suffix),
                 None,
                 format!(
                     "filter {name}: guest accesses handled, {} as the model predicts",
@@ -353,29 +356,29 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         }
     }
     v.push(Check::new(
-        format!("filter.random.seed-{SEED:x}"),
+        CheckId::new(Family::Filter, "random").then(format!("seed-{SEED:x}")),
         None,
         "24 random filters and accesses behave as the model predicts (seed in the id)",
         API,
         randomized,
     ));
     v.push(Check::new(
-        "filter.host-unaffected",
+        CheckId::fixed(Family::Filter, "host-unaffected"),
         None,
         "host KVM_GET/SET_MSRS are never filtered",
         format!("{API}: the filter applies to guest accesses only"),
         host_unaffected,
     ));
-    v.push(Check::new("filter.replace-remove-invalid", None, "a new filter takes effect on the next access, an invalid one is EINVAL and leaves the old one, allow-all removes filtering", API, replace_remove_invalid));
+    v.push(Check::new(CheckId::fixed(Family::Filter, "replace-remove-invalid"), None, "a new filter takes effect on the next access, an invalid one is EINVAL and leaves the old one, allow-all removes filtering", API, replace_remove_invalid));
     v.push(Check::new(
-        "filter.limits",
+        CheckId::fixed(Family::Filter, "limits"),
         None,
         "bitmap size limit (0x600 bytes) and 16 ranges",
         format!("{API}; KVM_MSR_FILTER_MAX_BITMAP_SIZE, KVM_MSR_FILTER_MAX_RANGES"),
         limits,
     ));
     v.push(Check::new(
-        "filter.x2apic-never-filtered",
+        CheckId::fixed(Family::Filter, "x2apic-never-filtered"),
         Some(0x808),
         "x2APIC MSRs 0x800-0x8ff are never filtered",
         format!("{API}: \"x2APIC MSRs are always allowed\""),

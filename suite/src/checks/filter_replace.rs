@@ -8,6 +8,7 @@
 use super::exits::exit_machine;
 use super::filter::SUBJECTS;
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::kvm::filter::{set_msr_filter, set_msr_filter_unreadable};
 use crate::kvm::Errno;
 use crate::machine::Machine;
@@ -225,7 +226,7 @@ fn valid_replaces_whole(ctx: &Context) -> Outcome {
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     let mut v = Vec::new();
     for bad in invalid_replacements() {
-        let id = format!("filter.rejected-keeps-old.{}", bad.name);
+        let id = CheckId::new(Family::Filter, "rejected-keeps-old").then(bad.name);
         let summary = format!(
             "a replacement refused ({}) leaves every range of the five-range filter in force",
             bad.why
@@ -235,7 +236,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         }));
     }
     v.push(Check::new(
-        "filter.valid-replacement-whole",
+        CheckId::fixed(Family::Filter, "valid-replacement-whole"),
         None,
         "a valid replacement decides every access; no range or default of the old filter lingers",
         CITE,

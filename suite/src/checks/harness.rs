@@ -2,6 +2,7 @@
 //! exception nothing expects, or triple-faults becomes a verdict with the exit details.
 
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::Exit;
 use std::time::Duration;
@@ -96,28 +97,28 @@ fn fep_prefix_without_emulation(ctx: &Context) -> Outcome {
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
-            "harness.guest-hang.reported",
+            CheckId::fixed(Family::Harness, "guest-hang.reported"),
             None,
             "a guest spinning forever ends as a Timeout verdict",
             "api.rst 4.10 KVM_RUN: a pending signal makes KVM_RUN return -EINTR",
             hang,
         ),
         Check::new(
-            "harness.guest-unexpected-exception.reported",
+            CheckId::fixed(Family::Harness, "guest-unexpected-exception.reported"),
             None,
             "an exception outside a guarded RDMSR/WRMSR is reported with its vector and RIP",
             "SDM vol. 3A 6.12 (exception delivery through the IDT); guest/code.rs common handler",
             unexpected_exception,
         ),
         Check::new(
-            "harness.guest-triple-fault.reported",
+            CheckId::fixed(Family::Harness, "guest-triple-fault.reported"),
             None,
             "a triple fault ends as KVM_EXIT_SHUTDOWN, reported, not a crash",
             "SDM vol. 3A 6.15 (#DF, shutdown); api.rst 5 KVM_EXIT_SHUTDOWN",
                         triple_fault,
         ),
         Check::new(
-            "harness.fep-prefix-faults-when-not-emulated",
+            CheckId::fixed(Family::Harness, "fep-prefix-faults-when-not-emulated"),
             None,
             "with kvm.force_emulation_prefix=0 the prefixed interpreter records #UD per op and continues",
             "x86.c handle_ud (the prefix is honoured only with force_emulation_prefix); SDM vol. 2B UD2",

@@ -1,6 +1,7 @@
 //! KVM_GET_MSR_INDEX_LIST and KVM_GET_MSR_FEATURE_INDEX_LIST (api.rst 4.3).
 
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::kvm::raw::ListKind;
 use crate::kvm::Errno;
 use std::collections::BTreeSet;
@@ -164,7 +165,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
     for kind in [ListKind::Index, ListKind::Feature] {
         let s = slug(kind);
         v.push(Check::new(
-            format!("lists.{s}.e2big-protocol"),
+            CheckId::new(Family::Lists, s).then("e2big-protocol"),
             None,
             format!(
                 "{}: nmsrs too small -> E2BIG with the needed count written back; that count fits",
@@ -174,7 +175,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             move |c| e2big_protocol(c, kind),
         ));
         v.push(Check::new(
-            format!("lists.{s}.no-duplicates"),
+            CheckId::new(Family::Lists, s).then("no-duplicates"),
             None,
             format!("{}: no index appears twice", kind.ioctl_name()),
             format!(
@@ -183,7 +184,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             move |c| no_duplicates(c, kind),
         ));
         v.push(Check::new(
-            format!("lists.{s}.stable"),
+            CheckId::new(Family::Lists, s).then("stable"),
             None,
             format!("{}: the same list on every call", kind.ioctl_name()),
             "api.rst 4.3: \"The list varies by kvm version and host processor, but does not change otherwise\"",
@@ -191,7 +192,7 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         ));
     }
     v.push(Check::new(
-        "lists.index.mce-banks-excluded",
+        CheckId::fixed(Family::Lists, "index.mce-banks-excluded"),
         None,
         "KVM_GET_MSR_INDEX_LIST omits the MCE bank MSRs when KVM_CAP_MCE is present",
         "api.rst 4.3: \"if kvm indicates supports MCE (KVM_CAP_MCE), then the MCE bank MSRs are not returned in the MSR list\"",

@@ -4,6 +4,7 @@
 //! these check the vCPU a VMM sets up, including the MCG_CTL_P side of MCG_CTL's gate.
 
 use super::{hex, Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::{raw, Errno};
 use crate::machine::Machine;
@@ -178,21 +179,21 @@ fn mcg_ctl_with_ctl_p(ctx: &Context) -> Outcome {
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
-            "mce.setup.banks",
+            CheckId::fixed(Family::Mce, "setup.banks"),
             Some(MCG_CAP),
             "KVM_X86_SETUP_MCE with 1, 4 and the most banks: MCG_CAP reads back, every MCi_CTL is all ones, the next bank does not exist",
             format!("{SETUP}; get_msr_mce: bank MSRs beyond the count fail"),
             banks,
         ),
         Check::new(
-            "mce.setup.refused",
+            CheckId::fixed(Family::Mce, "setup.refused"),
             Some(MCG_CAP),
             "KVM_X86_SETUP_MCE refuses 0 banks, more than KVM_CAP_MCE, and an unsupported capability bit, with -EINVAL, and MCG_CAP stays",
             format!("{SETUP}; api.rst 4.105, 4.106; KVM_CAP_MCE reports KVM_MAX_MCE_BANKS"),
             refused,
         ),
         Check::new(
-            "mce.mcg-ctl.with-ctl-p",
+            CheckId::fixed(Family::Mce, "mcg-ctl.with-ctl-p"),
             Some(MCG_CTL),
             "with MCG_CTL_P set up, MCG_CTL reads all ones and the guest may write 0 or all ones only",
             format!("{SETUP}; x86.c set_msr_mce MSR_IA32_MCG_CTL: data != 0 && data != ~(u64)0 -> 1; SDM vol. 3B 16.3.1.3"),

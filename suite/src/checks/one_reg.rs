@@ -6,6 +6,7 @@
 //! path against the MSR-ioctl path, with no expected values of their own.
 
 use super::{hex, Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::kvm::cpuid;
 use crate::kvm::raw::{self, one_reg_msr_id, MsrOp};
 use crate::kvm::{Errno, Vcpu};
@@ -328,35 +329,35 @@ fn with_shstk(ctx: &Context) -> Outcome {
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     let mut v = vec![
         Check::new(
-            "one-reg.index-list.get-matches-get-msrs",
+            CheckId::fixed(Family::OneReg, "index-list.get-matches-get-msrs"),
             None,
             "KVM_GET_ONE_REG of every listed MSR agrees with KVM_GET_MSRS",
             format!("{SRC}; {API_LIST}; {API_ID}"),
             get_matches,
         ),
         Check::new(
-            "one-reg.index-list.set-matches-set-msrs",
+            CheckId::fixed(Family::OneReg, "index-list.set-matches-set-msrs"),
             None,
             "KVM_SET_ONE_REG accepts what KVM_SET_MSRS accepts (current values, a reserved bit set) and refuses the rest with -EINVAL",
             format!("{SRC}; {API_ID}; reserved bits from the catalogue"),
             set_matches,
         ),
         Check::new(
-            "one-reg.unknown-msr.einval",
+            CheckId::fixed(Family::OneReg, "unknown-msr.einval"),
             Some(UNKNOWN),
             "KVM_GET/SET_ONE_REG of an index KVM does not handle fail with -EINVAL",
             SRC,
             unknown_msr,
         ),
         Check::new(
-            "one-reg.guest-ssp.without-shstk",
+            CheckId::fixed(Family::OneReg, "guest-ssp.without-shstk"),
             None,
             "without SHSTK, KVM_REG_GUEST_SSP is -EINVAL and KVM_GET_REG_LIST is empty",
             format!("x86.c kvm_translate_kvm_reg: GUEST_SSP needs guest SHSTK; {API_LIST}"),
             without_shstk,
         ),
         Check::new(
-            "one-reg.guest-ssp.with-shstk",
+            CheckId::fixed(Family::OneReg, "guest-ssp.with-shstk"),
             None,
             "with SHSTK, KVM_REG_GUEST_SSP reads and is the one register KVM_GET_REG_LIST names",
             format!("x86.c kvm_translate_kvm_reg; {API_LIST}"),
@@ -366,7 +367,9 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
     for m in MALFORMED {
         let make = m.make;
         v.push(Check::new(
-            format!("one-reg.id.{}.einval", m.slug),
+            CheckId::new(Family::OneReg, "id")
+                .then(m.slug)
+                .then("einval"),
             Some(IA32_APIC_BASE),
             format!("an MSR id with {}: KVM_GET/SET_ONE_REG -EINVAL", m.what),
             format!("{SRC}; {API_ID}"),

@@ -3,6 +3,7 @@
 //! pvclock_vcpu_time_info; x86.c kvm_write_wall_clock, kvm_guest_time_update).
 
 use super::{Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 
 /// Free guest pages (guest/layout.rs leaves 0x9000-0xffff unused).
@@ -108,13 +109,13 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
         (0x4b56_4d01u32, "kvm-system-time-new"),
         (0x12, "kvm-system-time"),
     ] {
-        v.push(Check::new(format!("pv.{id}.writes-pvclock"), Some(msr), "after the guest enables kvm-clock, KVM has written a consistent pvclock_vcpu_time_info", "msr.rst MSR_KVM_SYSTEM_TIME(_NEW) (struct pvclock_vcpu_time_info, version protocol); x86.c kvm_write_system_time, kvm_guest_time_update", move |c| pvclock(c, msr)));
+        v.push(Check::new(CheckId::msr(Family::Pv, id, "writes-pvclock"), Some(msr), "after the guest enables kvm-clock, KVM has written a consistent pvclock_vcpu_time_info", "msr.rst MSR_KVM_SYSTEM_TIME(_NEW) (struct pvclock_vcpu_time_info, version protocol); x86.c kvm_write_system_time, kvm_guest_time_update", move |c| pvclock(c, msr)));
     }
     for (msr, id) in [
         (0x4b56_4d00u32, "kvm-wall-clock-new"),
         (0x11, "kvm-wall-clock"),
     ] {
-        v.push(Check::new(format!("pv.{id}.writes-wall-clock"), Some(msr), "after the guest writes the wall-clock MSR, KVM has written a plausible pvclock_wall_clock", "msr.rst MSR_KVM_WALL_CLOCK(_NEW) (struct pvclock_wall_clock); x86.c kvm_write_wall_clock", move |c| wall_clock(c, msr)));
+        v.push(Check::new(CheckId::msr(Family::Pv, id, "writes-wall-clock"), Some(msr), "after the guest writes the wall-clock MSR, KVM has written a plausible pvclock_wall_clock", "msr.rst MSR_KVM_WALL_CLOCK(_NEW) (struct pvclock_wall_clock); x86.c kvm_write_wall_clock", move |c| wall_clock(c, msr)));
     }
     v
 }

@@ -5,6 +5,7 @@
 use super::mce::{set_up, support};
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::KernelVersion;
+use crate::check_id::{CheckId, Family};
 use crate::guest::long_mode::long_mode_sregs;
 use crate::guest::{GuestOp, OpOutcome};
 use crate::kvm::{cpuid, CpuidPolicy, CpuidTable, Errno, Vcpu, Vm, VmConfig};
@@ -328,35 +329,35 @@ fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
-            "regression.mci-ctl2.without-cmci-p",
+            CheckId::fixed(Family::Regression, "mci-ctl2.without-cmci-p"),
             Some(MC0_CTL2),
             "with 4 banks and no MCG_CMCI_P: MC0_CTL2 reads 0 and takes only 0 from the host, MC4_CTL2 does not exist, the guest faults",
             CTL2_CITE,
             ctl2_without_cmci,
         ),
         Check::new(
-            "regression.mci-ctl2.with-cmci-p",
+            CheckId::fixed(Family::Regression, "mci-ctl2.with-cmci-p"),
             Some(MC0_CTL2),
             "with MCG_CMCI_P: host and guest write CMCI_EN and the threshold to MC0_CTL2 and read them back; other bits are refused",
             CTL2_CITE,
             ctl2_with_cmci,
         ),
         Check::new(
-            "regression.platform-info.cpuid-fault-clear-any-order",
+            CheckId::fixed(Family::Regression, "platform-info.cpuid-fault-clear-any-order"),
             Some(PLATFORM_INFO),
             "the host may clear PLATFORM_INFO.CPUID_FAULT while MISC_FEATURES_ENABLES.CPUID_FAULT is set (restore in any order; refused before 6.13)",
             "1ded7a57b805 'KVM: x86: Remove ordering check b/w MSR_PLATFORM_INFO and MISC_FEATURES_ENABLES' (6.13): x86.c kvm_set_msr_common MSR_PLATFORM_INFO checks only host_initiated; before, !(data & CPUID_FAULT) && cpuid_fault_enabled(vcpu) -> 1 (Debian 6.1, 6.12)",
             cpuid_fault_any_order,
         ),
         Check::new(
-            "regression.apic-base.x2apic-to-xapic-reinits-id",
+            CheckId::fixed(Family::Regression, "apic-base.x2apic-to-xapic-reinits-id"),
             Some(APIC_BASE),
             "a host write of IA32_APIC_BASE from x2APIC back to xAPIC (EN kept) re-derives the xAPIC ID: KVM_GET_LAPIC's APIC_ID is vcpu_id << 24 (vCPU 5)",
             XAPIC_ID_CITE,
             xapic_id_after_x2apic,
         ),
         Check::new(
-            "regression.sregs.efer-checked-against-cpuid",
+            CheckId::fixed(Family::Regression, "sregs.efer-checked-against-cpuid"),
             None,
             "KVM_SET_SREGS with EFER.LME/LMA on a vCPU whose CPUID lacks LM fails with EINVAL and leaves EFER alone; the same sregs succeed with LM",
             SREGS_EFER_CITE,

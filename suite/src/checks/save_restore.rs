@@ -4,6 +4,7 @@
 
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::Volatility;
+use crate::check_id::{CheckId, Family};
 use crate::guest::GuestOp;
 use crate::kvm::raw::{MsrEntry, MAX_IO_MSRS};
 use crate::kvm::Vcpu;
@@ -174,7 +175,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
             let id = ctx.catalogue.slug(index);
             let vol = ctx.catalogue.get(index).and_then(|i| i.volatile.as_ref()).map(|v| format!("; counts on: {}; x86.c kvm_synchronize_tsc", v.cite)).unwrap_or_default();
             Check::new(
-                format!("save-restore.{id}.roundtrip"),
+                CheckId::msr(Family::SaveRestore, &id, "roundtrip"),
                 Some(index),
                 format!("{}: the value saved from a vCPU that ran is accepted by a fresh vCPU and reads back", ctx.catalogue.name(index)),
                 format!("api.rst 4.3 (index list = MSRs to save/restore), 4.19 KVM_SET_MSRS{vol}"),

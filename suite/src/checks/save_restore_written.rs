@@ -10,6 +10,7 @@ use super::catalogued::{
 use super::save_restore::{restore_saved, save};
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::{AccessPath, GateState, MsrInfo, WriteOutcome, WriteRule};
+use crate::check_id::{CheckId, Family};
 use crate::guest::GuestOp;
 use crate::machine::Machine;
 
@@ -156,7 +157,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
             }
             let index = m.index;
             v.push(Check::new(
-                format!("save-restore.{}.written.{}", m.id, w.name),
+                CheckId::msr(Family::SaveRestore, &m.id, "written").then(&w.name),
                 Some(index),
                 format!(
                     "{}: {:#x} ({}) written into a vCPU that then runs is saved, restored into a fresh vCPU with the same CPUID and reads back",

@@ -3,6 +3,7 @@
 //! Tolerances come from the vCPU's TSC frequency (KVM_GET_TSC_KHZ), never from magic numbers.
 
 use super::{hex, Check, Context, Outcome};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::machine::Machine;
 use crate::msr_index::IA32_TSC;
@@ -241,10 +242,10 @@ fn two_vcpus_synchronised(ctx: &Context) -> Outcome {
 
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
-        Check::new("tsc.host-write.sets-value-not-adjust", Some(IA32_TSC), "a host write of IA32_TSC sets what the vCPU reads and leaves TSC_ADJUST alone", "x86.c kvm_set_msr_common MSR_IA32_TSC (host_initiated -> kvm_synchronize_tsc; no TSC_ADJUST change); selftests tsc_msrs_test", host_write_tsc),
-        Check::new("tsc.guest-write.moves-adjust", Some(IA32_TSC), "a guest WRMSR of IA32_TSC sets the TSC and adds the delta to TSC_ADJUST", "SDM vol. 3B 18.17.3 (a TSC write adjusts IA32_TSC_ADJUST by the same amount); x86.c kvm_set_msr_common MSR_IA32_TSC: ia32_tsc_adjust_msr += adj", guest_write_tsc),
-        Check::new("tsc.guest-adjust.moves-tsc", Some(TSC_ADJUST), "a guest WRMSR of IA32_TSC_ADJUST moves the TSC by the difference", "SDM vol. 3B 18.17.3; x86.c kvm_set_msr_common MSR_IA32_TSC_ADJUST: adjust_tsc_offset_guest(vcpu, data - old)", guest_write_adjust),
-        Check::new("tsc.host-adjust.keeps-tsc", Some(TSC_ADJUST), "a host write of IA32_TSC_ADJUST is stored without moving the TSC", "x86.c kvm_set_msr_common MSR_IA32_TSC_ADJUST: host_initiated writes only store the value; selftests tsc_msrs_test", host_write_adjust),
-        Check::new("tsc.two-vcpus.synchronised", Some(IA32_TSC), "two vCPUs given the same TSC by the host read synchronised values", "x86.c kvm_synchronize_tsc (one TSC generation per VM)", two_vcpus_synchronised),
+        Check::new(CheckId::fixed(Family::Tsc, "host-write.sets-value-not-adjust"), Some(IA32_TSC), "a host write of IA32_TSC sets what the vCPU reads and leaves TSC_ADJUST alone", "x86.c kvm_set_msr_common MSR_IA32_TSC (host_initiated -> kvm_synchronize_tsc; no TSC_ADJUST change); selftests tsc_msrs_test", host_write_tsc),
+        Check::new(CheckId::fixed(Family::Tsc, "guest-write.moves-adjust"), Some(IA32_TSC), "a guest WRMSR of IA32_TSC sets the TSC and adds the delta to TSC_ADJUST", "SDM vol. 3B 18.17.3 (a TSC write adjusts IA32_TSC_ADJUST by the same amount); x86.c kvm_set_msr_common MSR_IA32_TSC: ia32_tsc_adjust_msr += adj", guest_write_tsc),
+        Check::new(CheckId::fixed(Family::Tsc, "guest-adjust.moves-tsc"), Some(TSC_ADJUST), "a guest WRMSR of IA32_TSC_ADJUST moves the TSC by the difference", "SDM vol. 3B 18.17.3; x86.c kvm_set_msr_common MSR_IA32_TSC_ADJUST: adjust_tsc_offset_guest(vcpu, data - old)", guest_write_adjust),
+        Check::new(CheckId::fixed(Family::Tsc, "host-adjust.keeps-tsc"), Some(TSC_ADJUST), "a host write of IA32_TSC_ADJUST is stored without moving the TSC", "x86.c kvm_set_msr_common MSR_IA32_TSC_ADJUST: host_initiated writes only store the value; selftests tsc_msrs_test", host_write_adjust),
+        Check::new(CheckId::fixed(Family::Tsc, "two-vcpus.synchronised"), Some(IA32_TSC), "two vCPUs given the same TSC by the host read synchronised values", "x86.c kvm_synchronize_tsc (one TSC generation per VM)", two_vcpus_synchronised),
     ]
 }

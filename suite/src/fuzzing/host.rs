@@ -387,7 +387,7 @@ impl HostRun<'_> {
         let same_refused = ctx
             .deviations
             .find(
-                SAME_CPUID_AFTER_RUN,
+                &SAME_CPUID_AFTER_RUN,
                 crate::deviations::HostKey::of(&ctx.facts),
             )
             .is_some();
@@ -435,9 +435,9 @@ impl HostRun<'_> {
         }
         self.ran = true;
         let key = crate::deviations::HostKey::of(&self.ctx.facts);
-        for &(index, check) in CHANGED_BY_RUN_WHERE_RECORDED {
+        for (index, check) in CHANGED_BY_RUN_WHERE_RECORDED {
             if self.ctx.deviations.find(check, key).is_some() {
-                self.reads.forget_index(index);
+                self.reads.forget_index(*index);
             }
         }
         self.feats.add(&[14]);

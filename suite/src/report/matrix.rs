@@ -1,6 +1,7 @@
 //! The MSR x check matrix: every check about one MSR, grouped under it.
 
 use super::Report;
+use crate::check_id::CheckId;
 use crate::runner::{CheckResult, Verdict};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -24,12 +25,11 @@ pub struct Cell<'a> {
 }
 
 /// `family.subject.rest` -> (subject, `family.rest`).
-fn split(id: &str) -> (String, String) {
-    let mut parts = id.splitn(3, '.');
-    let family = parts.next().unwrap_or("");
-    let subject = parts.next().unwrap_or("").to_string();
-    let rest = parts.next().unwrap_or("");
-    (subject, format!("{family}.{rest}"))
+fn split(id: &CheckId) -> (String, String) {
+    let mut segments = id.segments();
+    let subject = segments.next().unwrap_or("").to_string();
+    let rest: Vec<&str> = segments.collect();
+    (subject, format!("{}.{}", id.family(), rest.join(".")))
 }
 
 fn note(r: &CheckResult) -> String {
@@ -112,11 +112,11 @@ mod tests {
     #[test]
     fn ids_split_into_subject_and_check() {
         assert_eq!(
-            super::split("host.pat.write.type-2"),
+            super::split(&"host.pat.write.type-2".parse().unwrap()),
             ("pat".into(), "host.write.type-2".into())
         );
         assert_eq!(
-            super::split("guest.tsc.matches-host"),
+            super::split(&"guest.tsc.matches-host".parse().unwrap()),
             ("tsc".into(), "guest.matches-host".into())
         );
     }

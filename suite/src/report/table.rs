@@ -15,7 +15,7 @@ pub fn render(r: &Report) -> String {
     let width = r
         .results
         .iter()
-        .map(|c| c.id.len())
+        .map(|c| c.id.to_string().len())
         .max()
         .unwrap_or(10)
         .min(60);

@@ -43,11 +43,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<MsrInfo>> {
             return Err(e("`cite` is empty: every entry names its source".into()));
         }
         let plain_id = m.id.replace("{i}", "0");
-        if plain_id.is_empty()
-            || !plain_id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !crate::check_id::is_segment(&plain_id) {
             return Err(e(format!(
                 "`id` {:?} must be lowercase letters, digits and '-'",
                 m.id

@@ -132,12 +132,7 @@ fn parse_reset(r: ResetRaw) -> std::result::Result<ResetRule, String> {
 /// One `[[msr.write]]` rule with its `when` conditions.
 fn parse_write(w: WriteRaw) -> std::result::Result<WriteRule, String> {
     cited(&format!("write {:?}", w.name), &w.cite)?;
-    if w.name.is_empty()
-        || !w
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
+    if !crate::check_id::is_segment(&w.name) {
         return Err(format!(
             "write name {:?} must be lowercase letters, digits and '-'",
             w.name

@@ -62,6 +62,13 @@ gate = { cpuid = ["RDTSCP", "RDPID"], host = "exempt", cite = "x86.c" }
     "t.toml:1",
     "id"
 )]
+#[case::dotted_id(
+    "[[msr]]\nindex = 1\nname = \"A\"\nid = \"a.b\"\ncite = \"x\"\n",
+    "t.toml:1",
+    "`id` \"a.b\""
+)]
+#[case::dotted_write_name("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"w.x\", value = 1, cite = \"c\" }]\n", "t.toml:1", "write name \"w.x\"")]
+#[case::empty_write_name("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"\", value = 1, cite = \"c\" }]\n", "t.toml:1", "write name \"\"")]
 #[case::bad_kernel_version("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\nwrite = [{ name = \"w\", value = 1, cite = \"c\", when = [{ kernel_before = \"6\", outcome = \"rejected\", cite = \"c\" }] }]\n", "t.toml:1", "MAJOR.MINOR")]
 #[case::bad_hyperv_gate("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\ngate = { hyperv = \"vmbus\", host = \"exempt\", cite = \"c\" }\n", "t.toml:1", "vmbus")]
 #[case::host_until_without_cite("[[msr]]\nindex = 1\nname = \"A\"\nid = \"a\"\ncite = \"x\"\ngate = { host_only = true, host = \"exempt\", cite = \"c\", host_until = { kernel = \"6.13\", host = \"fails\", cite = \"\" } }\n", "t.toml:1", "host_until.cite")]
