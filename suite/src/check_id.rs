@@ -295,21 +295,6 @@ impl<'de> serde::Deserialize<'de> for CheckId {
     }
 }
 
-/// Transitional, for ids still built as text (`format!`): parses, and panics on an invalid id
-/// as the typed constructors do. New code uses the constructors.
-impl From<String> for CheckId {
-    fn from(s: String) -> CheckId {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-/// Transitional, as `From<String>`.
-impl From<&str> for CheckId {
-    fn from(s: &str) -> CheckId {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Problem {
     NoSegment,

@@ -126,12 +126,6 @@ fn fixed_refuses_a_bad_literal() {
 }
 
 #[test]
-#[should_panic(expected = "invalid check id \"host.tsc.reset \"")]
-fn text_built_ids_panic_when_invalid() {
-    let _: CheckId = String::from("host.tsc.reset ").into();
-}
-
-#[test]
 fn serde_uses_the_text() {
     let id = CheckId::fixed(Family::Cpuid, "same-table-accepted-after-run");
     let json = serde_json::to_string(&id).unwrap();

@@ -101,17 +101,16 @@ impl fmt::Debug for Check {
 }
 
 impl Check {
-    /// `id` is a typed [`CheckId`]; text (`format!`) is still accepted and parsed, panicking
-    /// when it is not an id, until every family builds its ids typed.
+    /// `id` is built with [`CheckId`]'s typed constructors (no check id is built as text).
     pub fn new(
-        id: impl Into<CheckId>,
+        id: CheckId,
         msr: Option<u32>,
         summary: impl Into<String>,
         cite: impl Into<String>,
         run: impl Fn(&Context) -> Outcome + Send + Sync + 'static,
     ) -> Check {
         Check {
-            id: id.into(),
+            id,
             msr,
             summary: summary.into(),
             cite: cite.into(),

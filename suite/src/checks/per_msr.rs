@@ -3,6 +3,7 @@
 
 use super::{hex, Check, Context, Outcome};
 use crate::catalogue::{AccessPath, Gate, GateState, HostWhenClosed, MsrInfo, Volatility};
+use crate::check_id::{CheckId, Family};
 use crate::guest::{GuestOp, OpOutcome};
 use crate::machine::Access;
 
@@ -241,7 +242,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
                 AccessPath::Guest => ("guest RDMSRs", "SDM vol. 2B RDMSR"),
             };
             Check::new(
-                format!("{}.{id}.repeat-read-stable", path.name()),
+                CheckId::msr(path.family(), &id, "repeat-read-stable"),
                 Some(index),
                 format!("{name}: two {reads} agree (or move as documented)"),
                 format!("{source}; {cite}{vol_cite}"),
@@ -253,7 +254,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
             ("bare", true, "that never saw KVM_SET_CPUID2"),
         ] {
             v.push(Check::new(
-                format!("host.{id}.readable-{kind}"),
+                CheckId::msr(Family::Host, &id, format!("readable-{kind}")),
                 Some(index),
                 format!("{name}: KVM_GET_MSRS succeeds on a fresh vCPU {vcpu}"),
                 format!("{ADVERTISED}; {cite}"),
@@ -262,7 +263,7 @@ pub fn checks(ctx: &Context) -> Vec<Check> {
         }
         v.push(repeat_check(AccessPath::Host));
         v.push(Check::new(
-            format!("guest.{id}.matches-host"),
+            CheckId::msr(Family::Guest, &id, "matches-host"),
             Some(index),
             format!("{name}: guest RDMSR returns what KVM_GET_MSRS returns, or both fail as documented"),
             format!("x86.c kvm_emulate_msr_read and do_get_msr share kvm_get_msr_ignored_check; {cite}{gate_cite}{vol_cite}"),

@@ -26,7 +26,15 @@ impl AccessPath {
     /// Both paths, host first (the order of the checks' ids).
     pub const BOTH: [AccessPath; 2] = [AccessPath::Host, AccessPath::Guest];
 
-    /// `host` or `guest`: the family of a check's id and the subject of its sentences.
+    /// The family of a check's id on this path.
+    pub fn family(self) -> crate::check_id::Family {
+        match self {
+            AccessPath::Host => crate::check_id::Family::Host,
+            AccessPath::Guest => crate::check_id::Family::Guest,
+        }
+    }
+
+    /// `host` or `guest`: the subject of a check's sentences.
     pub fn name(self) -> &'static str {
         match self {
             AccessPath::Host => "host",

@@ -209,13 +209,8 @@ pub(super) fn read_fails_checks(m: &MsrInfo, v: &mut Vec<Check>) {
             if r.path.is_some_and(|p| p != path) {
                 continue;
             }
-            let fam = if path == AccessPath::Host {
-                "host"
-            } else {
-                "guest"
-            };
             v.push(Check::new(
-                format!("{fam}.{id}.read-fails"),
+                CheckId::msr(path.family(), &id, "read-fails"),
                 Some(index),
                 format!("{name}: reads fail (write-only)"),
                 r.cite.clone(),
@@ -230,7 +225,7 @@ pub(super) fn gate_checks(m: &MsrInfo, v: &mut Vec<Check>) {
     let (index, id, name) = (m.index, m.id.clone(), m.name.clone());
     if let Some(g) = &m.gate {
         v.push(Check::new(
-            format!("guest.{id}.gate-closed"),
+            CheckId::msr(Family::Guest, &id, "gate-closed"),
             Some(index),
             format!("{name}: with {} absent the guest faults and the host follows the documented exemption", g.describe()),
             g.cite.clone(),

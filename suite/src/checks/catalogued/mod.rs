@@ -7,6 +7,7 @@ use crate::catalogue::{
     AccessPath, GateState, HostWhenClosed, MsrInfo, Requirement, RuleContext, WriteOutcome,
     WriteRule,
 };
+pub(super) use crate::check_id::{CheckId, Family};
 use crate::kvm::cpuid::{self};
 use crate::machine::{GuestDeath, Machine};
 
@@ -219,7 +220,7 @@ pub(super) fn listing_checks(m: &MsrInfo, v: &mut Vec<Check>) {
         .filter(|r| !(r.caps.is_empty() && r.kvm_params.is_empty() && r.cpuid_any.is_empty()))
     {
         v.push(Check::new(
-            format!("lists.{id}.listed-only-when-supported"),
+            CheckId::msr(Family::Lists, &id, "listed-only-when-supported"),
             Some(index),
             format!("{name}: in KVM's lists only while the conditions for listing it hold"),
             r.cite.clone(),
@@ -230,7 +231,7 @@ pub(super) fn listing_checks(m: &MsrInfo, v: &mut Vec<Check>) {
 
 pub fn checks(ctx: &Context) -> Vec<Check> {
     let mut v = vec![Check::new(
-        "catalogue.covers-host-lists",
+        CheckId::fixed(Family::Catalogue, "covers-host-lists"),
         None,
         "every MSR in this host's index and feature lists has a catalogue entry",
         "api.rst 4.3 (the lists); fixtures/catalogue/README.md",

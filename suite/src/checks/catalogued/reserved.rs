@@ -142,7 +142,7 @@ pub(super) fn reserved_checks(m: &MsrInfo, v: &mut Vec<Check>) {
                 }
             };
             v.push(Check::new(
-                format!("{}.{id}.reserved-bits", path.name()),
+                CheckId::msr(path.family(), &id, "reserved-bits"),
                 Some(index),
                 summary,
                 r.cite.clone(),

@@ -87,7 +87,7 @@ pub(super) fn reset_checks(m: &MsrInfo, v: &mut Vec<Check>) {
         let cite = format!("{}; {}", r.cite, m.cite);
         for path in AccessPath::BOTH {
             v.push(Check::new(
-                format!("{}.{id}.reset", path.name()),
+                CheckId::msr(path.family(), &id, "reset"),
                 Some(index),
                 format!("{name}: a fresh vCPU's {} is the reset value", reader(path)),
                 cite.clone(),
@@ -99,7 +99,7 @@ pub(super) fn reset_checks(m: &MsrInfo, v: &mut Vec<Check>) {
             let cite = format!("api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2; {qcite}");
             for path in AccessPath::BOTH {
                 let p = path.name();
-                v.push(Check::new(format!("{p}.{id}.reset.quirk-{qn}-off"), Some(index), format!("{name}: the {p} reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite.clone(), move |c| reset(c, index, bit, path)));
+                v.push(Check::new(CheckId::msr(path.family(), &id, "reset").then(format!("quirk-{qn}-off")), Some(index), format!("{name}: the {p} reads the documented reset value with KVM_X86_QUIRK_{} disabled", q.name()), cite.clone(), move |c| reset(c, index, bit, path)));
             }
         }
     }

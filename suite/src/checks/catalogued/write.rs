@@ -232,9 +232,9 @@ pub(super) fn write_checks(m: &MsrInfo, v: &mut Vec<Check>) {
         };
         for vendor in vendors {
             let suffix = match vendor {
-                Some(GuestVendor::Intel) => ".intel-guest",
-                Some(GuestVendor::Amd) => ".amd-guest",
-                None => "",
+                Some(GuestVendor::Intel) => Some("intel-guest"),
+                Some(GuestVendor::Amd) => Some("amd-guest"),
+                None => None,
             };
             let cite = std::iter::once(w.cite.as_str())
                 .chain(w.when.iter().map(|x| x.cite.as_str()))
@@ -244,9 +244,15 @@ pub(super) fn write_checks(m: &MsrInfo, v: &mut Vec<Check>) {
                 if w.path.is_some_and(|p| p != path) {
                     continue;
                 }
-                let (fam, verb) = (path.name(), path.write_call());
+                let verb = path.write_call();
                 v.push(Check::new(
-                    format!("{fam}.{id}.write.{}{suffix}", w.name),
+                    {
+                        let id = CheckId::msr(path.family(), &id, "write").then(&w.name);
+                        match suffix {
+                            Some(s) => id.then(s),
+                            None => id,
+                        }
+                    },
                     Some(index),
                     format!(
                         "{name}: {verb} of {:#x} ({}){} has the documented outcome, seen from both paths",
