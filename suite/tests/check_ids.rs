@@ -77,7 +77,8 @@ fn round_trip_in_report() -> Result<Completion, Failed> {
     };
     let name = report.to_string_lossy();
     let text = std::fs::read_to_string(&report).map_err(|e| format!("{name}: {e}"))?;
-    let parsed = ReportFile::parse(&text, std::path::Path::new(&report)).map_err(|e| e.to_string())?;
+    let parsed =
+        ReportFile::parse(&text, std::path::Path::new(&report)).map_err(|e| e.to_string())?;
     let ids: Vec<&str> = parsed.results.iter().map(|r| r.id.as_str()).collect();
     if ids.is_empty() {
         return Err("the report has no results".into());
