@@ -15,16 +15,15 @@ cd "$(dirname "$0")/.."
 kernel=${1:-latest}
 profile=${2:-default}
 secs=${UPSTREAM_FUZZ_SECONDS:-60}
-if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
-fi
-(cd fuzz && cargo fuzz build --sanitizer none)
-targets=$(cd fuzz && cargo fuzz list | tr "\n" " ")
+# The campaign build (ci/fuzz-build.sh: outcome counters only); UPSTREAM_FUZZ_BUILD=coverage for
+# the `cargo fuzz build` one.
+bins=$(ci/fuzz-build.sh "${UPSTREAM_FUZZ_BUILD:-outcome}")
+targets=$(basename -s .rs fuzz/fuzz_targets/*.rs | tr "\n" " ")
 payload=target/upstream-vm/fuzz-payload
 rm -rf "$payload"
 mkdir -p "$payload/bin" "$payload/corpus"
 for t in $targets; do
-  strip -o "$payload/bin/$t" "fuzz/target/x86_64-unknown-linux-gnu/release/$t"
+  strip -o "$payload/bin/$t" "$bins/$t"
   mkdir -p "$payload/corpus/$t"
   cp -r "fixtures/corpus/$t/." "$payload/corpus/$t/" 2>/dev/null || true
 done

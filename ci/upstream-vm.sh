@@ -10,7 +10,7 @@
 #          all (both). Parameters are given to insmod inside the VM.
 # WHAT     report (default): `kvm-msr probe` and `kvm-msr report`, both as JSON.
 #          fuzz: a short campaign of every fuzz target with the kernel-log oracle on (needs
-#          `cargo fuzz build`; see ci/upstream-fuzz.sh).
+#          ci/fuzz-build.sh; see ci/upstream-fuzz.sh).
 #          fetch: only download and unpack the kernel (prints its release).
 #
 # Output in target/upstream-vm/<kernel>-<profile>/: report.json, probe.json, kmsg.txt,
