@@ -110,6 +110,17 @@ if [ "$fuzz_secs" -gt 0 ]; then
   fi
 fi
 
+# The history of MSR fixes (fixtures/coverage/msr-fixes.toml) names checks that must exist on the
+# newest kernel with every module parameter on (suite/tests/coverage.rs).
+first=${kernels%% *}
+if [ -s "target/upstream-vm/$first-all/report.json" ]; then
+  echo
+  echo "# msr-fixes.toml against $first-all"
+  KVM_MSR_COVERAGE_REPORT="$PWD/target/upstream-vm/$first-all/report.json" \
+    cargo test --locked -q -p kvm-msr-suite --test coverage >target/upstream-vm/coverage.log 2>&1 || rc=1
+  tail -n 5 target/upstream-vm/coverage.log | sed 's/^/  /'
+fi
+
 # Kernel A/B: the MSR surface (probe diff) and the verdicts (report compare), newest first.
 set -- $kernels
 while [ $# -ge 2 ]; do
