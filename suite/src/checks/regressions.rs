@@ -326,6 +326,45 @@ fn sregs_efer_vs_cpuid(ctx: &Context) -> Outcome {
     }
 }
 
+use crate::msr_index::IA32_EFER as EFER;
+/// EFER.LME (SDM vol. 3A 2.2.1, table 2-1).
+const EFER_LME: u64 = 1 << 8;
+const HOST_EFER_CITE: &str = "11988499e62b 'KVM: x86: Skip EFER vs. guest CPUID checks for host-initiated writes': x86.c set_efer checks only efer_reserved_bits (what KVM supports) for a host write and __kvm_valid_efer (the guest's CPUID) for the guest's own; vcpu->arch.efer keeps the value (svm.c svm_set_efer, vmx.c vmx_set_efer), which KVM_GET_MSRS returns (6.1, 6.12, 7.2 set_efer alike); api.rst 4.19 KVM_SET_MSRS";
+
+/// A host KVM_SET_MSRS of EFER.LME on a vCPU whose CPUID lacks LM is taken and reads back: the
+/// guest-CPUID check is the guest's, not userspace's (restores come in any order).
+fn host_efer_skips_cpuid(ctx: &Context) -> Outcome {
+    let lm = cpuid::feature("LM").expect("in cpuid::FEATURES");
+    if !ctx.facts.supported_cpuid.has(lm) {
+        return Outcome::skip(
+            "KVM_GET_SUPPORTED_CPUID lacks LM: EFER.LME is reserved for KVM itself",
+        );
+    }
+    let mut without = ctx.facts.supported_cpuid.clone();
+    without.set(lm, false);
+    let (_vm, vcpu) = match vm_with_vcpu(ctx, 0, without) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if vcpu.effective_cpuid.as_ref().is_none_or(|c| c.has(lm)) {
+        return Outcome::skip("KVM_GET_CPUID2 still shows LM after KVM_SET_CPUID2 without it");
+    }
+    let io = vcpu.set_msrs(&[crate::kvm::MsrEntry {
+        index: EFER,
+        data: EFER_LME,
+    }]);
+    let back = vcpu.get_msr(EFER);
+    let actual = format!("KVM_SET_MSRS {:?}, EFER then {back:x?}", io.result);
+    if io.result == Ok(1) && back.is_some_and(|v| v & EFER_LME != 0) {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            "the write taken (1 entry) and EFER.LME set on read-back (11988499e62b)",
+            actual,
+        )
+    }
+}
+
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
@@ -362,6 +401,13 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             "KVM_SET_SREGS with EFER.LME/LMA on a vCPU whose CPUID lacks LM fails with EINVAL and leaves EFER alone; the same sregs succeed with LM",
             SREGS_EFER_CITE,
             sregs_efer_vs_cpuid,
+        ),
+        Check::new(
+            CheckId::fixed(Family::Regression, "efer.host-write-skips-guest-cpuid"),
+            Some(EFER),
+            "a host KVM_SET_MSRS of EFER.LME on a vCPU whose CPUID lacks LM is taken and reads back (the CPUID check is for the guest's own writes)",
+            HOST_EFER_CITE,
+            host_efer_skips_cpuid,
         ),
     ]
 }
