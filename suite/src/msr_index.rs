@@ -31,6 +31,8 @@ indices! {
     /// IA32_MC0_CTL2 (SDM vol. 4 table 2-2; bank i's CTL2 is 0x280 + i).
     IA32_MC0_CTL2 = 0x280;
     X2APIC_TPR = 0x808;
+    /// IA32_TSC_DEADLINE (SDM vol. 3A 12.5.4.1).
+    IA32_TSC_DEADLINE = 0x6e0;
     IA32_EFER = 0xc000_0080;
     MSR_SYSCALL_MASK = 0xc000_0084;
     MSR_KERNEL_GS_BASE = 0xc000_0102;

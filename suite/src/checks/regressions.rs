@@ -365,6 +365,74 @@ fn host_efer_skips_cpuid(ctx: &Context) -> Outcome {
     }
 }
 
+use crate::msr_index::{IA32_TSC, IA32_TSC_DEADLINE as TSC_DEADLINE};
+/// The LVT timer register's offset (SDM vol. 3A table 12-1) and its TSC-deadline mode (bits
+/// 18:17 = 10b) with the entry masked (bit 16), so no interrupt is ever delivered.
+const APIC_LVTT: usize = 0x320;
+const LVTT_TSC_DEADLINE_MASKED: u32 = (0b10 << 17) | (1 << 16) | 0xec;
+const DEADLINE_CITE: &str = "d2286ba7d574 'KVM: LAPIC: Prevent setting the tscdeadline timer if the lapic is hw disabled': lapic.c kvm_set_lapic_tscdeadline_msr and kvm_get_lapic_tscdeadline_msr return early when !kvm_apic_present (IA32_APIC_BASE.EN clear) or LVTT is not in TSC-deadline mode (6.1, 6.12, 7.2 alike); x86.c kvm_set_msr_common MSR_IA32_TSC_DEADLINE takes the write either way. The mode needs CPUID TSC_DEADLINE_TIMER in the vCPU's CPUID (lapic.c timer_mode_mask). SDM vol. 3A 12.5.4.1";
+
+/// With LVTT in TSC-deadline mode: a host write of IA32_TSC_DEADLINE is kept while the APIC is
+/// enabled (the control), reads 0 and is dropped while IA32_APIC_BASE.EN is clear.
+fn tsc_deadline_hw_disabled_apic(ctx: &Context) -> Outcome {
+    let f = cpuid::feature("TSC_DEADLINE").expect("in cpuid::FEATURES");
+    let mut table = ctx.facts.supported_cpuid.clone();
+    table.set(f, true);
+    let (_vm, vcpu) = match vm_with_vcpu(ctx, 0, table) {
+        Ok(x) => x,
+        Err(e) => return Outcome::harness(e),
+    };
+    if vcpu.effective_cpuid.as_ref().is_none_or(|c| !c.has(f)) {
+        return Outcome::skip("KVM_GET_CPUID2 does not show TSC_DEADLINE after KVM_SET_CPUID2 with it: no TSC-deadline mode");
+    }
+    let mut lapic = match vcpu.get_lapic() {
+        Ok(l) => l,
+        Err(e) => {
+            return Outcome::fail("KVM_GET_LAPIC with the split irqchip", format!("errno {e}"))
+        }
+    };
+    lapic.set_reg(APIC_LVTT, LVTT_TSC_DEADLINE_MASKED);
+    if let Err(e) = vcpu.set_lapic(&lapic) {
+        return Outcome::fail(
+            "KVM_SET_LAPIC of LVTT in TSC-deadline mode",
+            format!("errno {e}"),
+        );
+    }
+    let (Some(base), Some(tsc)) = (vcpu.get_msr(APIC_BASE), vcpu.get_msr(IA32_TSC)) else {
+        return Outcome::fail("host reads of IA32_APIC_BASE and IA32_TSC", "failed");
+    };
+    // A deadline seconds ahead (no expiry clears it while the check runs), and another one.
+    let (kept, dropped) = (tsc + 10_000_000_000, tsc + 20_000_000_000);
+    let write_read = |value: u64| {
+        let taken = vcpu.set_msr(TSC_DEADLINE, value);
+        (taken, vcpu.get_msr(TSC_DEADLINE))
+    };
+    let control = write_read(kept);
+    let disable = vcpu.set_msr(APIC_BASE, base & !APIC_BASE_EN);
+    let disabled = write_read(dropped);
+    let enable = vcpu.set_msr(APIC_BASE, base);
+    let after = vcpu.get_msr(TSC_DEADLINE);
+    let actual = format!(
+        "enabled: write {} read {:x?}; EN cleared {disable}: write {} read {:x?}; EN set again {enable}: read {after:x?}",
+        control.0, control.1, disabled.0, disabled.1
+    );
+    if control != (true, Some(kept)) || !disable || !enable {
+        return Outcome::fail(
+            "the control: with the APIC enabled the deadline written reads back, and the host may clear and set EN",
+            actual,
+        );
+    }
+    // After EN is set again the earlier deadline (or 0, had it expired) is what KVM holds.
+    if disabled == (true, Some(0)) && after != Some(dropped) {
+        Outcome::pass(actual)
+    } else {
+        Outcome::fail(
+            "with EN clear: the write taken but dropped (reads 0, and not there once EN is set again)",
+            actual,
+        )
+    }
+}
+
 pub fn checks(_ctx: &Context) -> Vec<Check> {
     vec![
         Check::new(
@@ -408,6 +476,13 @@ pub fn checks(_ctx: &Context) -> Vec<Check> {
             "a host KVM_SET_MSRS of EFER.LME on a vCPU whose CPUID lacks LM is taken and reads back (the CPUID check is for the guest's own writes)",
             HOST_EFER_CITE,
             host_efer_skips_cpuid,
+        ),
+        Check::new(
+            CheckId::fixed(Family::Regression, "tsc-deadline.hw-disabled-apic-drops-write"),
+            Some(TSC_DEADLINE),
+            "with LVTT in TSC-deadline mode, a host IA32_TSC_DEADLINE write reads back while the APIC is enabled and is dropped (reads 0) while IA32_APIC_BASE.EN is clear",
+            DEADLINE_CITE,
+            tsc_deadline_hw_disabled_apic,
         ),
     ]
 }

@@ -270,6 +270,15 @@ impl Vcpu {
         })
     }
 
+    /// KVM_SET_LAPIC (api.rst 4.58): load a register page into the in-kernel local APIC (what
+    /// kvm_apic_set_state derives from it, e.g. the LVT timer mode, follows).
+    pub fn set_lapic(&self, l: &LapicState) -> std::result::Result<(), Errno> {
+        let s = kvm_bindings::kvm_lapic_state {
+            regs: l.regs.map(|b| b as _),
+        };
+        self.fd.set_lapic(&s).map_err(Errno::from)
+    }
+
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.x): from now on the KVM PV MSRs follow the
     /// vCPU's KVM_CPUID_FEATURES bits.
     pub fn enforce_pv_cpuid(&mut self) -> std::result::Result<(), Errno> {
@@ -308,5 +317,10 @@ impl LapicState {
     pub fn reg(&self, offset: usize) -> u32 {
         let b = &self.regs[offset..offset + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Set the 32-bit register at `offset`, little-endian.
+    pub fn set_reg(&mut self, offset: usize, value: u32) {
+        self.regs[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
     }
 }
