@@ -75,7 +75,7 @@ fn mask_matrix(ctx: &Context) -> Outcome {
                 data: 0,
             });
             if let Some(d) = run.death {
-                return Outcome::fail("the guest program to complete", d.to_string());
+                return Outcome::died(d);
             }
             let exited: Vec<u32> = run.msr_exits.iter().map(|e| e.reason).collect();
             let ok = if mask & reason != 0 {
@@ -180,10 +180,7 @@ fn one_exit(
     let mut m = exit_machine(ctx, mask)?;
     let run = m.run_ops_with(&[op], &mut |_| reply);
     if let Some(d) = &run.death {
-        return Err(Outcome::fail(
-            "the guest program to complete",
-            d.to_string(),
-        ));
+        return Err(Outcome::died(d));
     }
     Ok((run, m))
 }
@@ -289,7 +286,7 @@ fn error_injects_gp(ctx: &Context) -> Outcome {
         },
     );
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     if run.msr_exits.len() == 2 && run.outcomes.iter().all(|o| o.is_gp()) {
         Outcome::pass("error=1 made both the RDMSR and the WRMSR #GP")

@@ -150,7 +150,7 @@ fn mcg_ctl_with_ctl_p(ctx: &Context) -> Outcome {
         GuestOp::Rdmsr(MCG_CTL),
     ]);
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     let o = &run.outcomes;
     let ok = host == Some(ALL_ONES)

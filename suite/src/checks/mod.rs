@@ -66,6 +66,11 @@ impl Outcome {
             Outcome::fail(expected, problems.join("; "))
         }
     }
+    /// A guest that died before its program completed (internal error, shutdown, unexpected
+    /// exception, timeout) fails the check that ran it.
+    pub fn died(death: impl std::fmt::Display) -> Self {
+        Outcome::fail("the guest program to complete", death.to_string())
+    }
     /// A harness error (a VM could not be created, ...) fails the check that needed it.
     pub fn harness(e: crate::Error) -> Self {
         Outcome::fail(

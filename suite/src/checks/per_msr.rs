@@ -86,7 +86,7 @@ fn repeat(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     with_machine(ctx, false, |m| {
         let reads = match m.access(path, &[GuestOp::Rdmsr(index), GuestOp::Rdmsr(index)]) {
             Ok(x) => x,
-            Err(d) => return super::catalogued::died(d),
+            Err(d) => return Outcome::died(d),
         };
         match (reads[0], reads[1]) {
             (Access::Read(a), Access::Read(b)) => match reads_agree(info, a, b) {
@@ -155,7 +155,7 @@ fn guest_matches_host(ctx: &Context, index: u32) -> Outcome {
         let run = m.run_ops(&[GuestOp::Rdmsr(index)]);
         let after = m.vcpu.get_msr(index);
         if let Some(d) = run.death {
-            return Outcome::fail("the guest program to complete", d.to_string());
+            return Outcome::died(d);
         }
         let guest = run.outcomes[0];
         let unmet = info

@@ -26,11 +26,11 @@ fn pvclock(ctx: &Context, msr: u32) -> Outcome {
     match (run.death, run.outcomes[0]) {
         (None, OpOutcome::Wrote) => {}
         (None, o) => return Outcome::fail("the guest enables kvm-clock", o.to_string()),
-        (Some(d), _) => return Outcome::fail("the guest program to complete", d.to_string()),
+        (Some(d), _) => return Outcome::died(d),
     }
     let again = m.run_ops(&[GuestOp::Rdmsr(msr)]);
     if let Some(d) = again.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     let mut b = [0u8; 32];
     m.vm.mem.read(CLOCK_GPA, &mut b);
@@ -66,7 +66,7 @@ fn wall_clock(ctx: &Context, msr: u32) -> Outcome {
     match (run.death, run.outcomes[0]) {
         (None, OpOutcome::Wrote) => {}
         (None, o) => return Outcome::fail("the guest writes the wall-clock MSR", o.to_string()),
-        (Some(d), _) => return Outcome::fail("the guest program to complete", d.to_string()),
+        (Some(d), _) => return Outcome::died(d),
     }
     let mut b = [0u8; 12];
     m.vm.mem.read(WALL_GPA, &mut b);

@@ -50,7 +50,7 @@ fn ctl2_without_cmci(ctx: &Context) -> Outcome {
     }
     let run = m.run_ops(&[GuestOp::Rdmsr(MC0_CTL2), GuestOp::Wrmsr(MC0_CTL2, 0)]);
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     for (what, o) in ["RDMSR", "WRMSR 0"].iter().zip(&run.outcomes) {
         if !o.is_gp() {
@@ -94,7 +94,7 @@ fn ctl2_with_cmci(ctx: &Context) -> Outcome {
         GuestOp::Rdmsr(MC0_CTL2),
     ]);
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     let o = &run.outcomes;
     if o[0] != OpOutcome::Read(value) {
@@ -169,7 +169,7 @@ fn cpuid_fault_any_order(ctx: &Context) -> Outcome {
 }
 
 /// IA32_APIC_BASE (SDM vol. 3A 12.4.4): EN (bit 11), EXTD (bit 10, x2APIC mode).
-const APIC_BASE: u32 = 0x1b;
+use crate::msr_index::IA32_APIC_BASE as APIC_BASE;
 const APIC_BASE_EN: u64 = 1 << 11;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 /// The local APIC ID register's offset in the register page (SDM vol. 3A table 12-1).

@@ -101,7 +101,7 @@ fn guest_write_tsc(ctx: &Context) -> Outcome {
         GuestOp::Rdmsr(TSC_ADJUST),
     ]);
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     let (OpOutcome::Read(t1), OpOutcome::Read(adj)) = (run.outcomes[1], run.outcomes[2]) else {
         return Outcome::fail(
@@ -142,7 +142,7 @@ fn guest_write_adjust(ctx: &Context) -> Outcome {
         GuestOp::Rdmsr(TSC_ADJUST),
     ]);
     if let Some(death) = run.death {
-        return Outcome::fail("the guest program to complete", death.to_string());
+        return Outcome::died(death);
     }
     let (OpOutcome::Read(t0), OpOutcome::Read(t1), OpOutcome::Read(adj)) =
         (run.outcomes[0], run.outcomes[2], run.outcomes[3])

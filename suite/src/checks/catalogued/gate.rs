@@ -20,7 +20,7 @@ pub(super) fn read_fails(ctx: &Context, index: u32, path: AccessPath) -> Outcome
     };
     let reader = reader(path);
     match mach.read(path, index) {
-        Err(d) => died(d),
+        Err(d) => Outcome::died(d),
         Ok(a) if a.rejected() => Outcome::pass(match path {
             AccessPath::Host => "host read not processed",
             AccessPath::Guest => "guest RDMSR #GP",
@@ -136,7 +136,7 @@ pub(super) fn gate_closed(ctx: &Context, index: u32) -> Outcome {
     let guest = [GuestOp::Rdmsr(index), GuestOp::Wrmsr(index, value)];
     let (rd, wr) = match mach.access(AccessPath::Guest, &guest) {
         Ok(x) => (x[0], x[1]),
-        Err(d) => return died(d),
+        Err(d) => return Outcome::died(d),
     };
     let ignore = ctx.facts.ignore_msrs();
     let ignored = ignore && unsupported;

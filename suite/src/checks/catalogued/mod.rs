@@ -9,7 +9,7 @@ use crate::catalogue::{
 };
 pub(super) use crate::check_id::{CheckId, Family};
 use crate::kvm::cpuid::{self};
-use crate::machine::{GuestDeath, Machine};
+use crate::machine::Machine;
 
 mod gate;
 mod reserved;
@@ -138,11 +138,6 @@ pub(super) fn reader(path: AccessPath) -> &'static str {
         AccessPath::Host => "host read",
         AccessPath::Guest => "guest RDMSR",
     }
-}
-
-/// A guest that died before its program completed: the check's failure.
-pub(super) fn died(d: GuestDeath) -> Outcome {
-    Outcome::fail("the guest program to complete", d.to_string())
 }
 
 pub(super) fn gate_state(m: &MsrInfo, mach: &Machine) -> Option<GateState> {

@@ -77,7 +77,7 @@ pub(super) fn reserved(ctx: &Context, index: u32, path: AccessPath) -> Outcome {
     }
     let done = match mach.access(path, &ops) {
         Ok(x) => x,
-        Err(d) => return died(d),
+        Err(d) => return Outcome::died(d),
     };
     let accepted: Vec<(u32, Access)> = walked
         .iter()

@@ -66,7 +66,7 @@ pub(super) fn reset(ctx: &Context, index: u32, quirks_off: u64, path: AccessPath
     }
     let got = match mach.read(path, index) {
         Ok(a) => a,
-        Err(d) => return died(d),
+        Err(d) => return Outcome::died(d),
     };
     let read = got.value();
     match path {

@@ -45,19 +45,6 @@ pub(crate) fn expected_after(
     }
 }
 
-/// The machine a write rule runs on, or why the rule does not apply on this backend.
-fn write_machine(
-    ctx: &Context,
-    m: &MsrInfo,
-    rule: &WriteRule,
-    vendor: Option<GuestVendor>,
-) -> Result<Machine, Outcome> {
-    if let Some(o) = not_on_backend(ctx, m) {
-        return Err(o);
-    }
-    machine_for_write(ctx, m, rule, vendor)
-}
-
 /// What a write from one path left behind: the MSR, the host's read before it, the write and this path's
 /// read back (None for a write-only MSR), the host's read after it; with the check's words for
 /// the write (`host writes 0x..`) and the rule's cite.
@@ -83,7 +70,10 @@ pub(super) fn write(
     path: AccessPath,
 ) -> Outcome {
     let m = info(ctx, index);
-    let mut mach = match write_machine(ctx, m, rule, vendor) {
+    if let Some(o) = not_on_backend(ctx, m) {
+        return o;
+    }
+    let mut mach = match machine_for_write(ctx, m, rule, vendor) {
         Ok(x) => x,
         Err(o) => return o,
     };
@@ -106,7 +96,7 @@ pub(super) fn write(
     let ops = [GuestOp::Wrmsr(index, rule.value), GuestOp::Rdmsr(index)];
     let done = match mach.access(path, &ops[..1 + usize::from(readable)]) {
         Ok(x) => x,
-        Err(d) => return died(d),
+        Err(d) => return Outcome::died(d),
     };
     let back = done.get(1).copied();
     let w = Written {
@@ -211,7 +201,7 @@ fn accepted(
             "{said}: reads back {after:x?} (guest view not checked: the guest may not read it)"
         )),
         AccessPath::Host => match mach.read(AccessPath::Guest, w.index) {
-            Err(d) => died(d),
+            Err(d) => Outcome::died(d),
             Ok(Access::Read(g)) if g == want => Outcome::pass(both),
             Ok(o) => Outcome::fail(
                 format!("the guest reads what the host wrote: {after:x?}"),

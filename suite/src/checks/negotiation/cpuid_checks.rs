@@ -51,7 +51,7 @@ pub(super) fn guest_cpuid_matches(ctx: &Context, name: &'static str) -> Outcome 
     let regs = match (run.death, run.outcomes[0]) {
         (None, OpOutcome::Cpuid(r)) => r,
         (None, o) => return Outcome::fail("the guest executes CPUID", o.to_string()),
-        (Some(d), _) => return Outcome::fail("the guest program to complete", d.to_string()),
+        (Some(d), _) => return Outcome::died(d),
     };
     let reg = match f.reg {
         cpuid::Reg::Eax => regs[0],
@@ -84,7 +84,7 @@ pub(super) fn linux_arch_cap_detection(ctx: &Context) -> Outcome {
     let (regs, rd) = match (run.death, run.outcomes[0], run.outcomes[1]) {
         (None, OpOutcome::Cpuid(r), rd) => (r, rd),
         (None, o, _) => return Outcome::fail("the guest executes CPUID", o.to_string()),
-        (Some(d), _, _) => return Outcome::fail("the guest program to complete", d.to_string()),
+        (Some(d), _, _) => return Outcome::died(d),
     };
     let enumerated = regs[3] & (1 << 29) != 0;
     match (enumerated, rd) {
@@ -129,9 +129,7 @@ pub(super) fn guest_cpuid_follows_set_cpuid2(ctx: &Context) -> Outcome {
             let regs = match (run.death, run.outcomes[0]) {
                 (None, OpOutcome::Cpuid(r)) => r,
                 (None, o) => return Outcome::fail("the guest executes CPUID", o.to_string()),
-                (Some(d), _) => {
-                    return Outcome::fail("the guest program to complete", d.to_string())
-                }
+                (Some(d), _) => return Outcome::died(d),
             };
             let guest = regs[f.reg as usize] & (1 << f.bit) != 0;
             if kvm != on || guest != on {
@@ -231,7 +229,7 @@ pub(super) fn misc_enable_mwait_drives_cpuid(ctx: &Context) -> Outcome {
         GuestOp::Cpuid(1, 0),
     ]);
     if let Some(d) = run.death {
-        return Outcome::fail("the guest program to complete", d.to_string());
+        return Outcome::died(d);
     }
     let monitor = |o: OpOutcome| match o {
         OpOutcome::Cpuid(r) => Some(r[2] & (1 << 3) != 0),

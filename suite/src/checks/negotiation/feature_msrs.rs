@@ -141,7 +141,7 @@ pub(super) fn guest_reads_what_userspace_set(ctx: &Context, index: u32) -> Outco
             Outcome::pass(format!("userspace set {}, the guest read it", hex(set)))
         }
         (None, o) => Outcome::fail(format!("the guest reads {}", hex(set)), o.to_string()),
-        (Some(d), _) => Outcome::fail("the guest program to complete", d.to_string()),
+        (Some(d), _) => Outcome::died(d),
     }
 }
 
@@ -167,7 +167,7 @@ pub(super) fn platform_info_cap(ctx: &Context, allow: bool) -> Outcome {
     let host = m.vcpu.get_msr(PLATFORM_INFO);
     let run = m.run_ops(&[GuestOp::Rdmsr(PLATFORM_INFO)]);
     let guest = match run.death {
-        Some(d) => return Outcome::fail("the guest program to complete", d.to_string()),
+        Some(d) => return Outcome::died(d),
         None => run.outcomes[0],
     };
     let guest_ok = if allow {
@@ -213,7 +213,7 @@ pub(super) fn core_capabilities_unsupported(ctx: &Context) -> Outcome {
     let host = m.vcpu.get_msr(CORE_CAPS);
     let run = m.run_ops(&[GuestOp::Rdmsr(CORE_CAPS)]);
     let guest = match run.death {
-        Some(d) => return Outcome::fail("the guest program to complete", d.to_string()),
+        Some(d) => return Outcome::died(d),
         None => run.outcomes[0],
     };
     let ignored = ctx.facts.ignore_msrs();
