@@ -17,7 +17,8 @@
  *
  * Not part of the floor, but where the rest of the loop's time goes: futex(2) calls made through
  * syscall(3) (how Rust's std waits on a channel or a lock: the main thread waiting for the vCPU
- * supplier) are timed as request "futex", and at exit the main thread's own CPU time
+ * supplier) are timed as request "futex", wake-ups (FUTEX_WAKE: handing it work) as "futex-wake",
+ * and at exit the main thread's own CPU time
  * (getrusage RUSAGE_THREAD) is written as "cpu <user-ns> <system-ns>": loop wall time minus CPU
  * time is time the main thread was off the CPU (waiting or preempted by other threads).
  */
@@ -41,6 +42,7 @@
 #define MMAP_REQ (~1UL)
 #define MUNMAP_REQ (~2UL)
 #define FUTEX_REQ (~3UL)
+#define FUTEX_WAKE_REQ (~4UL)
 
 struct slot {
 	_Atomic unsigned long req; /* 0 = free */
@@ -133,7 +135,8 @@ long syscall(long nr, ...)
 		return real_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	unsigned long long t0 = now_ns();
 	long ret = real_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-	account(FUTEX_REQ, t0, now_ns());
+	/* FUTEX_WAKE (1) apart from the waits: a wake-up is the waker's own cost. */
+	account((a[1] & 0x7f) == 1 ? FUTEX_WAKE_REQ : FUTEX_REQ, t0, now_ns());
 	return ret;
 }
 
@@ -184,6 +187,7 @@ static const char *name(unsigned long req)
 	case MMAP_REQ: return "mmap";
 	case MUNMAP_REQ: return "munmap";
 	case FUTEX_REQ: return "futex";
+	case FUTEX_WAKE_REQ: return "futex-wake";
 	default: return NULL;
 	}
 }

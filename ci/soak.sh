@@ -11,7 +11,7 @@
 # /proc/<pid>/status (VmRSS) and /proc/<pid>/fd are sampled every second; after a warm-up (the
 # first tenth of the run, at least 5 s) RSS may grow by less than 10 MB and the floor of open fds
 # (the fewest open in a quarter of the run: VM and vCPU fds come and go with every input) by no
-# more than the host target's pool stock can vary (16 vCPUs). libFuzzer's corpus grows during a
+# more than the host target's pool stock can vary (48 vCPUs). libFuzzer's corpus grows during a
 # run, so -rss_limit_mb is left alone and the corpus is kept in a temp dir on tmpfs (/dev/shm).
 # Throughput: the run is made under ci/ioctl-clock.c (LD_PRELOAD), which times every ioctl,
 # close, mmap and munmap; the main thread's (libFuzzer's loop) sum is the kernel-imposed floor,
@@ -120,10 +120,10 @@ s = {
     "fds_floor_early": min(r[2] for r in after[:max(1, len(after) // 4)]),
     "fds_floor_late": min(r[2] for r in after[-max(1, len(after) // 4):]),
 }
-# The host target's pool keeps a varying stock of vCPUs (up to READY + IDLE_RAN_MAX + BATCH = 16
-# in suite/src/fuzzing/pool.rs), so its floor may move by that much; a leak of one fd per input
-# would pass it within seconds.
-s["ok"] = frc == 0 and s["rss_growth_mb"] < 10 and s["fds_floor_late"] <= s["fds_floor_early"] + 16
+# The host target's pool keeps a varying stock of vCPUs (NEVER_RAN_STOCK + READY + IDLE_RAN_MAX +
+# BATCH = 32 + 8 + 4 + 4 = 48 in suite/src/fuzzing/pool/), so its floor may move by that much; a
+# leak of one fd per input would pass it within seconds.
+s["ok"] = frc == 0 and s["rss_growth_mb"] < 10 and s["fds_floor_late"] <= s["fds_floor_early"] + 48
 # Throughput beside the floor (ci/ioctl-clock.c): KVM ioctls are named by their number (type 0xAE).
 KVM_NR = {0x01: "KVM_CREATE_VM", 0x02: "KVM_GET_MSR_INDEX_LIST", 0x03: "KVM_CHECK_EXTENSION",
           0x04: "KVM_GET_VCPU_MMAP_SIZE", 0x05: "KVM_GET_SUPPORTED_CPUID", 0x0a: "KVM_GET_MSR_FEATURE_INDEX_LIST",
@@ -148,8 +148,10 @@ if os.path.exists(clock) and s["executions"]:
         c[0] += int(n); c[1] += int(ns)
     n = s["executions"]
     main = {k[1]: v for k, v in calls.items() if k[0] == "main"}
-    # futex: the main thread waiting on another thread (the vCPU supplier): not kernel-imposed.
+    # futex: the main thread waiting on another thread (the vCPU supplier), and waking it up to
+    # hand it work (futex-wake): the harness's threading, not kernel-imposed.
     waits_s = main.pop("futex", [0, 0])[1] / 1e9
+    wakes_s = main.pop("futex-wake", [0, 0])[1] / 1e9
     cpu = next(([int(r[1]) / 1e9, int(r[2]) / 1e9] for r in rows if r[0] == "cpu"), None)
     floor_s = sum(v[1] for v in main.values()) / 1e9
     kvm_calls = sum(v[0] for k, v in main.items() if k.startswith("KVM"))
@@ -164,6 +166,7 @@ if os.path.exists(clock) and s["executions"]:
         # Where the rest of the loop's wall time goes: waiting on other threads, and the main
         # thread's user-mode CPU time (harness, oracles, libFuzzer) over the whole process.
         "wait_fraction": round(waits_s / wall, 3),
+        "wake_fraction": round(wakes_s / wall, 3),
         "user_cpu_fraction": round(cpu[0] / wall, 3) if cpu else None,
         "calls": {k: {"per_exec": round(v[0] / n, 3), "mean_us": round(v[1] / v[0] / 1e3, 2),
                       "share_of_wall": round(v[1] / 1e9 / wall, 3)}
@@ -188,6 +191,7 @@ for s in soak:
               f"(+{tp['kvm_ioctls_per_exec_other_threads']} on other threads), kernel floor {tp['floor_us_per_exec']} us/exec "
               f"= {tp['floor_exec_per_s']} exec/s; the target reaches {round(100 * tp['floor_fraction'])}% of it (goal 90%)")
         print(f"    the rest of the loop: {round(100 * tp['wait_fraction'])}% waiting on other threads, "
+              f"{round(100 * tp.get('wake_fraction', 0))}% waking them, "
               f"user-mode CPU {round(100 * (tp['user_cpu_fraction'] or 0))}% (harness and libFuzzer)")
         print("    " + ", ".join(f"{k} {v['per_exec']}/exec x {v['mean_us']} us" for k, v in tp["calls"].items()))
 sys.exit(0 if all(s["ok"] for s in soak) else 1)
