@@ -86,7 +86,8 @@ for t in ${SOAK_TARGETS:-$(basename -s .rs fuzz/fuzz_targets/*.rs)}; do
   work=$(mktemp -d -p "$shm" kvm-msr-soak.XXXXXX)
   cp -r "fixtures/corpus/$t/." "$work/" 2>/dev/null || true
   log="$out/soak-$t.log"
-  rm -f "$out/clock-$t".*
+  rm -f "$out/clock-$t".* "$out/callback-$t"
+  KVM_MSR_FUZZ_CALLBACK_CLOCK="$(realpath "$out")/callback-$t" \
   IOCTL_CLOCK_OUT="$(realpath "$out")/clock-$t" LD_PRELOAD="$clock" \
     "$bins/$t" "$work" -max_total_time="$secs" \
     ${execs:+-runs="$execs"} -print_final_stats=1 >"$log" 2>&1 &
@@ -103,9 +104,9 @@ for t in ${SOAK_TARGETS:-$(basename -s .rs fuzz/fuzz_targets/*.rs)}; do
   wait "$pid"
   frc=$?
   rm -rf "$work"
-  python3 - "$t" "$samples" "$log" "$warm" "$frc" "$out/clock-$t.$pid" <<'PY' >>"$out/soak.jsonl"
+  python3 - "$t" "$samples" "$log" "$warm" "$frc" "$out/clock-$t.$pid" "$out/callback-$t" <<'PY' >>"$out/soak.jsonl"
 import json, os, re, sys
-t, samples, log, warm, frc, clock = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+t, samples, log, warm, frc, clock, callback = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
 rows = [tuple(map(int, l.split())) for l in open(samples) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows[-1:]
 text = open(log, errors="replace").read()
@@ -172,6 +173,19 @@ if os.path.exists(clock) and s["executions"]:
                       "share_of_wall": round(v[1] / 1e9 / wall, 3)}
                   for k, v in sorted(main.items(), key=lambda kv: -kv[1][1]) if v[1] / 1e9 / wall >= 0.001},
     }
+    # The target's own time per input (fuzz_targets/common/callback_clock.rs): the loop's time
+    # outside it is libFuzzer's (mutation, feature collection, corpus upkeep, decoding the input);
+    # inside it, what is not a timed call is the harness's own work. A target whose harness cost
+    # nothing would reach floor / (floor + libFuzzer's time) of the floor.
+    if os.path.exists(callback):
+        _, inputs, ns = open(callback).read().split()
+        inside_s = int(ns) / 1e9
+        outside_s = max(wall - inside_s, 0)
+        s["throughput"].update({
+            "libfuzzer_fraction": round(outside_s / wall, 3),
+            "harness_fraction": round(max(inside_s - floor_s - waits_s - wakes_s, 0) / wall, 3),
+            "floor_fraction_with_free_harness": round(floor_s / (floor_s + outside_s), 3),
+        })
 print(json.dumps(s))
 PY
   rm -f "$samples"
@@ -193,6 +207,10 @@ for s in soak:
         print(f"    the rest of the loop: {round(100 * tp['wait_fraction'])}% waiting on other threads, "
               f"{round(100 * tp.get('wake_fraction', 0))}% waking them, "
               f"user-mode CPU {round(100 * (tp['user_cpu_fraction'] or 0))}% (harness and libFuzzer)")
+        if "libfuzzer_fraction" in tp:
+            print(f"    split at the target's entry: libFuzzer's own loop {round(100 * tp['libfuzzer_fraction'])}%, "
+                  f"the harness's own work {round(100 * tp['harness_fraction'])}%; with a harness that cost "
+                  f"nothing the target would reach {round(100 * tp['floor_fraction_with_free_harness'])}% of the floor")
         print("    " + ", ".join(f"{k} {v['per_exec']}/exec x {v['mean_us']} us" for k, v in tp["calls"].items()))
 sys.exit(0 if all(s["ok"] for s in soak) else 1)
 PY

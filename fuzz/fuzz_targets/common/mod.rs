@@ -2,6 +2,7 @@
 //! observable-outcome feedback and the kernel-log oracle. A target is one line:
 //! `kvm_msr_fuzz_target!(SomeExecutor);` over an executor of `kvm_msr_suite::fuzzing::target`.
 
+pub mod callback_clock;
 pub mod feedback;
 
 /// Define the libFuzzer entry point of executor `$exec`: each input is decoded as its `Input`,
@@ -19,6 +20,10 @@ macro_rules! kvm_msr_fuzz_target {
         }
 
         libfuzzer_sys::fuzz_target!(|input: <$exec as kvm_msr_suite::fuzzing::Executor>::Input| {
+            $crate::common::callback_clock::timed(|| run(&input));
+        });
+
+        fn run(input: &<$exec as kvm_msr_suite::fuzzing::Executor>::Input) {
             let ctx = CTX.get_or_init(|| {
                 kvm_msr_suite::checks::Context::load()
                     .unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}"))
@@ -28,13 +33,13 @@ macro_rules! kvm_msr_fuzz_target {
                 let exec = e.get_or_insert_with(|| {
                     <$exec>::for_fuzzing(ctx).unwrap_or_else(|v| panic!("kvm-msr fuzz: {v}"))
                 });
-                exec.run(ctx, &input, &mut feats)
+                exec.run(ctx, input, &mut feats)
             });
             $crate::common::feedback::record(&feats);
             $crate::common::feedback::check_kernel_log();
             if let Err(v) = result {
                 panic!("{v}\ninput: {input:?}");
             }
-        });
+        }
     };
 }
