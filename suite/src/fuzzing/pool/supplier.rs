@@ -104,7 +104,8 @@ impl Factory {
 /// The vCPU whose destruction takes its VM with it (the last one of a VM: kvm_destroy_vm destroys
 /// all `VCPUS_PER_VM` vCPUs, 3-7 ms on the nested test host) goes to a reaper thread of the lowest
 /// priority: behind such a destruction the fuzzing thread waited for resets it needed, ~1 ms per
-/// wait, 3-4 % of its time even with the pool's stock of never-run vCPUs; with the reaper, under 1 %.
+/// wait, 3-4 % of its time even with the pool's stock of never-run vCPUs; with the reaper, under
+/// 1 %.
 pub(super) struct Supplier {
     /// New and reset vCPUs, in the order the supplier finished them.
     pub(super) supply: mpsc::Receiver<Supply>,
