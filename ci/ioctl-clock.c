@@ -135,8 +135,10 @@ long syscall(long nr, ...)
 		return real_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	unsigned long long t0 = now_ns();
 	long ret = real_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-	/* FUTEX_WAKE (1) apart from the waits: a wake-up is the waker's own cost. */
-	account((a[1] & 0x7f) == 1 ? FUTEX_WAKE_REQ : FUTEX_REQ, t0, now_ns());
+	/* Wake-ups (FUTEX_WAKE 1, FUTEX_WAKE_BITSET 10) apart from the waits: a wake-up is the
+	 * waker's own cost. */
+	long op = a[1] & 0x7f;
+	account(op == 1 || op == 10 ? FUTEX_WAKE_REQ : FUTEX_REQ, t0, now_ns());
 	return ret;
 }
 
