@@ -57,6 +57,13 @@ fn permission_detail(path: &Path) -> String {
 }
 
 impl KvmSystem {
+    /// KVM_GET_VCPU_MMAP_SIZE (api.rst 4.5): the size of a vCPU's kvm_run mapping, which on x86
+    /// holds the kvm_run page, the PIO data page (KVM_PIO_PAGE_OFFSET 1) and the coalesced-MMIO
+    /// ring.
+    pub fn vcpu_mmap_size(&self) -> std::result::Result<usize, Errno> {
+        self.kvm.get_vcpu_mmap_size().map_err(Errno::from)
+    }
+
     /// The device path: `$KVM_MSR_DEVICE` or `/dev/kvm`.
     pub fn device_path() -> PathBuf {
         std::env::var_os(DEVICE_ENV)

@@ -238,6 +238,21 @@ impl Vcpu {
             .all_processed(what)
     }
 
+    /// Touch the pages of the kvm_run mapping the harness reads after KVM_RUN (the kvm_run page
+    /// and the PIO data page at offset 4096, KVM_PIO_PAGE_OFFSET), so their page faults
+    /// (kvm_vcpu_fault) are taken now, by the thread that calls this, rather than by the first
+    /// KVM_RUN's caller. `mmap_size` is KVM_GET_VCPU_MMAP_SIZE; pages past it are left alone.
+    pub fn prefault_run_area(&mut self, mmap_size: usize) {
+        const PAGE: usize = 4096;
+        let base = (self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run).cast::<u8>();
+        for offset in (0..mmap_size.min(2 * PAGE)).step_by(PAGE) {
+            // SAFETY: kvm-ioctls maps `mmap_size` bytes (KVM_GET_VCPU_MMAP_SIZE) of the vCPU fd
+            // at `base` for the vCPU's lifetime and `offset` is inside them; the read is of one
+            // byte, volatile so it is not optimised away, and has no effect but the page fault.
+            unsafe { std::ptr::read_volatile(base.add(offset)) };
+        }
+    }
+
     /// KVM_RUN once, with a deadline. Never blocks past `timeout` (plus a few milliseconds).
     pub fn run(&mut self, timeout: Duration) -> Exit {
         let start = self.deadline.arm(timeout);

@@ -145,8 +145,16 @@ impl VcpuPool {
     /// A pool; with `background`, fresh vCPUs are made, used ones reset and dropped ones
     /// destroyed on a thread of their own.
     pub fn new(ctx: &Context, mode: PoolMode, background: bool) -> Result<VcpuPool> {
+        let sys = KvmSystem::open_at(ctx.sys().path())?;
+        let run_area = sys
+            .vcpu_mmap_size()
+            .map_err(|errno| Error::Ioctl {
+                what: "KVM_GET_VCPU_MMAP_SIZE",
+                errno,
+            })?;
         let factory = Factory {
-            sys: KvmSystem::open_at(ctx.sys().path())?,
+            sys,
+            run_area,
             mode,
             stage: None,
             cpuid: ctx.facts.supported_cpuid.clone(),
