@@ -86,10 +86,12 @@ for t in ${SOAK_TARGETS:-$(basename -s .rs fuzz/fuzz_targets/*.rs)}; do
   work=$(mktemp -d -p "$shm" kvm-msr-soak.XXXXXX)
   cp -r "fixtures/corpus/$t/." "$work/" 2>/dev/null || true
   log="$out/soak-$t.log"
+  # The target's campaign flags (fuzz/options/<target>), as README's campaign runs it.
+  flags=$(ci/fuzz-options.sh "$t")
   rm -f "$out/clock-$t".* "$out/callback-$t"
   KVM_MSR_FUZZ_CALLBACK_CLOCK="$(realpath "$out")/callback-$t" \
   IOCTL_CLOCK_OUT="$(realpath "$out")/clock-$t" LD_PRELOAD="$clock" \
-    "$bins/$t" "$work" -max_total_time="$secs" \
+    "$bins/$t" "$work" $flags -max_total_time="$secs" \
     ${execs:+-runs="$execs"} -print_final_stats=1 >"$log" 2>&1 &
   pid=$!
   samples="$out/soak-$t.samples"
@@ -104,15 +106,15 @@ for t in ${SOAK_TARGETS:-$(basename -s .rs fuzz/fuzz_targets/*.rs)}; do
   wait "$pid"
   frc=$?
   rm -rf "$work"
-  python3 - "$t" "$samples" "$log" "$warm" "$frc" "$out/clock-$t.$pid" "$out/callback-$t" <<'PY' >>"$out/soak.jsonl"
+  python3 - "$t" "$samples" "$log" "$warm" "$frc" "$out/clock-$t.$pid" "$out/callback-$t" "$flags" <<'PY' >>"$out/soak.jsonl"
 import json, os, re, sys
-t, samples, log, warm, frc, clock, callback = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
+t, samples, log, warm, frc, clock, callback, flags = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8]
 rows = [tuple(map(int, l.split())) for l in open(samples) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows[-1:]
 text = open(log, errors="replace").read()
 num = lambda k: int(m.group(1)) if (m := re.search(rf"stat::{k}:\s+(\d+)", text)) else None
 s = {
-    "target": t, "exit": frc, "seconds": rows[-1][0] if rows else 0,
+    "target": t, "flags": flags, "exit": frc, "seconds": rows[-1][0] if rows else 0,
     "executions": num("number_of_executed_units"), "exec_per_s": num("average_exec_per_sec"),
     "rss_kb_after_warmup": after[0][1], "rss_kb_end": after[-1][1],
     "rss_growth_mb": round((max(r[1] for r in after) - after[0][1]) / 1024, 1),
@@ -197,7 +199,8 @@ soak = [json.loads(l) for l in open(f"{out}/soak.jsonl")]
 stab = json.load(open(f"{out}/stability.json"))
 json.dump({"stability": stab, "soak": soak}, open(f"{out}/summary.json", "w"), indent=1)
 for s in soak:
-    print(f"soak {s['target']}: {s['executions']} executions in {s['seconds']} s ({s['exec_per_s']}/s), "
+    print(f"soak {s['target']}{' (' + s['flags'] + ')' if s.get('flags') else ''}: "
+          f"{s['executions']} executions in {s['seconds']} s ({s['exec_per_s']}/s), "
           f"RSS +{s['rss_growth_mb']} MB after warm-up, fd floor {s['fds_floor_early']} -> {s['fds_floor_late']}, "
           f"exit {s['exit']}: {'ok' if s['ok'] else 'GOAL MISSED'}")
     if tp := s.get("throughput"):

@@ -27,20 +27,23 @@ for t in $targets; do
   mkdir -p "$payload/corpus/$t"
   cp -r "fixtures/corpus/$t/." "$payload/corpus/$t/" 2>/dev/null || true
 done
-# Runs inside the VM (busybox sh), from /out; what it leaves in /out comes back.
-cat >"$payload/run.sh" <<RUN
-export KVM_MSR_FUZZ_KMSG=1
-rc=0
-for t in $targets; do
-  mkdir -p /out/artifacts/\$t /tmp/corpus-\$t
-  cp /fuzz/corpus/\$t/* /tmp/corpus-\$t/ 2>/dev/null
-  echo "== \$t: ${secs}s from \$(ls /tmp/corpus-\$t | wc -l) seeds"
-  /fuzz/bin/\$t /tmp/corpus-\$t -max_total_time=$secs -artifact_prefix=/out/artifacts/\$t/ \\
-    -print_final_stats=1 >/out/fuzz-\$t.log 2>&1 || rc=1
-  tail -n 12 /out/fuzz-\$t.log
-done
-exit \$rc
+# Runs inside the VM (busybox sh), from /out; what it leaves in /out comes back. Each target runs
+# with its campaign flags (fuzz/options/<target>, ci/fuzz-options.sh).
+{
+  echo "export KVM_MSR_FUZZ_KMSG=1"
+  echo "rc=0"
+  for t in $targets; do
+    cat <<RUN
+mkdir -p /out/artifacts/$t /tmp/corpus-$t
+cp /fuzz/corpus/$t/* /tmp/corpus-$t/ 2>/dev/null
+echo "== $t: ${secs}s from \$(ls /tmp/corpus-$t | wc -l) seeds $(ci/fuzz-options.sh "$t")"
+/fuzz/bin/$t /tmp/corpus-$t $(ci/fuzz-options.sh "$t") -max_total_time=$secs \\
+  -artifact_prefix=/out/artifacts/$t/ -print_final_stats=1 >/out/fuzz-$t.log 2>&1 || rc=1
+tail -n 12 /out/fuzz-$t.log
 RUN
+  done
+  echo 'exit $rc'
+} >"$payload/run.sh"
 set +e
 UPSTREAM_VM_TIMEOUT=${UPSTREAM_VM_TIMEOUT:-$(( 600 + 2 * secs * $(echo "$targets" | wc -w) ))} \
   bash ci/upstream-vm.sh "$kernel" "$profile" fuzz

@@ -263,4 +263,40 @@ mod tests {
         assert_eq!(Target::names(), ["set_batch", "guest", "filter", "host"]);
         assert_eq!(Target::from_name("nope"), None);
     }
+
+    /// fuzz/options/<target> (campaign flags, ci/fuzz-options.sh): each file names a target and
+    /// holds only libFuzzer flags of the form -name=value, one per line, or comments.
+    #[test]
+    fn campaign_options_name_targets_and_hold_flags() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/options");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("a directory entry").path())
+            .collect();
+        assert!(!files.is_empty(), "{}: no options file", dir.display());
+        for f in files {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            assert!(
+                Target::from_name(name).is_some(),
+                "{}: not a fuzz target's name",
+                f.display()
+            );
+            let text = std::fs::read_to_string(&f).expect("readable options file");
+            for (n, line) in text.lines().enumerate() {
+                let flag = line.split('#').next().unwrap_or_default().trim();
+                if flag.is_empty() {
+                    continue;
+                }
+                let ok = flag.strip_prefix('-').and_then(|f| f.split_once('=')).is_some_and(
+                    |(k, v)| {
+                        !k.is_empty()
+                            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            && !v.is_empty()
+                            && !v.contains(char::is_whitespace)
+                    },
+                );
+                assert!(ok, "{}:{}: not a -name=value flag: {line}", f.display(), n + 1);
+            }
+        }
+    }
 }
