@@ -149,12 +149,45 @@ pub enum MsrOp {
 /// larger values exercise the E2BIG rule, api.rst 4.18). Works on a vCPU fd and, for GET, on the
 /// /dev/kvm fd (feature MSRs). Pad and reserved words are zero (semantics §1.1).
 pub fn msr_io(fd: &impl AsRawFd, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) -> MsrIo {
-    let room = entries.len().max(nmsrs as usize);
+    msr_io_of(fd, op, entries.len(), nmsrs, |i| entries[i])
+}
+
+/// KVM_GET_MSRS of `indices`, one entry each (data 0), telling KVM their number.
+pub fn get_msrs(fd: &impl AsRawFd, indices: &[u32]) -> MsrIo {
+    msr_io_of(fd, MsrOp::Get, indices.len(), indices.len() as u32, |i| {
+        MsrEntry {
+            index: indices[i],
+            data: 0,
+        }
+    })
+}
+
+/// Batches up to this many entries are laid out on the stack (most are: the fuzzers' batches
+/// hold at most 16, the index list ~40-60): the fuzzing thread makes ~10 MSR ioctls per input.
+const INLINE_ENTRIES: usize = 64;
+
+/// `msr_io` of `count` entries, the i-th being `entry(i)`.
+fn msr_io_of(
+    fd: &impl AsRawFd,
+    op: MsrOp,
+    count: usize,
+    nmsrs: u32,
+    entry: impl Fn(usize) -> MsrEntry,
+) -> MsrIo {
+    let room = count.max(nmsrs as usize);
     // kvm_msrs is { u32 nmsrs; u32 pad; struct kvm_msr_entry { u32 index; u32 reserved; u64 data; }
     // entries[] }: a u64 vector of 1 + 2 * room words lays it out with natural alignment.
-    let mut buf = vec![0u64; 1 + 2 * room];
+    let mut inline = [0u64; 1 + 2 * INLINE_ENTRIES];
+    let mut heap = Vec::new();
+    let buf: &mut [u64] = if room <= INLINE_ENTRIES {
+        &mut inline[..1 + 2 * room]
+    } else {
+        heap.resize(1 + 2 * room, 0u64);
+        &mut heap
+    };
     buf[0] = u64::from(nmsrs);
-    for (i, e) in entries.iter().enumerate() {
+    for i in 0..count {
+        let e = entry(i);
         buf[1 + 2 * i] = u64::from(e.index);
         buf[2 + 2 * i] = e.data;
     }
@@ -163,10 +196,10 @@ pub fn msr_io(fd: &impl AsRawFd, op: MsrOp, entries: &[MsrEntry], nmsrs: u32) ->
         MsrOp::Set => KVM_SET_MSRS(),
     };
     // SAFETY: the buffer holds a kvm_msrs header and `room` >= nmsrs entries, so KVM reads and
-    // writes only inside the allocation; the fd is a KVM vCPU or system fd.
+    // writes only inside it; the fd is a KVM vCPU or system fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
     let result = ioctl_result(ret);
-    let out = (0..entries.len())
+    let out = (0..count)
         .map(|i| MsrEntry {
             index: buf[1 + 2 * i] as u32,
             data: buf[2 + 2 * i],

@@ -203,11 +203,7 @@ impl Vcpu {
 
     /// KVM_GET_MSRS with one entry per index; the result keeps the count KVM returned.
     pub fn get_msrs(&self, indices: &[u32]) -> MsrIo {
-        let entries: Vec<MsrEntry> = indices
-            .iter()
-            .map(|&index| MsrEntry { index, data: 0 })
-            .collect();
-        raw::msr_io(self, MsrOp::Get, &entries, entries.len() as u32)
+        raw::get_msrs(self, indices)
     }
 
     /// KVM_SET_MSRS; the result keeps the count KVM returned (api.rst 4.19).
