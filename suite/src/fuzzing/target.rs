@@ -287,15 +287,21 @@ mod tests {
                 if flag.is_empty() {
                     continue;
                 }
-                let ok = flag.strip_prefix('-').and_then(|f| f.split_once('=')).is_some_and(
-                    |(k, v)| {
+                let ok = flag
+                    .strip_prefix('-')
+                    .and_then(|f| f.split_once('='))
+                    .is_some_and(|(k, v)| {
                         !k.is_empty()
                             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                             && !v.is_empty()
                             && !v.contains(char::is_whitespace)
-                    },
+                    });
+                assert!(
+                    ok,
+                    "{}:{}: not a -name=value flag: {line}",
+                    f.display(),
+                    n + 1
                 );
-                assert!(ok, "{}:{}: not a -name=value flag: {line}", f.display(), n + 1);
             }
         }
     }

@@ -146,12 +146,10 @@ impl VcpuPool {
     /// destroyed on a thread of their own.
     pub fn new(ctx: &Context, mode: PoolMode, background: bool) -> Result<VcpuPool> {
         let sys = KvmSystem::open_at(ctx.sys().path())?;
-        let run_area = sys
-            .vcpu_mmap_size()
-            .map_err(|errno| Error::Ioctl {
-                what: "KVM_GET_VCPU_MMAP_SIZE",
-                errno,
-            })?;
+        let run_area = sys.vcpu_mmap_size().map_err(|errno| Error::Ioctl {
+            what: "KVM_GET_VCPU_MMAP_SIZE",
+            errno,
+        })?;
         let factory = Factory {
             sys,
             run_area,
