@@ -244,7 +244,8 @@ impl Vcpu {
         for offset in (0..mmap_size.min(2 * PAGE)).step_by(PAGE) {
             // SAFETY: kvm-ioctls maps `mmap_size` bytes (KVM_GET_VCPU_MMAP_SIZE) of the vCPU fd
             // at `base` for the vCPU's lifetime and `offset` is inside them; the read is of one
-            // byte, volatile so it is not optimised away, and has no effect but the page fault.
+            // byte, volatile so it is not optimised away, and has no effect but the page fault
+            // (the same pointer arithmetic as `decode_exit`'s for the PIO data).
             unsafe { std::ptr::read_volatile(base.add(offset)) };
         }
     }

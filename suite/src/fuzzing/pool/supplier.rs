@@ -47,7 +47,7 @@ impl Factory {
         // KVM_GET_CPUID2 read-back (its expectations are the oracles', not CPUID-gated).
         let mut vcpu = stage.vm.create_vcpu(id, &CpuidPolicy::Bare)?;
         // Here, on the supplier thread when there is one, rather than in the first KVM_RUN's
-        // caller (the fuzzing thread): 1-2 us of page faults per never-run vCPU.
+        // caller (the fuzzing thread): the page faults of a never-run vCPU's kvm_run mapping.
         vcpu.prefault_run_area(self.run_area);
         vcpu.fd.set_cpuid2(&self.cpuid_kvm).map_err(|e| {
             Error::ioctl("KVM_SET_CPUID2 (the supported CPUID, on a pooled vCPU)", e)
