@@ -44,14 +44,18 @@ pub struct KmsgWatch {
     /// target's time).
     tainted: Option<File>,
     taint: String,
+    /// Room for one record (a /dev/kmsg read returns one, of at most CONSOLE_EXT_LOG_MAX, 8192
+    /// bytes), kept so that a check that finds nothing new allocates nothing: the fuzz targets
+    /// check after every input.
+    record: Vec<u8>,
 }
 
-fn taint(file: Option<&File>) -> String {
+/// The taint mask as /proc/sys/kernel/tainted renders it ("" where it cannot be read), in `buf`.
+fn taint<'b>(file: Option<&File>, buf: &'b mut [u8; 32]) -> &'b str {
     use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 32];
-    match file.map(|f| f.read_at(&mut buf, 0)) {
-        Some(Ok(n)) => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
-        _ => String::new(),
+    match file.map(|f| f.read_at(buf, 0)) {
+        Some(Ok(n)) => std::str::from_utf8(&buf[..n]).map_or("(not text)", str::trim),
+        _ => "",
     }
 }
 
@@ -65,22 +69,22 @@ impl KmsgWatch {
         kmsg.seek(SeekFrom::End(0))?;
         let tainted = File::open("/proc/sys/kernel/tainted").ok();
         Ok(KmsgWatch {
-            taint: taint(tainted.as_ref()),
+            taint: taint(tainted.as_ref(), &mut [0; 32]).to_string(),
             kmsg,
             tainted,
+            record: vec![0; 8192],
         })
     }
 
     /// Records logged since the last call that carry a marker, and a taint change.
     pub fn check(&mut self) -> Result<(), Violation> {
         let mut found = Vec::new();
-        let mut buf = vec![0u8; 8192];
         loop {
             // Each read returns one record; EAGAIN means no more.
-            match self.kmsg.read(&mut buf) {
+            match self.kmsg.read(&mut self.record) {
                 Ok(0) => break,
                 Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    let rec = String::from_utf8_lossy(&self.record[..n]);
                     let text = rec.split_once(';').map(|(_, t)| t).unwrap_or(&rec);
                     if MARKERS.iter().any(|m| text.contains(m)) && !planted_for_another(text) {
                         found.push(text.lines().next().unwrap_or("").to_string());
@@ -92,12 +96,13 @@ impl KmsgWatch {
                 Err(_) => break,
             }
         }
-        let now = taint(self.tainted.as_ref());
-        let changed = now != self.taint;
-        let before = std::mem::replace(&mut self.taint, now.clone());
-        if found.is_empty() && !changed {
+        let mut buf = [0; 32];
+        let now = taint(self.tainted.as_ref(), &mut buf);
+        if found.is_empty() && now == self.taint {
             return Ok(());
         }
+        let now = now.to_string();
+        let before = std::mem::replace(&mut self.taint, now.clone());
         Err(Violation {
             oracle: "kernel-log",
             msr: None,
