@@ -258,10 +258,18 @@ struct HostRun<'a> {
     reset_requested: bool,
     reads: RepeatedReads,
     feats: &'a mut Features,
+    /// Whether to keep the trace: only an input `pool-equivalence` compares needs it.
+    keep_trace: bool,
     trace: Vec<Obs>,
 }
 
 impl HostRun<'_> {
+    fn record(&mut self, o: Obs) {
+        if self.keep_trace {
+            self.trace.push(o);
+        }
+    }
+
     /// KVM_SET_MSRS of a batch, then the accepted MSRs read back.
     fn set(&mut self, v: &mut PooledVcpu, es: &[HostEntry]) -> Result<(), Violation> {
         let ctx = self.ctx;
@@ -303,7 +311,7 @@ impl HostRun<'_> {
             .iter()
             .any(|e| e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1);
         self.reads.forget();
-        self.trace.push(Obs::Set { accepted: n });
+        self.record(Obs::Set { accepted: n });
         for (k, e) in entries.iter().enumerate() {
             let state = u32::from(k < n) + 2 * u32::from(k == n);
             self.feats
@@ -326,10 +334,12 @@ impl HostRun<'_> {
                     .observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
                 let diff = (last[&e.index] ^ e.data).count_ones();
                 self.feats.add(&[11, msr_class(ctx, e.index), diff]);
-                seen.push(visible(ctx, e.index, e.data));
+                if self.keep_trace {
+                    seen.push(visible(ctx, e.index, e.data));
+                }
             }
         }
-        self.trace.push(Obs::Read(seen));
+        self.record(Obs::Read(seen));
         Ok(())
     }
 
@@ -360,10 +370,12 @@ impl HostRun<'_> {
             if k < n {
                 self.reads
                     .observe(volatile, e.index, e.data, "repeated KVM_GET_MSRS")?;
-                seen.push(visible(ctx, e.index, e.data));
+                if self.keep_trace {
+                    seen.push(visible(ctx, e.index, e.data));
+                }
             }
         }
-        self.trace.push(Obs::Read(seen));
+        self.record(Obs::Read(seen));
         Ok(())
     }
 
@@ -410,7 +422,7 @@ impl HostRun<'_> {
             u32::from(same),
             Errno::number(r.err()) as u32,
         ]);
-        self.trace.push(Obs::Cpuid(r));
+        self.record(Obs::Cpuid(r));
         Ok(())
     }
 
@@ -422,7 +434,7 @@ impl HostRun<'_> {
         if reset && std::mem::take(&mut self.reset_requested) {
             // The requested reset, reported to userspace; the guest did not run.
             self.feats.add(&[14, 1]);
-            self.trace.push(Obs::Run);
+            self.record(Obs::Run);
             return Ok(());
         }
         if !done {
@@ -441,7 +453,7 @@ impl HostRun<'_> {
             }
         }
         self.feats.add(&[14]);
-        self.trace.push(Obs::Run);
+        self.record(Obs::Run);
         Ok(())
     }
 
@@ -493,16 +505,19 @@ impl HostRun<'_> {
             self.reads.observe(volatile, e.index, e.data, "saved")?;
         }
         self.feats.add(&[15, u32::from(source_ran)]);
-        self.trace.push(Obs::Saved(n));
+        self.record(Obs::Saved(n));
         Ok(v)
     }
 }
 
+/// With `keep_trace`, what every operation observed comes back (for `pool-equivalence`); without,
+/// an empty trace.
 pub fn run_host(
     ctx: &Context,
     pool: &mut VcpuPool,
     input: &HostInput,
     feats: &mut Features,
+    keep_trace: bool,
 ) -> Result<Vec<Obs>, Violation> {
     let mut v = pool
         .take(tolerates_a_vcpu_that_ran(ctx, input))
@@ -513,6 +528,7 @@ pub fn run_host(
         reset_requested: false,
         reads: RepeatedReads::default(),
         feats,
+        keep_trace,
         trace: Vec::new(),
     };
     for op in input.ops.iter().take(MAX_HOST_OPS) {
@@ -566,14 +582,20 @@ impl HostRunner {
         feats: &mut Features,
     ) -> Result<(), Violation> {
         self.inputs += 1;
-        let pooled = run_host(ctx, &mut self.pool, input, feats);
         let due = self.equivalence_every != 0
             && self.pool.mode == PoolMode::Reuse
             && self.inputs % self.equivalence_every == 0;
+        let pooled = run_host(ctx, &mut self.pool, input, feats, due);
         if !due {
             return pooled.map(|_| ());
         }
-        let fresh = run_host(ctx, &mut self.reference, input, &mut Features::default());
+        let fresh = run_host(
+            ctx,
+            &mut self.reference,
+            input,
+            &mut Features::default(),
+            true,
+        );
         match (&pooled, &fresh) {
             (Ok(a), Ok(b)) if a == b => Ok(()),
             (Err(a), Err(b)) if a.oracle == b.oracle && a.msr == b.msr => pooled.map(|_| ()),
