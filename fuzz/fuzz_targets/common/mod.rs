@@ -17,6 +17,9 @@ macro_rules! kvm_msr_fuzz_target {
 
         thread_local! {
             static EXECUTOR: std::cell::RefCell<Option<$exec>> = const { std::cell::RefCell::new(None) };
+            /// One input's features; kept, cleared, so an input does not allocate them anew.
+            static FEATS: std::cell::RefCell<kvm_msr_suite::fuzzing::Features> =
+                std::cell::RefCell::new(kvm_msr_suite::fuzzing::Features::default());
         }
 
         libfuzzer_sys::fuzz_target!(|input: <$exec as kvm_msr_suite::fuzzing::Executor>::Input| {
@@ -28,18 +31,20 @@ macro_rules! kvm_msr_fuzz_target {
                 kvm_msr_suite::checks::Context::load()
                     .unwrap_or_else(|e| panic!("kvm-msr fuzz: {e}"))
             });
-            let mut feats = kvm_msr_suite::fuzzing::Features::default();
-            let result = EXECUTOR.with_borrow_mut(|e| {
-                let exec = e.get_or_insert_with(|| {
-                    <$exec>::for_fuzzing(ctx).unwrap_or_else(|v| panic!("kvm-msr fuzz: {v}"))
+            FEATS.with_borrow_mut(|feats| {
+                feats.ids.clear();
+                let result = EXECUTOR.with_borrow_mut(|e| {
+                    let exec = e.get_or_insert_with(|| {
+                        <$exec>::for_fuzzing(ctx).unwrap_or_else(|v| panic!("kvm-msr fuzz: {v}"))
+                    });
+                    exec.run(ctx, input, feats)
                 });
-                exec.run(ctx, input, &mut feats)
+                $crate::common::feedback::record(feats);
+                $crate::common::feedback::check_kernel_log();
+                if let Err(v) = result {
+                    panic!("{v}\ninput: {input:?}");
+                }
             });
-            $crate::common::feedback::record(&feats);
-            $crate::common::feedback::check_kernel_log();
-            if let Err(v) = result {
-                panic!("{v}\ninput: {input:?}");
-            }
         }
     };
 }

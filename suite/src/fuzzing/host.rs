@@ -390,7 +390,7 @@ impl HostRun<'_> {
         let table = c.table(default_cpuid);
         // Bits KVM owns at run time do not make a table different after KVM_RUN.
         let same = table.same_but_runtime_bits(&v.cpuid);
-        let r = v.set_cpuid(&table);
+        let r = v.set_cpuid(table);
         if let Err(e) = r {
             o::SET_CPUID2.check(e)?;
         }
@@ -488,7 +488,7 @@ impl HostRun<'_> {
         self.ran = false;
         let dest = &mut v;
         if dest.cpuid.entries != source_cpuid.entries {
-            if let Err(e) = dest.set_cpuid(&source_cpuid) {
+            if let Err(e) = dest.set_cpuid(source_cpuid) {
                 return Err(Violation {
                     oracle: "save-restore-equal",
                     msr: None,

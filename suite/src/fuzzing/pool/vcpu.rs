@@ -251,8 +251,9 @@ impl PooledVcpu {
             .map(|k| self.pristine[k].data)
     }
 
-    /// KVM_SET_CPUID2 through the pool; returns the errno on failure.
-    pub fn set_cpuid(&mut self, table: &CpuidTable) -> std::result::Result<(), Errno> {
+    /// KVM_SET_CPUID2 through the pool; returns the errno on failure. On success `table` becomes
+    /// the vCPU's `cpuid`.
+    pub fn set_cpuid(&mut self, table: CpuidTable) -> std::result::Result<(), Errno> {
         let r = self
             .vcpu
             .fd
@@ -261,7 +262,7 @@ impl PooledVcpu {
         if r.is_ok() {
             self.usage.cpuid_set = true;
             self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
-            self.cpuid = table.clone();
+            self.cpuid = table;
         }
         r
     }
