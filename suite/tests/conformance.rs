@@ -108,6 +108,46 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             Ok(())
         },
     ));
+    // pool-equivalence compares traces: an input run to be compared keeps at least one entry per
+    // operation, one that is not keeps none (and two empty traces would compare equal).
+    let trace_ctx = Arc::clone(ctx);
+    v.push(Trial::test(
+        "fuzzing.host.trace-kept-only-when-compared",
+        move || {
+            let ctx = trace_ctx;
+            let mut pool =
+                fuzzing::pool::VcpuPool::new(&ctx, fuzzing::pool::PoolMode::Reuse, false)
+                    .map_err(|e| Failed::from(e.to_string()))?;
+            let mut checked = 0;
+            for path in fuzzing::Target::Host.corpus_files() {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let input = fuzzing::decode_host(&bytes)
+                    .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                let ops = input.ops.len().min(fuzzing::MAX_HOST_OPS);
+                if ops == 0 {
+                    continue;
+                }
+                let mut feats = fuzzing::Features::default();
+                let kept = fuzzing::run_host(&ctx, &mut pool, &input, &mut feats, true)
+                    .map_err(|v| format!("{}: {v}", path.display()))?;
+                let dropped = fuzzing::run_host(&ctx, &mut pool, &input, &mut feats, false)
+                    .map_err(|v| format!("{}: {v}", path.display()))?;
+                if kept.len() < ops || !dropped.is_empty() {
+                    return Err(Failed::from(format!(
+                        "{}: {ops} operations, trace kept {} entries, not kept {}",
+                        path.display(),
+                        kept.len(),
+                        dropped.len()
+                    )));
+                }
+                checked += 1;
+                if checked == 8 {
+                    return Ok(());
+                }
+            }
+            Err(Failed::from("fewer than 8 host seeds with operations"))
+        },
+    ));
     // A pool whose inputs keep their vCPUs (a save/restore holds two) must not wait for a
     // supplier that sleeps because enough new vCPUs were ready when it last looked.
     let ctx = Arc::clone(ctx);
