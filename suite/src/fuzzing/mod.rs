@@ -243,8 +243,8 @@ mod tests {
     #[test]
     fn the_fuzzers_cpuid_choices_are_known_features() {
         // The list is frozen (corpus inputs number its entries); every name must still resolve.
-        assert_eq!(host::CPUID_CHOICES.len(), 46);
-        for name in host::CPUID_CHOICES {
+        assert_eq!(host::input::CPUID_CHOICES.len(), 46);
+        for name in host::input::CPUID_CHOICES {
             assert!(crate::kvm::cpuid::feature(name).is_some(), "{name}");
         }
     }
