@@ -10,5 +10,5 @@ if [ $# -ne 1 ] || [ ! -f "fuzz/fuzz_targets/$1.rs" ]; then
 fi
 f="fuzz/options/$1"
 [ -f "$f" ] || exit 0
-sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$f" | grep -v '^$' | tr '\n' ' ' | sed 's/ $//'
-echo
+flags=$(sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$f" | { grep -v '^$' || true; } | tr '\n' ' ')
+echo "${flags% }"
