@@ -64,6 +64,15 @@ fn trials() -> Vec<Trial> {
     trials
 }
 
+/// A `host` seed file, decoded as libfuzzer-sys decodes it.
+fn host_seed(path: &std::path::Path) -> Result<fuzzing::HostInput, Failed> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(
+        fuzzing::decode_host(&bytes)
+            .map_err(|e| format!("{}: undecodable: {e}", path.display()))?,
+    )
+}
+
 /// Seed inputs of the fuzz targets, replayed through the same executors and oracles.
 fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
     let mut v = Vec::new();
@@ -98,9 +107,7 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
                 return Err(Failed::from("no seeds in fixtures/corpus/host"));
             }
             for path in files {
-                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let input = fuzzing::decode_host(&bytes)
-                    .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                let input = host_seed(&path)?;
                 runner
                     .run(&ctx, &input, &mut fuzzing::Features::default())
                     .map_err(|v| Failed::from(format!("{}: {v}", path.display())))?;
@@ -120,9 +127,7 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
                     .map_err(|e| Failed::from(e.to_string()))?;
             let mut checked = 0;
             for path in fuzzing::Target::Host.corpus_files() {
-                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let input = fuzzing::decode_host(&bytes)
-                    .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+                let input = host_seed(&path)?;
                 let ops = input.ops.len().min(fuzzing::MAX_HOST_OPS);
                 if ops == 0 {
                     continue;

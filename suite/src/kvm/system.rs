@@ -145,11 +145,7 @@ impl KvmSystem {
 
     /// System-level KVM_GET_MSRS (feature MSRs, api.rst 4.18).
     pub fn get_feature_msrs(&self, indices: &[u32]) -> MsrIo {
-        let entries: Vec<MsrEntry> = indices
-            .iter()
-            .map(|&index| MsrEntry { index, data: 0 })
-            .collect();
-        raw::msr_io(self, MsrOp::Get, &entries, entries.len() as u32)
+        raw::get_msrs(self, indices)
     }
 
     /// Raw system-level MSR ioctl with an explicit nmsrs (for E2BIG and SET-on-/dev/kvm checks).
