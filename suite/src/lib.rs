@@ -11,6 +11,7 @@ pub mod features;
 pub mod fixtures;
 pub mod fuzzing;
 pub mod guest;
+pub mod inline_vec;
 pub mod kvm;
 pub mod machine;
 pub mod model;

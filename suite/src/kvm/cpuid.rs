@@ -263,14 +263,34 @@ impl CpuidTable {
     /// to a table userspace sets after KVM_RUN before comparing (MWAIT too, but only with
     /// KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT disabled, which this does not cover).
     pub fn same_but_runtime_bits(&self, other: &CpuidTable) -> bool {
-        let strip = |t: &CpuidTable| {
-            let mut t = t.clone();
+        if self.entries.len() != other.entries.len() {
+            return false;
+        }
+        // Entries that differ are compared again with the runtime bits cleared (in the entry
+        // `set` would clear them in: the first that matches the leaf). No copy of either table:
+        // the host fuzz target asks this for every KVM_SET_CPUID2 it makes.
+        let strip = |t: &CpuidTable, k: usize| {
+            let mut e = t.entries[k];
             for name in ["APIC", "OSXSAVE", "OSPKE"] {
-                t.set(feature(name).expect("in FEATURES"), false);
+                let f = feature(name).expect("in FEATURES");
+                let first = t.entries.iter().position(|e| {
+                    e.function == f.leaf
+                        && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == f.subleaf)
+                });
+                if first == Some(k) {
+                    let r = match f.reg {
+                        Reg::Eax => &mut e.eax,
+                        Reg::Ebx => &mut e.ebx,
+                        Reg::Ecx => &mut e.ecx,
+                        Reg::Edx => &mut e.edx,
+                    };
+                    *r &= !(1 << f.bit);
+                }
             }
-            t.entries
+            e
         };
-        strip(self) == strip(other)
+        (0..self.entries.len())
+            .all(|k| self.entries[k] == other.entries[k] || strip(self, k) == strip(other, k))
     }
 
     /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
@@ -297,5 +317,48 @@ impl CpuidTable {
             .filter(|f| self.has(**f))
             .map(|f| f.name)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, flags: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runtime_bits_are_the_only_difference_set_aside() {
+        let sig = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        let table = |leaf1_ecx: u32, leaf1_edx: u32, leaf7_ecx: u32| CpuidTable {
+            entries: vec![
+                entry(0, 0, 0, 0, 0),
+                entry(1, 0, 0, leaf1_ecx, leaf1_edx),
+                entry(7, 0, sig, leaf7_ecx, 0),
+                entry(7, 1, sig, 0, 0),
+            ],
+        };
+        let base = table(0x1, 0x2, 0x8);
+        assert!(base.same_but_runtime_bits(&base));
+        // APIC (1.EDX[9]), OSXSAVE (1.ECX[27]), OSPKE (7.0.ECX[4]) set aside.
+        let runtime = table(0x1 | 1 << 27, 0x2 | 1 << 9, 0x8 | 1 << 4);
+        assert!(base.same_but_runtime_bits(&runtime));
+        assert!(runtime.same_but_runtime_bits(&base));
+        // Any other bit is a difference, as is OSPKE's bit in subleaf 1.
+        assert!(!base.same_but_runtime_bits(&table(0x1, 0x2 | 1 << 8, 0x8)));
+        let mut sub1 = base.clone();
+        sub1.entries[3].ecx = 1 << 4;
+        assert!(!base.same_but_runtime_bits(&sub1));
+        let mut shorter = base.clone();
+        shorter.entries.pop();
+        assert!(!base.same_but_runtime_bits(&shorter));
     }
 }

@@ -3,6 +3,7 @@
 //! would hide exactly what the checks look at.
 
 use crate::error::{Errno, Error};
+use crate::inline_vec::InlineVec;
 use kvm_bindings::{kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
@@ -106,7 +107,7 @@ pub fn list_with_protocol(fd: &impl AsRawFd, kind: ListKind) -> (ListCall, Optio
 }
 
 /// An MSR entry as KVM sees it (`struct kvm_msr_entry` without the reserved word).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MsrEntry {
     pub index: u32,
     pub data: u64,
@@ -117,8 +118,12 @@ pub struct MsrEntry {
 #[derive(Clone, Debug)]
 pub struct MsrIo {
     pub result: Result<usize, Errno>,
-    pub entries: Vec<MsrEntry>,
+    pub entries: MsrEntries,
 }
+
+/// The entries of a KVM_GET_MSRS / KVM_SET_MSRS, in place up to the `host` fuzz target's largest
+/// batch (`fuzzing::MAX_HOST_ENTRIES`): no heap allocation per ioctl there.
+pub type MsrEntries = InlineVec<MsrEntry, 16>;
 
 impl MsrIo {
     /// For the harness's own MSR accesses: Ok when KVM processed every entry, else

@@ -192,7 +192,7 @@ mod tests {
     fn io(result: Result<usize, Errno>, data: u64) -> MsrIo {
         MsrIo {
             result,
-            entries: vec![MsrEntry { index: 0x10, data }],
+            entries: [MsrEntry { index: 0x10, data }].into_iter().collect(),
         }
     }
 

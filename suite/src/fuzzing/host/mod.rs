@@ -4,16 +4,16 @@
 //! `equivalence_every`-th input is also run on a brand-new VM and the two traces must agree
 //! (oracle `pool-equivalence`: results do not depend on what earlier inputs did).
 
-use super::pool::{PoolMode, PooledVcpu, VcpuPool};
+use super::pool::{PoolMode, PooledVcpu, ReadBefore, VcpuPool};
 use super::{confine, harness_violation, msr_class, Features};
 use crate::guest::layout::PORT_DONE;
+use crate::inline_vec::InlineVec;
 use crate::kvm::raw::{self, MsrEntry, MsrOp};
 use crate::kvm::{CpuidTable, Errno, Exit};
 use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
 use crate::oracles::Violation;
 use crate::session::ids::{CHANGED_BY_RUN_WHERE_RECORDED, SAME_CPUID_AFTER_RUN};
 use crate::session::Context;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub(super) mod input;
@@ -43,9 +43,9 @@ fn visible(ctx: &Context, index: u32, value: u64) -> (u32, Option<u64>) {
 }
 
 /// The value `e` writes; `current` holds the values before the batch (0 where unreadable).
-fn resolve(ctx: &Context, current: &BTreeMap<u32, u64>, e: &HostEntry) -> MsrEntry {
+fn resolve(ctx: &Context, current: &ReadBefore, e: &HostEntry) -> MsrEntry {
     let index = e.index.resolve(ctx);
-    let current = || current.get(&index).copied().unwrap_or(0);
+    let current = || current.value(index).unwrap_or(0);
     let data = match e.value {
         HostValue::Pick(c) => c.resolve(),
         HostValue::FlipCurrent(b) => current() ^ (1u64 << (b % 64)),
@@ -100,9 +100,36 @@ pub fn tolerates_a_vcpu_that_ran(ctx: &Context, input: &HostInput) -> bool {
     true
 }
 
+/// What this host's deviation records change in the oracles here, looked up once for a campaign
+/// rather than at every operation (a lookup compares check ids, ~1 us per input).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// KVM_SET_CPUID2 of the identical table after KVM_RUN is refused (the check
+    /// SAME_CPUID_AFTER_RUN measures it, and fails once the deviation disappears).
+    same_cpuid_refused: bool,
+    /// MSRs KVM_RUN changes on this host (CHANGED_BY_RUN_WHERE_RECORDED).
+    changed_by_run: Vec<u32>,
+}
+
+impl Recorded {
+    pub fn of(ctx: &Context) -> Recorded {
+        let key = crate::deviations::HostKey::of(&ctx.facts);
+        let recorded = |check| ctx.deviations.find(check, key).is_some();
+        Recorded {
+            same_cpuid_refused: recorded(&SAME_CPUID_AFTER_RUN),
+            changed_by_run: CHANGED_BY_RUN_WHERE_RECORDED
+                .iter()
+                .filter(|(_, check)| recorded(check))
+                .map(|(index, _)| *index)
+                .collect(),
+        }
+    }
+}
+
 /// One input's run on one lent vCPU: what the handlers of its operations share.
 struct HostRun<'a> {
     ctx: &'a Context,
+    recorded: &'a Recorded,
     /// Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done,
     /// which the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
     ran: bool,
@@ -130,7 +157,7 @@ impl HostRun<'_> {
         // One read before the write: the current values the entries' values derive
         // from, the old values the pool captures for its reset, and after KVM_RUN the
         // feature MSRs' values (immutable then).
-        let wanted: Vec<u32> = es
+        let wanted: InlineVec<u32, MAX_HOST_ENTRIES> = es
             .iter()
             .map(|e| e.index.resolve(ctx))
             .zip(es)
@@ -142,17 +169,15 @@ impl HostRun<'_> {
             .map(|(i, _)| i)
             .collect();
         let current = v.read_before(ctx, &wanted);
-        let entries: Vec<MsrEntry> = es
-            .iter()
-            .map(|e| resolve(ctx, &current.values, e))
-            .collect();
+        let entries: InlineVec<MsrEntry, MAX_HOST_ENTRIES> =
+            es.iter().map(|e| resolve(ctx, &current, e)).collect();
         let io = v.set_msrs(ctx, &entries, Some(&current));
         let n = o::msr_io_count(&io)?;
         if self.ran {
             o::feature_msrs_immutable(
                 |i| ctx.traits.get(i).feature,
                 &entries[..n],
-                &current.values,
+                |i| current.value(i),
             )?;
         }
         o::set_batch_stopper_rejected(&v.vcpu, &entries, n)?;
@@ -169,13 +194,19 @@ impl HostRun<'_> {
             self.feats
                 .add(&[10, msr_class(ctx, e.index), state, u32::from(self.ran)]);
         }
-        // Read the accepted MSRs back. Value profile: how many bits of the last value
-        // written to each differ from what reads back (0 = stored as written).
-        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-        for e in &entries[..n] {
-            last.insert(e.index, e.data);
-        }
-        let idx: Vec<u32> = last.keys().copied().collect();
+        // Read the accepted MSRs back, each once, in index order. Value profile: how many bits
+        // of the last value written to each differ from what reads back (0 = stored as written).
+        let accepted = &entries[..n];
+        let mut idx: InlineVec<u32, MAX_HOST_ENTRIES> = accepted.iter().map(|e| e.index).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let last = |index: u32| {
+            accepted
+                .iter()
+                .rev()
+                .find(|e| e.index == index)
+                .map_or(0, |e| e.data)
+        };
         let mut seen = Vec::new();
         // (Nothing accepted: nothing to read back, and no ioctl for it.)
         if !idx.is_empty() {
@@ -184,7 +215,7 @@ impl HostRun<'_> {
             for e in &back.entries[..m] {
                 self.reads
                     .observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
-                let diff = (last[&e.index] ^ e.data).count_ones();
+                let diff = (last(e.index) ^ e.data).count_ones();
                 self.feats.add(&[11, msr_class(ctx, e.index), diff]);
                 if self.keep_trace {
                     seen.push(visible(ctx, e.index, e.data));
@@ -199,7 +230,7 @@ impl HostRun<'_> {
     fn get(&mut self, v: &PooledVcpu, ix: &[HostIndex]) -> Result<(), Violation> {
         let ctx = self.ctx;
         let volatile = |i: u32| ctx.traits.get(i).volatile;
-        let entries: Vec<MsrEntry> = ix
+        let entries: InlineVec<MsrEntry, MAX_HOST_ENTRIES> = ix
             .iter()
             .take(MAX_HOST_ENTRIES)
             .map(|i| MsrEntry {
@@ -238,7 +269,6 @@ impl HostRun<'_> {
         default_cpuid: &CpuidTable,
         c: &CpuidChoice,
     ) -> Result<(), Violation> {
-        let ctx = self.ctx;
         let table = c.table(default_cpuid);
         // Bits KVM owns at run time do not make a table different after KVM_RUN.
         let same = table.same_but_runtime_bits(&v.cpuid);
@@ -246,15 +276,8 @@ impl HostRun<'_> {
         if let Err(e) = r {
             o::SET_CPUID2.check(e)?;
         }
-        // A backend with a recorded deviation refuses the identical table too (the check
-        // SAME_CPUID_AFTER_RUN measures it and fails once the deviation disappears).
-        let same_refused = ctx
-            .deviations
-            .find(
-                &SAME_CPUID_AFTER_RUN,
-                crate::deviations::HostKey::of(&ctx.facts),
-            )
-            .is_some();
+        // A backend with a recorded deviation refuses the identical table too.
+        let same_refused = self.recorded.same_cpuid_refused;
         if self.ran && r.is_ok() != same && !(same && same_refused) {
             return Err(Violation {
                 oracle: "cpuid-frozen-after-run",
@@ -298,11 +321,8 @@ impl HostRun<'_> {
             });
         }
         self.ran = true;
-        let key = crate::deviations::HostKey::of(&self.ctx.facts);
-        for (index, check) in CHANGED_BY_RUN_WHERE_RECORDED {
-            if self.ctx.deviations.find(check, key).is_some() {
-                self.reads.forget_index(*index);
-            }
+        for &index in &self.recorded.changed_by_run {
+            self.reads.forget_index(index);
         }
         self.feats.add(&[14]);
         self.record(Obs::Run);
@@ -367,6 +387,7 @@ impl HostRun<'_> {
 /// `pool-equivalence`); without, it is empty.
 pub fn run_host(
     ctx: &Context,
+    recorded: &Recorded,
     pool: &mut VcpuPool,
     input: &HostInput,
     feats: &mut Features,
@@ -377,6 +398,7 @@ pub fn run_host(
         .map_err(harness_violation)?;
     let mut run = HostRun {
         ctx,
+        recorded,
         ran: false,
         reset_requested: false,
         reads: RepeatedReads::default(),
@@ -404,6 +426,7 @@ pub struct HostRunner {
     /// Run every n-th input on a fresh VM too (0: never).
     pub equivalence_every: u64,
     inputs: u64,
+    recorded: Recorded,
 }
 
 impl HostRunner {
@@ -419,6 +442,7 @@ impl HostRunner {
             reference: VcpuPool::new(ctx, PoolMode::Fresh, background && mode == PoolMode::Reuse)?,
             equivalence_every,
             inputs: 0,
+            recorded: Recorded::of(ctx),
         })
     }
 
@@ -438,12 +462,13 @@ impl HostRunner {
         let due = self.equivalence_every != 0
             && self.pool.mode == PoolMode::Reuse
             && self.inputs % self.equivalence_every == 0;
-        let pooled = run_host(ctx, &mut self.pool, input, feats, due);
+        let pooled = run_host(ctx, &self.recorded, &mut self.pool, input, feats, due);
         if !due {
             return pooled.map(|_| ());
         }
         let fresh = run_host(
             ctx,
+            &self.recorded,
             &mut self.reference,
             input,
             &mut Features::default(),

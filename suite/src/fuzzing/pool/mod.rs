@@ -17,7 +17,7 @@
 //!   a reset request pending (a write of 1 to HV_X64_MSR_RESET).
 //! - new vCPUs are created in a shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`, by
 //!   a supplier thread, which also resets used vCPUs and destroys dropped ones (a VM's last one on
-//!   a reaper thread); the pool hands it that work in batches (see `Supplier`), and keeps enough
+//!   a reaper thread); the pool posts it that work without waking it (see `Supplier`), and keeps enough
 //!   vCPUs that never ran in circulation that it need not wait for their resets
 //!   (`NEVER_RAN_STOCK`). A vCPU that wrote a per-VM MSR is reset on the
 //!   fuzzing thread.
@@ -45,7 +45,7 @@ pub use reset::{read_all, ReadBefore};
 pub use vcpu::{vm_scope, PooledVcpu, Stage};
 
 use reset::{reset, restore_vm_scope};
-use supplier::{Chores, Factory, Supplier, Supply, BATCH};
+use supplier::{Chore, Factory, Supplier, Supply};
 use vcpu::Usage;
 
 use crate::error::{Error, Result};
@@ -134,8 +134,6 @@ pub struct VcpuPool {
     in_reset: [usize; 2],
     /// Why the supplier could not make a vCPU, for the next `take` to return.
     failed: Option<Error>,
-    /// Work collected for the supplier, not handed over yet.
-    chores: Chores,
     default_cpuid: CpuidTable,
     volatile: Arc<BTreeSet<u32>>,
     stats: PoolStats,
@@ -190,7 +188,6 @@ impl VcpuPool {
             new: Default::default(),
             in_reset: [0; 2],
             failed: None,
-            chores: Chores::default(),
             default_cpuid: ctx.facts.supported_cpuid.clone(),
             volatile,
             stats: PoolStats::default(),
@@ -242,9 +239,10 @@ impl VcpuPool {
                     return f.create();
                 }
                 None => {
-                    // Whatever work is collected goes over now; the send also wakes a supplier
-                    // asleep because enough new vCPUs were unclaimed when it last looked.
-                    self.hand_over();
+                    // Wake a supplier asleep because it had nothing to do when it last looked.
+                    if let Some(s) = &self.supplier {
+                        s.wake();
+                    }
                     self.stats.waited += 1;
                     self.collect(true);
                 }
@@ -261,11 +259,9 @@ impl VcpuPool {
         Some(v)
     }
 
-    /// vCPUs that never ran and will be ready for an input again: reset, being reset, or
-    /// collected for a reset.
+    /// vCPUs that never ran and will be ready for an input again: reset, or being reset.
     fn never_ran_stock(&self) -> usize {
-        let collected = self.chores.reset.iter().filter(|v| !v.ever_ran).count();
-        self.idle.len() + self.in_reset[0] + collected
+        self.idle.len() + self.in_reset[0]
     }
 
     /// Not made stale by its VM's retirement (a vCPU made or reset before its VM was retired is
@@ -280,31 +276,45 @@ impl VcpuPool {
     /// A failure to make a vCPU (or a supplier that stopped) is kept for the next `take`.
     fn collect(&mut self, wait: bool) {
         let Some(s) = &self.supplier else { return };
-        let unclaimed = s.unclaimed.clone();
-        let mut got = Vec::new();
-        if wait {
+        let first = if wait {
             match s.supply.recv() {
-                Ok(supply) => got.push(supply),
+                Ok(supply) => Some(supply),
                 Err(_) => {
                     self.failed
                         .get_or_insert(Error::Internal("the vCPU supplier thread stopped"));
+                    None
                 }
             }
+        } else {
+            None
+        };
+        if let Some(supply) = first {
+            self.take_supply(supply);
         }
-        got.extend(s.supply.try_iter());
-        for supply in got {
-            match supply {
-                Supply::New(Ok(v)) => self.new.push_back(v),
-                Supply::New(Err(e)) => {
-                    unclaimed.fetch_sub(1, Ordering::Relaxed);
-                    self.failed.get_or_insert(e);
+        while let Some(supply) = self
+            .supplier
+            .as_ref()
+            .and_then(|s| s.supply.try_recv().ok())
+        {
+            self.take_supply(supply);
+        }
+    }
+
+    /// One thing the supplier finished.
+    fn take_supply(&mut self, supply: Supply) {
+        match supply {
+            Supply::New(Ok(v)) => self.new.push_back(v),
+            Supply::New(Err(e)) => {
+                if let Some(s) = &self.supplier {
+                    s.unclaimed.fetch_sub(1, Ordering::Relaxed);
                 }
-                Supply::Reset { ran, result } => {
-                    self.in_reset[usize::from(ran)] -= 1;
-                    match result {
-                        Ok(v) => self.shelve(v),
-                        Err(why) => self.stats.reset_failed(why),
-                    }
+                self.failed.get_or_insert(e);
+            }
+            Supply::Reset { ran, result } => {
+                self.in_reset[usize::from(ran)] -= 1;
+                match result {
+                    Ok(v) => self.shelve(v),
+                    Err(why) => self.stats.reset_failed(why),
                 }
             }
         }
@@ -327,25 +337,8 @@ impl VcpuPool {
 
     /// Destroy a vCPU, on the supplier thread if there is one.
     fn bury(&mut self, v: PooledVcpu) {
-        if self.supplier.is_some() {
-            self.chores.bury.push(v);
-            self.hand_over_batch();
-        }
-    }
-
-    /// Hand the collected work to the supplier once there is a batch of it.
-    fn hand_over_batch(&mut self) {
-        if self.chores.len() >= BATCH {
-            self.hand_over();
-        }
-    }
-
-    /// Hand the collected work to the supplier. (If it stopped, the vCPUs go with the channel
-    /// and the next `take` says so.)
-    fn hand_over(&mut self) {
-        let chores = std::mem::take(&mut self.chores);
         if let Some(s) = &self.supplier {
-            let _ = s.chores.send(chores);
+            s.post(Chore::Bury(v));
         }
     }
 
@@ -375,10 +368,9 @@ impl VcpuPool {
             }
             // On the supplier thread if there is one, except for a vCPU that wrote a per-VM MSR
             // (see `Supplier`).
-            if self.supplier.is_some() && !v.usage.vm_scope_written {
+            if let Some(s) = self.supplier.as_ref().filter(|_| !v.usage.vm_scope_written) {
                 self.in_reset[usize::from(v.ever_ran)] += 1;
-                self.chores.reset.push(v);
-                self.hand_over_batch();
+                s.post(Chore::Reset(v));
                 return;
             }
             // A vCPU whose CPUID or feature MSRs an input changed before running cannot be reset

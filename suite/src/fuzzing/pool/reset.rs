@@ -2,36 +2,45 @@
 //! it by reading everything back.
 
 use super::*;
-use crate::kvm::raw::MsrEntry;
+use crate::inline_vec::InlineVec;
+use crate::kvm::raw::{MsrEntries, MsrEntry};
 use crate::kvm::{CpuidTable, Vcpu};
 use std::collections::BTreeSet;
 
 /// The MSRs of `indices` a host read succeeds for, with their values: one KVM_GET_MSRS, and
 /// past an entry that fails, the rest again.
-pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
-    let mut out = Vec::with_capacity(indices.len());
+pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> MsrEntries {
+    let mut out = MsrEntries::new();
     let mut rest = indices;
     while !rest.is_empty() {
         let io = vcpu.get_msrs(rest);
         let n = io.result.unwrap_or(0).min(rest.len());
-        out.extend_from_slice(&io.entries[..n]);
+        out.extend(&io.entries[..n]);
         // Skip the entry that failed.
         rest = &rest[(n + 1).min(rest.len())..];
     }
     out
 }
 
-/// Values just before a write (`PooledVcpu::read_before`): which indices were tried (sorted) and
-/// what those that could be read held.
+/// Values just before a write (`PooledVcpu::read_before`): which indices were tried, sorted, and
+/// what those that could be read held (in place up to a `host` batch).
 pub struct ReadBefore {
-    pub(super) attempted: Vec<u32>,
-    pub values: std::collections::BTreeMap<u32, u64>,
+    pub(super) tried: InlineVec<(u32, Option<u64>), 16>,
 }
 
 impl ReadBefore {
     /// `index` was read (successfully or not).
     pub fn attempted(&self, index: u32) -> bool {
-        self.attempted.binary_search(&index).is_ok()
+        self.find(index).is_some()
+    }
+
+    /// What `index` held, if it was read and the read succeeded.
+    pub fn value(&self, index: u32) -> Option<u64> {
+        self.find(index).and_then(|k| self.tried[k].1)
+    }
+
+    fn find(&self, index: u32) -> Option<usize> {
+        self.tried.binary_search_by_key(&index, |&(i, _)| i).ok()
     }
 }
 

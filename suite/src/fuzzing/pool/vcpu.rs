@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::Result;
 use crate::guest::long_mode;
+use crate::inline_vec::InlineVec;
 use crate::kvm::raw::MsrEntry;
 use crate::kvm::{CpuidTable, Errno, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use crate::session::msr_traits::MsrTraits;
@@ -128,14 +129,14 @@ impl PooledVcpu {
         before: Option<&ReadBefore>,
     ) -> crate::kvm::raw::MsrIo {
         let logged = self.usage.undo.len();
-        let mut unknown: Vec<u32> = Vec::new();
+        let mut unknown: InlineVec<u32, 16> = InlineVec::new();
         for e in entries {
             if !self.needs_old_value(ctx, e.index) || unknown.contains(&e.index) {
                 continue;
             }
             match before.filter(|b| b.attempted(e.index)) {
                 Some(b) => {
-                    if let Some(&data) = b.values.get(&e.index) {
+                    if let Some(data) = b.value(e.index) {
                         self.usage.undo.push(MsrEntry {
                             index: e.index,
                             data,
@@ -146,7 +147,7 @@ impl PooledVcpu {
             }
         }
         let old = read_all(&self.vcpu, &unknown);
-        self.usage.undo.extend(old);
+        self.usage.undo.extend_from_slice(&old);
         let io = self.vcpu.set_msrs(entries);
         let accepted = &entries[..io.result.unwrap_or(0).min(entries.len())];
         // Old values of MSRs the batch did not get to write are not needed (and may not even be
@@ -218,25 +219,24 @@ impl PooledVcpu {
     /// Read `indices` (any order, duplicates allowed) before a write: values the pool knows
     /// (`known_value`) without an ioctl, the others with `read_all`.
     pub fn read_before(&self, ctx: &Context, indices: &[u32]) -> ReadBefore {
-        let mut attempted = indices.to_vec();
-        attempted.sort_unstable();
-        attempted.dedup();
-        let mut values = std::collections::BTreeMap::new();
-        let mut ask = Vec::new();
-        for &i in &attempted {
-            match self.known_value(ctx, i) {
-                Some(data) => {
-                    values.insert(i, data);
-                }
-                None => ask.push(i),
+        let mut tried: InlineVec<(u32, Option<u64>), 16> =
+            indices.iter().map(|&i| (i, None)).collect();
+        tried.sort_unstable_by_key(|&(i, _)| i);
+        tried.dedup();
+        let mut ask: InlineVec<u32, 16> = InlineVec::new();
+        for (i, value) in tried.iter_mut() {
+            *value = self.known_value(ctx, *i);
+            if value.is_none() {
+                ask.push(*i);
             }
         }
-        values.extend(
-            read_all(&self.vcpu, &ask)
-                .into_iter()
-                .map(|e| (e.index, e.data)),
-        );
-        ReadBefore { attempted, values }
+        let mut before = ReadBefore { tried };
+        for e in read_all(&self.vcpu, &ask).iter() {
+            if let Ok(k) = before.tried.binary_search_by_key(&e.index, |&(i, _)| i) {
+                before.tried[k].1 = Some(e.data);
+            }
+        }
+        before
     }
 
     /// The value `index` (with traits `t`) had when the vCPU was created, if it is in the
