@@ -9,7 +9,6 @@ use crate::kvm::raw::MsrEntry;
 use crate::kvm::{CpuidTable, Errno, Exit, KvmSystem, Vcpu, Vm, VmConfig};
 use crate::session::msr_traits::MsrTraits;
 use crate::session::Context;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -75,13 +74,13 @@ pub(super) struct Usage {
     pub(super) unrecoverable: bool,
     /// An accepted write to a per-VM MSR (`vm_scope`).
     pub(super) vm_scope_written: bool,
-    /// MSRs an accepted write changed (stored a value other than the one they held): without one
-    /// (and without a CPUID change) the vCPU is as it was.
-    pub(super) changed: BTreeSet<u32>,
+    /// MSRs an accepted write changed (stored a value other than the one they held), each once:
+    /// without one (and without a CPUID change) the vCPU is as it was.
+    pub(super) changed: InlineVec<u32, 16>,
     /// A write to the x2APIC range retired the VM.
     pub(super) retired_vm: bool,
     /// Old values of written MSRs outside the snapshot, first capture first.
-    pub(super) undo: Vec<MsrEntry>,
+    pub(super) undo: InlineVec<MsrEntry, 16>,
 }
 
 impl Usage {
@@ -147,7 +146,7 @@ impl PooledVcpu {
             }
         }
         let old = read_all(&self.vcpu, &unknown);
-        self.usage.undo.extend_from_slice(&old);
+        self.usage.undo.extend(old.iter());
         let io = self.vcpu.set_msrs(entries);
         let accepted = &entries[..io.result.unwrap_or(0).min(entries.len())];
         // Old values of MSRs the batch did not get to write are not needed (and may not even be
@@ -174,7 +173,9 @@ impl PooledVcpu {
                 // so): nothing for a reset to put back. The reset itself writes such values.
                 continue;
             }
-            self.usage.changed.insert(e.index);
+            if !self.usage.changed.contains(&e.index) {
+                self.usage.changed.push(e.index);
+            }
             self.usage.vm_scope_written |= vm_scope(e.index);
             let t = ctx.traits.get(e.index);
             let known = self.pristine_value(t, e.index).is_some()
