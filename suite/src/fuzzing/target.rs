@@ -167,7 +167,8 @@ impl Executor for FilterExecutor {
 ///   64; 0 turns it off).
 /// - KVM_MSR_FUZZ_POOL_THREAD=0: create fresh vCPUs on the fuzzing thread instead of a supplier
 ///   thread.
-/// - KVM_MSR_FUZZ_PIN=N: pin the fuzzing thread to CPU N (the supplier keeps the others).
+/// - KVM_MSR_FUZZ_PIN=N: pin the fuzzing thread to CPU N; the pool's helper threads get the
+///   others (where there are others).
 /// - KVM_MSR_FUZZ_STATS=N: print the pool's counters to stderr every N inputs.
 pub struct HostExecutor {
     pub runner: HostRunner,
@@ -214,15 +215,18 @@ impl Executor for HostExecutor {
                 "\"0\"".into(),
             ));
         }
+        let pin = env_number::<usize>("KVM_MSR_FUZZ_PIN", "a CPU number")?;
+        let pinned = |what: &str, r: std::io::Result<()>| {
+            r.map_err(|e| setup_violation(format!("KVM_MSR_FUZZ_PIN={pin:?}: {what}"), e.to_string()))
+        };
+        // The pool's helper threads inherit the affinity they are spawned with: off the CPU the
+        // fuzzing thread is then pinned to.
+        if let Some(cpu) = pin {
+            pinned("the helper threads kept off that CPU", super::pool::keep_off_cpu(cpu))?;
+        }
         let runner = HostRunner::new(ctx, mode, every, background).map_err(harness_violation)?;
-        // After the pool exists, so its supplier thread is not pinned too.
-        if let Some(cpu) = env_number::<usize>("KVM_MSR_FUZZ_PIN", "a CPU number")? {
-            super::pool::pin_current_thread(cpu).map_err(|e| {
-                setup_violation(
-                    format!("KVM_MSR_FUZZ_PIN={cpu}: the fuzzing thread pinned"),
-                    e.to_string(),
-                )
-            })?;
+        if let Some(cpu) = pin {
+            pinned("the fuzzing thread pinned", super::pool::pin_current_thread(cpu))?;
         }
         Ok(HostExecutor {
             runner,

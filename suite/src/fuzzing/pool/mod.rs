@@ -401,17 +401,52 @@ impl VcpuPool {
 
 /// Pin the calling thread to one CPU (sched_setaffinity), as AFL++ binds its fuzzers to free
 /// cores: every vCPU ioctl loads the vCPU on the calling CPU (kvm_arch_vcpu_load), which costs
-/// more after a migration. Call it after creating the pool, so the supplier thread (which inherits
-/// the affinity of the thread that spawns it) stays free to run on the other CPUs.
+/// more after a migration. Call `keep_off_cpu` first and create the pool in between, so the
+/// supplier and reaper threads (which inherit the affinity of the thread that spawns them) run on
+/// the other CPUs and never take this one from the fuzzing thread.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu is checked
-    // against its capacity first); sched_setaffinity(0, ..) reads it and affects only this thread.
+    set_current_affinity(|c| c == cpu)
+}
+
+/// Take `cpu` out of the CPUs the calling thread may run on (a no-op if it is the only one left).
+pub fn keep_off_cpu(cpu: usize) -> std::io::Result<()> {
+    let allowed = current_affinity()?;
+    if (0..CPU_SET_BITS).any(|c| c != cpu && allowed(c)) {
+        set_current_affinity(|c| c != cpu && allowed(c))?;
+    }
+    Ok(())
+}
+
+/// CPUs a `cpu_set_t` can name.
+const CPU_SET_BITS: usize = 8 * std::mem::size_of::<libc::cpu_set_t>();
+
+/// The CPUs the calling thread may run on (sched_getaffinity).
+fn current_affinity() -> std::io::Result<impl Fn(usize) -> bool> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity(0, ..) fills it for the
+    // calling thread and writes nothing else.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        set
+    };
+    // SAFETY: CPU_ISSET reads bit `c` of the set, `c` checked against its size first.
+    Ok(move |c: usize| c < CPU_SET_BITS && unsafe { libc::CPU_ISSET(c, &set) })
+}
+
+/// Let the calling thread run on the CPUs `allowed` names (sched_setaffinity).
+fn set_current_affinity(allowed: impl Fn(usize) -> bool) -> std::io::Result<()> {
+    if !(0..CPU_SET_BITS).any(&allowed) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes bits below its size inside it;
+    // sched_setaffinity(0, ..) reads it and affects only this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        for c in (0..CPU_SET_BITS).filter(|&c| allowed(c)) {
+            libc::CPU_SET(c, &mut set);
         }
-        libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error());
         }
