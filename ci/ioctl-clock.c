@@ -17,7 +17,7 @@
  *
  * Not part of the floor, but where the rest of the loop's time goes: futex(2) calls made through
  * syscall(3) (how Rust's std waits on a channel or a lock: the main thread waiting for the vCPU
- * supplier) are timed as request "futex", wake-ups (FUTEX_WAKE: handing it work) as "futex-wake",
+ * supplier) are timed as request "futex", wake-ups (FUTEX_WAKE: waking it) as "futex-wake",
  * and at exit the main thread's own CPU time
  * (getrusage RUSAGE_THREAD) is written as "cpu <user-ns> <system-ns>": loop wall time minus CPU
  * time is time the main thread was off the CPU (waiting or preempted by other threads).
@@ -30,6 +30,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -71,7 +72,7 @@ static unsigned long long now_ns(void)
 /* The calling thread's id, asked of the kernel once per thread: glibc's gettid() is a system
  * call every time (~140 ns on the nested test host), and made after every timed call it cost the
  * measured program ~1 % of its loop, time the figures then counted against the harness. */
-static __thread pid_t own_tid;
+static __thread pid_t own_tid __attribute__((tls_model("initial-exec")));
 
 static void account(unsigned long req, unsigned long long t0, unsigned long long t1)
 {
@@ -91,8 +92,8 @@ static void account(unsigned long req, unsigned long long t0, unsigned long long
 		if (cur != req)
 			continue;
 		if (main_thread) {
-			/* Only the main thread writes its table: no locked instruction (which would
-			 * cost the measured loop more than the clock reads do). */
+			/* Only the main thread writes its table: no locked instruction per call (one
+			 * would cost the measured loop more than the clock reads do). */
 			atomic_store_explicit(&s[h].count,
 					      atomic_load_explicit(&s[h].count, memory_order_relaxed) + 1,
 					      memory_order_relaxed);
@@ -113,11 +114,14 @@ static void account(unsigned long req, unsigned long long t0, unsigned long long
 }
 
 /* A forked child (libFuzzer's -fork mode) is a process of its own: its main thread is the one
- * that forked. */
+ * that forked, and its sums start from zero. */
 static void in_child(void)
 {
 	pid = getpid();
 	own_tid = 0;
+	memset(table, 0, sizeof(table));
+	atomic_store(&first_ns, 0);
+	atomic_store(&last_ns, 0);
 }
 
 __attribute__((constructor)) static void init(void)

@@ -123,9 +123,9 @@ s = {
     "fds_floor_early": min(r[2] for r in after[:max(1, len(after) // 4)]),
     "fds_floor_late": min(r[2] for r in after[-max(1, len(after) // 4):]),
 }
-# The host target's pool keeps a varying stock of vCPUs (NEVER_RAN_STOCK + READY + IDLE_RAN_MAX +
-# BATCH = 32 + 8 + 4 + 4 = 48 in suite/src/fuzzing/pool/), so its floor may move by that much; a
-# leak of one fd per input would pass it within seconds.
+# The host target's pool keeps a varying stock of vCPUs (NEVER_RAN_STOCK + READY + IDLE_RAN_MAX =
+# 32 + 8 + 4 = 44 in suite/src/fuzzing/pool/, and burials the supplier has not reached yet), so its
+# floor may move by ~48; a leak of one fd per input would pass it within seconds.
 s["ok"] = frc == 0 and s["rss_growth_mb"] < 10 and s["fds_floor_late"] <= s["fds_floor_early"] + 48
 # Throughput beside the floor (ci/ioctl-clock.c): KVM ioctls are named by their number (type 0xAE).
 KVM_NR = {0x01: "KVM_CREATE_VM", 0x02: "KVM_GET_MSR_INDEX_LIST", 0x03: "KVM_CHECK_EXTENSION",
@@ -151,8 +151,9 @@ if os.path.exists(clock) and s["executions"]:
         c[0] += int(n); c[1] += int(ns)
     n = s["executions"]
     main = {k[1]: v for k, v in calls.items() if k[0] == "main"}
-    # futex: the main thread waiting on another thread (the vCPU supplier), and waking it up to
-    # hand it work (futex-wake): the harness's threading, not kernel-imposed.
+    # futex: the main thread waiting on another thread (the vCPU supplier), and waking it up
+    # (futex-wake: when nothing is ready, or a contended lock): the harness's threading, not
+    # kernel-imposed.
     waits_s = main.pop("futex", [0, 0])[1] / 1e9
     wakes_s = main.pop("futex-wake", [0, 0])[1] / 1e9
     cpu = next(([int(r[1]) / 1e9, int(r[2]) / 1e9] for r in rows if r[0] == "cpu"), None)

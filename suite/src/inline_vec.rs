@@ -19,6 +19,9 @@ pub struct InlineVec<T: Copy + Default, const N: usize> {
 }
 
 impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
+    /// How many elements are kept in place.
+    pub const CAPACITY: usize = N;
+
     pub fn new() -> Self {
         InlineVec {
             len: 0,
@@ -150,7 +153,12 @@ impl<'a, T: Copy + Default + 'a, const N: usize> Extend<&'a T> for InlineVec<T, 
 
 impl<T: Copy + Default, const N: usize> FromIterator<T> for InlineVec<T, N> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let iter = iter.into_iter();
         let mut v = Self::new();
+        let (at_least, _) = iter.size_hint();
+        if at_least > N {
+            v.heap = Some(Vec::with_capacity(at_least));
+        }
         v.extend(iter);
         v
     }

@@ -216,17 +216,19 @@ impl Executor for HostExecutor {
             ));
         }
         let pin = env_number::<usize>("KVM_MSR_FUZZ_PIN", "a CPU number")?;
-        let pinned = |what: &str, r: std::io::Result<()>| {
-            r.map_err(|e| setup_violation(format!("KVM_MSR_FUZZ_PIN={pin:?}: {what}"), e.to_string()))
+        let pinned = |cpu: usize, what: &str, r: std::io::Result<()>| {
+            r.map_err(|e| setup_violation(format!("KVM_MSR_FUZZ_PIN={cpu}: {what}"), e.to_string()))
         };
         // The pool's helper threads inherit the affinity they are spawned with: off the CPU the
         // fuzzing thread is then pinned to.
         if let Some(cpu) = pin {
-            pinned("the helper threads kept off that CPU", super::pool::keep_off_cpu(cpu))?;
+            let r = super::pool::keep_off_cpu(cpu);
+            pinned(cpu, "the helper threads kept off that CPU", r)?;
         }
         let runner = HostRunner::new(ctx, mode, every, background).map_err(harness_violation)?;
         if let Some(cpu) = pin {
-            pinned("the fuzzing thread pinned", super::pool::pin_current_thread(cpu))?;
+            let r = super::pool::pin_current_thread(cpu);
+            pinned(cpu, "the fuzzing thread pinned", r)?;
         }
         Ok(HostExecutor {
             runner,

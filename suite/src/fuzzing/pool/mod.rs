@@ -17,8 +17,8 @@
 //!   a reset request pending (a write of 1 to HV_X64_MSR_RESET).
 //! - new vCPUs are created in a shared VM (~0.13 ms instead of ~0.6 ms), up to `VCPUS_PER_VM`, by
 //!   a supplier thread, which also resets used vCPUs and destroys dropped ones (a VM's last one on
-//!   a reaper thread); the pool posts it that work without waking it (see `Supplier`), and keeps enough
-//!   vCPUs that never ran in circulation that it need not wait for their resets
+//!   a reaper thread); the pool posts it that work without waking it (see `Supplier`), and
+//!   keeps enough vCPUs that never ran in circulation that it need not wait for their resets
 //!   (`NEVER_RAN_STOCK`). A vCPU that wrote a per-VM MSR is reset on the
 //!   fuzzing thread.
 //! - while an input has changed nothing yet (no accepted write stored a new value, no
@@ -440,11 +440,12 @@ fn set_current_affinity(allowed: impl Fn(usize) -> bool) -> std::io::Result<()> 
     if !(0..CPU_SET_BITS).any(&allowed) {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
+    let cpus: Vec<usize> = (0..CPU_SET_BITS).filter(|&c| allowed(c)).collect();
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes bits below its size inside it;
     // sched_setaffinity(0, ..) reads it and affects only this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in (0..CPU_SET_BITS).filter(|&c| allowed(c)) {
+        for &c in &cpus {
             libc::CPU_SET(c, &mut set);
         }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {

@@ -106,7 +106,8 @@ impl Factory {
 /// sleeping thread costs the waker ~8 us on the nested test host (the IPI to an idle vCPU), about
 /// as much as the reset it hands over, and with a channel the fuzzing thread paid one every four
 /// or five inputs (1-2 % of its time). Now the supplier, when it has nothing to do, sleeps `POLL`
-/// and looks again; only a pool with nothing ready for an input wakes it (`wake`). The pool's stock
+/// and looks again (longer while it keeps finding nothing, up to `POLL_IDLE_MAX`); only a pool
+/// with nothing ready for an input wakes it (`wake`). The pool's stock
 /// of never-run vCPUs covers the millisecond a reset may wait. (An earlier supplier that polled
 /// continuously, spinning or in sleeps of microseconds, made the fuzzing thread 20-50 % slower:
 /// the sibling vCPU of the nested host stayed busy. A 1-ms look while idle does not: replaying a
@@ -164,7 +165,8 @@ const REAPER_QUEUE: usize = 4;
 /// that compares every input, would otherwise keep them all open until it runs out of fds).
 const GRAVES_MAX: usize = 16;
 
-/// The supplier thread's side of its channels, and the work it has taken in and not done yet.
+/// The supplier thread's side of the supply channel and the mailbox, and the work it has taken in
+/// and not done yet.
 pub(super) struct SupplierWork {
     pub(super) factory: Factory,
     pub(super) supply: mpsc::Sender<Supply>,
@@ -176,6 +178,9 @@ pub(super) struct SupplierWork {
     graves: Vec<PooledVcpu>,
     /// The last vCPUs of their VMs, to the reaper thread.
     reaper: mpsc::SyncSender<PooledVcpu>,
+    /// How long the next sleep lasts while there is nothing to do (`POLL`, doubling up to
+    /// `POLL_IDLE_MAX` while nothing comes).
+    sleep: Duration,
 }
 
 /// The pool that owned the supplier is gone.
@@ -199,9 +204,11 @@ impl SupplierWork {
             && self.graves.is_empty()
             && self.unclaimed.load(Ordering::Relaxed) >= READY;
         if nothing_to_do {
-            std::thread::park_timeout(POLL);
+            std::thread::park_timeout(self.sleep);
+            self.sleep = (2 * self.sleep).min(POLL_IDLE_MAX);
             return Ok(());
         }
+        self.sleep = POLL;
         if let Some(mut v) = self.resets.pop_front() {
             let ran = v.ever_ran;
             let result =
@@ -293,6 +300,7 @@ impl Supplier {
             resets: VecDeque::new(),
             graves: Vec::new(),
             reaper: start_reaper(),
+            sleep: POLL,
         };
         let thread = std::thread::Builder::new()
             .name("kvm-msr-vcpu-supplier".into())
@@ -312,7 +320,8 @@ impl Supplier {
     }
 
     /// Hand one piece of work over. The supplier is not woken for it: it finds the work when it
-    /// next looks, at once if busy, within `POLL` if asleep.
+    /// next looks, at once if busy, within `POLL` if it just went to sleep, `POLL_IDLE_MAX` if it
+    /// has slept for a while.
     pub(super) fn post(&self, chore: Chore) {
         self.mailbox
             .chores
@@ -337,3 +346,7 @@ impl Drop for Supplier {
 /// How long the supplier sleeps when it has nothing to do before it looks at its mailbox again
 /// (and at how many new vCPUs the pool has taken).
 const POLL: Duration = Duration::from_millis(1);
+
+/// The longest sleep of a supplier that keeps finding nothing to do (the fresh-VM reference pool's,
+/// used for one input in 64): 250 looks a second rather than 1,000.
+const POLL_IDLE_MAX: Duration = Duration::from_millis(4);
