@@ -383,8 +383,9 @@ impl HostRun<'_> {
 }
 
 /// Run one input on a vCPU from `pool`: the trace of what it observed, or the first violated
-/// oracle. With `keep_trace` the trace holds what every operation observed (for
-/// `pool-equivalence`); without, it is empty.
+/// oracle, the oracles following this host's deviation records (`Recorded::of`). With
+/// `keep_trace` the trace holds what every operation observed (for `pool-equivalence`); without,
+/// it is empty.
 pub fn run_host(
     ctx: &Context,
     recorded: &Recorded,

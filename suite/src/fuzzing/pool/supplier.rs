@@ -107,12 +107,12 @@ impl Factory {
 /// as much as the reset it hands over, and with a channel the fuzzing thread paid one every four
 /// or five inputs (1-2 % of its time). Now the supplier, when it has nothing to do, sleeps `POLL`
 /// and looks again (longer while it keeps finding nothing, up to `POLL_IDLE_MAX`); only a pool
-/// with nothing ready for an input wakes it (`wake`). The pool's stock
-/// of never-run vCPUs covers the millisecond a reset may wait. (An earlier supplier that polled
-/// continuously, spinning or in sleeps of microseconds, made the fuzzing thread 20-50 % slower:
-/// the sibling vCPU of the nested host stayed busy. A 1-ms look while idle does not: replaying a
-/// fixed corpus of 4,046 inputs, wake-ups fell from 2 us to 0.4 us per input and the floor
-/// fraction rose by ~1.5 points, four alternations each.)
+/// with nothing ready for an input wakes it (`wake`). The pool's stock of never-run vCPUs covers
+/// the milliseconds a reset may wait. (An earlier supplier that polled continuously, spinning or
+/// in sleeps of microseconds, made the fuzzing thread 20-50 % slower: the sibling vCPU of the
+/// nested host stayed busy. A 1-ms look while idle does not: replaying a fixed corpus of 4,046
+/// inputs, wake-ups fell from 2 us to 0.4 us per input and the floor fraction rose by ~1.5 points,
+/// four alternations each; with the idle back-off the fuzzing thread's waits stayed at ~1 %.)
 ///
 /// The vCPU whose destruction takes its VM with it (the last one of a VM: kvm_destroy_vm destroys
 /// all `VCPUS_PER_VM` vCPUs, 3-7 ms on the nested test host) goes to a reaper thread of the lowest
