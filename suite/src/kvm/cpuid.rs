@@ -163,18 +163,21 @@ impl CpuidTable {
         CpuId::from_entries(&self.entries).expect("CPUID table within KVM_MAX_CPUID_ENTRIES")
     }
 
-    fn find(&self, leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
-        self.entries.iter().find(|e| {
+    /// Where the entry of `leaf`/`subleaf` is: the first whose function matches and whose index
+    /// matches too if it is significant.
+    fn position(&self, leaf: u32, subleaf: u32) -> Option<usize> {
+        self.entries.iter().position(|e| {
             e.function == leaf
                 && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
         })
     }
 
+    fn find(&self, leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
+        self.position(leaf, subleaf).map(|k| &self.entries[k])
+    }
+
     fn find_mut(&mut self, leaf: u32, subleaf: u32) -> Option<&mut kvm_cpuid_entry2> {
-        self.entries.iter_mut().find(|e| {
-            e.function == leaf
-                && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
-        })
+        self.position(leaf, subleaf).map(|k| &mut self.entries[k])
     }
 
     /// The value of one register, or None when the leaf is absent.
@@ -198,12 +201,7 @@ impl CpuidTable {
         let Some(e) = self.find_mut(f.leaf, f.subleaf) else {
             return false;
         };
-        let r = match f.reg {
-            Reg::Eax => &mut e.eax,
-            Reg::Ebx => &mut e.ebx,
-            Reg::Ecx => &mut e.ecx,
-            Reg::Edx => &mut e.edx,
-        };
+        let r = reg_mut(e, f.reg);
         if on {
             *r |= 1 << f.bit;
         } else {
@@ -273,18 +271,8 @@ impl CpuidTable {
             let mut e = t.entries[k];
             for name in ["APIC", "OSXSAVE", "OSPKE"] {
                 let f = feature(name).expect("in FEATURES");
-                let first = t.entries.iter().position(|e| {
-                    e.function == f.leaf
-                        && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == f.subleaf)
-                });
-                if first == Some(k) {
-                    let r = match f.reg {
-                        Reg::Eax => &mut e.eax,
-                        Reg::Ebx => &mut e.ebx,
-                        Reg::Ecx => &mut e.ecx,
-                        Reg::Edx => &mut e.edx,
-                    };
-                    *r &= !(1 << f.bit);
+                if t.position(f.leaf, f.subleaf) == Some(k) {
+                    *reg_mut(&mut e, f.reg) &= !(1 << f.bit);
                 }
             }
             e
@@ -317,6 +305,16 @@ impl CpuidTable {
             .filter(|f| self.has(**f))
             .map(|f| f.name)
             .collect()
+    }
+}
+
+/// One register of an entry.
+fn reg_mut(e: &mut kvm_cpuid_entry2, reg: Reg) -> &mut u32 {
+    match reg {
+        Reg::Eax => &mut e.eax,
+        Reg::Ebx => &mut e.ebx,
+        Reg::Ecx => &mut e.ecx,
+        Reg::Edx => &mut e.edx,
     }
 }
 

@@ -39,7 +39,8 @@ impl ReadBefore {
         self.find(index).and_then(|k| self.tried[k].1)
     }
 
-    fn find(&self, index: u32) -> Option<usize> {
+    /// Where `index` is in `tried`.
+    pub(super) fn find(&self, index: u32) -> Option<usize> {
         self.tried.binary_search_by_key(&index, |&(i, _)| i).ok()
     }
 }

@@ -233,7 +233,7 @@ impl PooledVcpu {
         }
         let mut before = ReadBefore { tried };
         for e in read_all(&self.vcpu, &ask).iter() {
-            if let Ok(k) = before.tried.binary_search_by_key(&e.index, |&(i, _)| i) {
+            if let Some(k) = before.find(e.index) {
                 before.tried[k].1 = Some(e.data);
             }
         }
