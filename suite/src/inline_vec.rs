@@ -30,26 +30,65 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
         }
     }
 
+    #[inline]
     pub fn push(&mut self, value: T) {
-        if let Some(h) = &mut self.heap {
-            h.push(value);
-        } else if self.len < N {
+        if self.heap.is_none() && self.len < N {
             self.inline[self.len] = value;
             self.len += 1;
         } else {
+            self.push_spilled(value);
+        }
+    }
+
+    /// `push` past the in-place room: onto the heap, moving the elements there the first time.
+    #[cold]
+    fn push_spilled(&mut self, value: T) {
+        let h = self.heap.get_or_insert_with(|| {
             let mut h = Vec::with_capacity(2 * N.max(1));
             h.extend_from_slice(&self.inline[..self.len]);
-            h.push(value);
-            self.heap = Some(h);
+            h
+        });
+        h.push(value);
+    }
+
+    /// Append the elements of `s`, in place while they fit.
+    pub fn extend_from_slice(&mut self, s: &[T]) {
+        if self.heap.is_none() && self.len + s.len() <= N {
+            self.inline[self.len..self.len + s.len()].copy_from_slice(s);
+            self.len += s.len();
+        } else {
+            self.extend(s.iter().copied());
+        }
+    }
+
+    /// Insert `value` at `at`, shifting the elements after it (panics if `at > len`).
+    pub fn insert(&mut self, at: usize, value: T) {
+        let len = self.len();
+        assert!(at <= len, "insert at {at} past the end of {len}");
+        if self.heap.is_none() && len < N {
+            self.inline.copy_within(at..len, at + 1);
+            self.inline[at] = value;
+            self.len += 1;
+        } else {
+            self.push_spilled(value);
+            if let Some(h) = &mut self.heap {
+                h.pop();
+                h.insert(at, value);
+            }
         }
     }
 
     /// Remove the element at `at`, shifting the elements after it (panics if `at >= len`).
     pub fn remove(&mut self, at: usize) -> T {
-        let value = self[at];
-        self[at..].rotate_left(1);
-        self.truncate(self.len() - 1);
-        value
+        match &mut self.heap {
+            Some(h) => h.remove(at),
+            None => {
+                let value = self.inline[..self.len][at];
+                self.inline.copy_within(at + 1..self.len, at);
+                self.len -= 1;
+                value
+            }
+        }
     }
 
     /// Remove consecutive repeated elements (all repeats, once sorted).
@@ -87,6 +126,7 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
         self.as_slice().to_vec()
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[T] {
         match &self.heap {
             Some(h) => h,
@@ -94,6 +134,7 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
         }
     }
 
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         match &mut self.heap {
             Some(h) => h,
@@ -136,14 +177,22 @@ impl<T: Copy + Default + PartialEq, const N: usize> PartialEq for InlineVec<T, N
 impl<T: Copy + Default + Eq, const N: usize> Eq for InlineVec<T, N> {}
 
 impl<T: Copy + Default, const N: usize> Extend<T> for InlineVec<T, N> {
+    #[inline]
     fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
-        for v in iter {
+        let mut iter = iter.into_iter();
+        while self.heap.is_none() {
+            let Some(v) = iter.next() else { return };
             self.push(v);
+        }
+        // Spilled: the rest goes straight onto the heap.
+        if let Some(h) = &mut self.heap {
+            h.extend(iter);
         }
     }
 }
 
 impl<'a, T: Copy + Default + 'a, const N: usize> Extend<&'a T> for InlineVec<T, N> {
+    #[inline]
     fn extend<I: IntoIterator<Item = &'a T>>(&mut self, iter: I) {
         for v in iter {
             self.push(*v);
@@ -152,21 +201,25 @@ impl<'a, T: Copy + Default + 'a, const N: usize> Extend<&'a T> for InlineVec<T, 
 }
 
 impl<T: Copy + Default, const N: usize> FromIterator<T> for InlineVec<T, N> {
+    #[inline]
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let iter = iter.into_iter();
         let mut v = Self::new();
         let (at_least, _) = iter.size_hint();
         if at_least > N {
-            v.heap = Some(Vec::with_capacity(at_least));
+            v.heap = Some(iter.collect());
+        } else {
+            v.extend(iter);
         }
-        v.extend(iter);
         v
     }
 }
 
 impl<T: Copy + Default, const N: usize> From<&[T]> for InlineVec<T, N> {
     fn from(s: &[T]) -> Self {
-        s.iter().copied().collect()
+        let mut v = Self::new();
+        v.extend_from_slice(s);
+        v
     }
 }
 
@@ -215,6 +268,33 @@ mod tests {
         assert_eq!(&*w, &[2, 3]);
         w[1] = 9;
         assert_eq!(w.last(), Some(&9));
+    }
+
+    #[test]
+    fn insert_extend_and_slices_spill_in_order() {
+        let mut v: InlineVec<u32, 4> = InlineVec::new();
+        v.insert(0, 5);
+        v.insert(0, 1);
+        v.insert(2, 9);
+        v.insert(1, 3);
+        assert_eq!(&*v, &[1, 3, 5, 9]);
+        assert!(v.heap.is_none());
+        v.insert(4, 10);
+        v.insert(0, 0);
+        assert!(v.heap.is_some());
+        assert_eq!(&*v, &[0, 1, 3, 5, 9, 10]);
+        // An iterator whose size hint says nothing spills part-way through `extend`.
+        let mut w: InlineVec<u32, 3> = InlineVec::new();
+        w.extend((0..7).filter(|_| true));
+        assert_eq!(&*w, &[0, 1, 2, 3, 4, 5, 6]);
+        let mut x: InlineVec<u32, 3> = InlineVec::new();
+        x.extend_from_slice(&[1, 2]);
+        x.extend_from_slice(&[3]);
+        assert!(x.heap.is_none());
+        x.extend_from_slice(&[4, 5]);
+        assert_eq!(&*x, &[1, 2, 3, 4, 5]);
+        let collected: InlineVec<u32, 2> = (0..5).collect();
+        assert_eq!(&*collected, &[0, 1, 2, 3, 4]);
     }
 
     #[test]

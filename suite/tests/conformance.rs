@@ -155,6 +155,13 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             Err(Failed::from("fewer than 8 host seeds with operations"))
         },
     ));
+    // raw::set_cpuid2 (the pool's KVM_SET_CPUID2) against kvm-ioctls' set_cpuid2: the same
+    // outcome and the same table read back, for the supported table, a shortened one and one
+    // past KVM_MAX_CPUID_ENTRIES.
+    let cpuid_ctx = Arc::clone(ctx);
+    v.push(Trial::test("kvm.raw.set-cpuid2-as-kvm-ioctls", move || {
+        set_cpuid2_as_kvm_ioctls(&cpuid_ctx).map_err(Failed::from)
+    }));
     // A pool whose inputs keep their vCPUs (a save/restore holds two) must not wait for a
     // supplier that sleeps because enough new vCPUs were ready when it last looked.
     let ctx = Arc::clone(ctx);
@@ -195,4 +202,51 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
 fn main() {
     let args = Arguments::from_args();
     libtest_mimic::run(&args, trials()).exit();
+}
+
+fn set_cpuid2_as_kvm_ioctls(ctx: &Context) -> Result<(), String> {
+    use kvm_msr_suite::kvm::{raw, CpuidPolicy, CpuidTable, Errno, KvmSystem, Vm, VmConfig};
+    let sys = KvmSystem::open().map_err(|e| e.to_string())?;
+    let vm = Vm::new(&sys, &VmConfig::default()).map_err(|e| e.to_string())?;
+    let vcpu = |id| {
+        vm.create_vcpu(id, &CpuidPolicy::Bare)
+            .map_err(|e| e.to_string())
+    };
+    let supported = &ctx.facts.supported_cpuid.entries;
+    for (k, entries) in [supported.clone(), supported[..supported.len() / 2].to_vec()]
+        .iter()
+        .enumerate()
+    {
+        let (ours, theirs) = (vcpu(2 * k as u64)?, vcpu(2 * k as u64 + 1)?);
+        let a = raw::set_cpuid2(&ours.fd, entries);
+        let table = CpuidTable {
+            entries: entries.clone(),
+        };
+        let b = theirs.fd.set_cpuid2(&table.to_kvm()).map_err(Errno::from);
+        let (ra, rb) = (ours.read_cpuid(), theirs.read_cpuid());
+        if a.is_err()
+            || b.is_err()
+            || ra.as_ref().map(|t| &t.entries) != rb.as_ref().map(|t| &t.entries)
+        {
+            return Err(format!(
+                "table #{k} ({} entries): raw {a:?}, kvm-ioctls {b:?}, read back alike: {}",
+                entries.len(),
+                ra.as_ref().map(|t| &t.entries) == rb.as_ref().map(|t| &t.entries)
+            ));
+        }
+    }
+    // cpuid.c kvm_vcpu_ioctl_set_cpuid2: 'if (cpuid->nent > KVM_MAX_CPUID_ENTRIES) return -E2BIG'
+    // (256; kvm-ioctls cannot even build such a table).
+    let long: Vec<_> = supported.iter().cycle().take(257).copied().collect();
+    let v = vcpu(4)?;
+    let before = v.read_cpuid();
+    let r = raw::set_cpuid2(&v.fd, &long);
+    if r != Err(Errno(libc::E2BIG))
+        || v.read_cpuid().map(|t| t.entries) != before.map(|t| t.entries)
+    {
+        return Err(format!(
+            "257 entries: {r:?} (want E2BIG and the table unchanged)"
+        ));
+    }
+    Ok(())
 }

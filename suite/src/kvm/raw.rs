@@ -4,9 +4,11 @@
 
 use crate::error::{Errno, Error};
 use crate::inline_vec::InlineVec;
-use kvm_bindings::{kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO};
+use kvm_bindings::{
+    kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO,
+};
 use std::os::fd::AsRawFd;
-use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
+use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_ptr};
 use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
@@ -17,6 +19,7 @@ ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_one_reg);
 ioctl_iow_nr!(KVM_SET_ONE_REG, KVMIO, 0xac, kvm_one_reg);
 ioctl_iowr_nr!(KVM_GET_REG_LIST, KVMIO, 0xb0, kvm_reg_list);
 ioctl_iow_nr!(KVM_X86_SETUP_MCE, KVMIO, 0x9c, u64);
+ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
 ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
 
 /// An ioctl's return value: Ok(ret), or the errno when it failed (ret < 0).
@@ -169,8 +172,10 @@ pub fn get_msrs(fd: &impl AsRawFd, indices: &[u32]) -> MsrIo {
 
 /// Batches up to this many entries are laid out on the stack, without an allocation (the
 /// fuzzers' batches hold at most 16 entries, the PVM backend's index list 40-43): the `host`
-/// fuzz target makes 10-13 MSR ioctls per input.
+/// fuzz target makes 10-13 MSR ioctls per input. A batch of at most `SMALL_ENTRIES` (all of the
+/// fuzzers') gets a buffer of that size, which costs a quarter of the zeroing.
 const INLINE_ENTRIES: usize = 64;
+const SMALL_ENTRIES: usize = 16;
 
 /// `msr_io` of `count` entries, the i-th being `entry(i)`.
 fn msr_io_of(
@@ -183,38 +188,81 @@ fn msr_io_of(
     let room = count.max(nmsrs as usize);
     // kvm_msrs is { u32 nmsrs; u32 pad; struct kvm_msr_entry { u32 index; u32 reserved; u64 data; }
     // entries[] }: a u64 vector of 1 + 2 * room words lays it out with natural alignment.
-    let mut inline = [0u64; 1 + 2 * INLINE_ENTRIES];
-    let mut heap = Vec::new();
-    let buf: &mut [u64] = if room <= INLINE_ENTRIES {
-        &mut inline[..1 + 2 * room]
+    if room <= SMALL_ENTRIES {
+        msr_io_in(
+            fd,
+            op,
+            count,
+            nmsrs,
+            entry,
+            &mut [0u64; 1 + 2 * SMALL_ENTRIES][..1 + 2 * room],
+        )
+    } else if room <= INLINE_ENTRIES {
+        msr_io_in(
+            fd,
+            op,
+            count,
+            nmsrs,
+            entry,
+            &mut [0u64; 1 + 2 * INLINE_ENTRIES][..1 + 2 * room],
+        )
     } else {
-        heap.resize(1 + 2 * room, 0u64);
-        &mut heap
-    };
+        msr_io_in(fd, op, count, nmsrs, entry, &mut vec![0u64; 1 + 2 * room])
+    }
+}
+
+/// `msr_io_of` in `buf`, of 1 + 2 * max(count, nmsrs) zeroed words.
+fn msr_io_in(
+    fd: &impl AsRawFd,
+    op: MsrOp,
+    count: usize,
+    nmsrs: u32,
+    entry: impl Fn(usize) -> MsrEntry,
+    buf: &mut [u64],
+) -> MsrIo {
+    assert!(buf.len() > 2 * count.max(nmsrs as usize));
     buf[0] = u64::from(nmsrs);
-    for i in 0..count {
+    for (i, w) in buf[1..1 + 2 * count].chunks_exact_mut(2).enumerate() {
         let e = entry(i);
-        buf[1 + 2 * i] = u64::from(e.index);
-        buf[2 + 2 * i] = e.data;
+        w[0] = u64::from(e.index);
+        w[1] = e.data;
     }
     let nr = match op {
         MsrOp::Get => KVM_GET_MSRS(),
         MsrOp::Set => KVM_SET_MSRS(),
     };
-    // SAFETY: the buffer holds a kvm_msrs header and `room` >= nmsrs entries, so KVM reads and
-    // writes only inside it; the fd is a KVM vCPU or system fd.
+    // SAFETY: the buffer holds a kvm_msrs header and `room` >= nmsrs entries (asserted above), so
+    // KVM reads and writes only inside it; the fd is a KVM vCPU or system fd.
     let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
     let result = ioctl_result(ret);
-    let out = (0..count)
-        .map(|i| MsrEntry {
-            index: buf[1 + 2 * i] as u32,
-            data: buf[2 + 2 * i],
+    let out = buf[1..1 + 2 * count]
+        .chunks_exact(2)
+        .map(|w| MsrEntry {
+            index: w[0] as u32,
+            data: w[1],
         })
         .collect();
     MsrIo {
         result,
         entries: out,
     }
+}
+
+/// KVM_SET_CPUID2 (api.rst 4.73) of `entries`; the errno on failure. Lays out struct kvm_cpuid2
+/// { u32 nent; u32 padding; struct kvm_cpuid_entry2 entries[]; } itself, in one copy: the `host`
+/// fuzz target sets a CPUID table every other input, and kvm-ioctls' `CpuId` built one entry
+/// at a time.
+pub fn set_cpuid2(fd: &impl AsRawFd, entries: &[kvm_cpuid_entry2]) -> Result<(), Errno> {
+    let mut buf: Vec<u32> = Vec::with_capacity(2 + 10 * entries.len());
+    buf.extend([entries.len() as u32, 0]);
+    for e in entries {
+        buf.extend([e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]);
+        buf.extend(e.padding);
+    }
+    // SAFETY: `buf` holds the header and `nent` entries of 10 u32 each (kvm_cpuid_entry2 is 40
+    // bytes, u32-aligned), and KVM only reads them; the fd is a KVM vCPU fd.
+    let ret = unsafe { ioctl_with_ptr(fd, KVM_SET_CPUID2(), buf.as_ptr()) };
+    ioctl_result(ret).map(|_| ())
 }
 
 /// The most entries one KVM_GET_MSRS / KVM_SET_MSRS accepts: `nmsrs >= MAX_IO_MSRS (256)` is

@@ -20,6 +20,9 @@ pub struct MsrTraits {
     pub volatile: bool,
     /// The catalogue documents host reads of it failing (`read_fails`).
     pub read_fails: bool,
+    /// Its position among the listed and feature MSRs in index order -- the order of a pooled
+    /// vCPU's snapshot, which looks values up by it (`fuzzing::pool`) -- if it is one of them.
+    pub snapshot_slot: Option<u16>,
 }
 
 impl MsrTraits {
@@ -85,7 +88,12 @@ impl MsrTraitsTable {
             slots: vec![Slot::default(); 1 << bits],
             shift: 32 - bits,
         };
-        for (index, traits) in all {
+        let mut slots = 0usize;
+        for (index, mut traits) in all {
+            if traits.in_lists() {
+                traits.snapshot_slot = u16::try_from(slots).ok();
+                slots += 1;
+            }
             let mut k = table.home(index);
             while table.slots[k].used {
                 k = (k + 1) & (table.slots.len() - 1);
@@ -142,6 +150,20 @@ mod tests {
         // Named by nothing.
         assert_eq!(t.get(0xdead_beef), MsrTraits::default());
         assert_eq!(MsrTraitsTable::default().get(0x10), MsrTraits::default());
+    }
+
+    #[test]
+    fn snapshot_slots_number_the_listed_and_feature_msrs_in_index_order() {
+        let cat = Catalogue::load_default().unwrap();
+        let t = MsrTraitsTable::from_lists(&[0x1b, 0x10, 0xc000_0080], &[0x10a, 0x10], &cat);
+        let slots: Vec<_> = [0x10, 0x1b, 0x10a, 0xc000_0080]
+            .iter()
+            .map(|&i| t.get(i).snapshot_slot)
+            .collect();
+        assert_eq!(slots, [Some(0), Some(1), Some(2), Some(3)]);
+        // Catalogued only (IA32_PRED_CMD), or named by nothing: no slot.
+        assert_eq!(t.get(0x49).snapshot_slot, None);
+        assert_eq!(t.get(0x1234_5678).snapshot_slot, None);
     }
 
     #[test]

@@ -372,10 +372,8 @@ impl HostRun<'_> {
         let restore = dest.set_msrs(ctx, &saved.entries, None);
         let back = dest.vcpu.get_msrs(list);
         o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
-        self.reads.forget();
-        for e in &saved.entries {
-            self.reads.observe(volatile, e.index, e.data, "saved")?;
-        }
+        self.reads
+            .observe_batch(volatile, &saved.entries, "saved")?;
         self.feats.add(&[15, u32::from(source_ran)]);
         self.record(Obs::Saved(n));
         Ok(v)

@@ -173,6 +173,14 @@ impl VcpuPool {
                     .collect(),
             ),
         };
+        // A vCPU's snapshot is looked up by the slot the context's traits give an MSR.
+        let numbered =
+            |(k, &i): (usize, &u32)| ctx.traits.get(i).snapshot_slot == u16::try_from(k).ok();
+        if !factory.indices.iter().enumerate().all(numbered) {
+            return Err(Error::Internal(
+                "the context's MSR traits do not number the listed and feature MSRs as the pool's snapshot does",
+            ));
+        }
         let volatile = factory.volatile.clone();
         let (factory, supplier) = if background {
             (None, Some(Supplier::start(factory)))

@@ -15,7 +15,7 @@ pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> MsrEntries {
     while !rest.is_empty() {
         let io = vcpu.get_msrs(rest);
         let n = io.result.unwrap_or(0).min(rest.len());
-        out.extend(&io.entries[..n]);
+        out.extend_from_slice(&io.entries[..n]);
         // Skip the entry that failed.
         rest = &rest[(n + 1).min(rest.len())..];
     }

@@ -70,7 +70,7 @@ impl Factory {
         vcpu.fd
             .set_regs(&long_mode::entry_regs(stage.entry, OPS))
             .map_err(|e| Error::ioctl("KVM_SET_REGS", e))?;
-        // Sorted like `indices` (`PooledVcpu::pristine_value` searches it).
+        // Sorted like `indices`.
         let mut pristine = read_all(&vcpu, &self.indices);
         let vm_values = stage.vm_pristine.get_or_init(|| {
             pristine
@@ -84,10 +84,19 @@ impl Factory {
                 e.data = v.data;
             }
         }
+        // `indices` is the listed and feature MSRs in index order: a position there is the MSR's
+        // `MsrTraits::snapshot_slot`.
+        let mut pristine_by_slot = vec![None; self.indices.len()];
+        for e in pristine.iter() {
+            if let Ok(slot) = self.indices.binary_search(&e.index) {
+                pristine_by_slot[slot] = Some(e.data);
+            }
+        }
         Ok(PooledVcpu {
             vcpu,
             stage,
             pristine: pristine.to_vec(),
+            pristine_by_slot,
             cpuid: self.cpuid.clone(),
             usage: Usage::default(),
             resets: 0,

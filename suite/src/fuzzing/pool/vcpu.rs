@@ -74,8 +74,9 @@ pub(super) struct Usage {
     pub(super) unrecoverable: bool,
     /// An accepted write to a per-VM MSR (`vm_scope`).
     pub(super) vm_scope_written: bool,
-    /// MSRs an accepted write changed (stored a value other than the one they held), each once:
-    /// without one (and without a CPUID change) the vCPU is as it was.
+    /// MSRs an accepted write changed (stored a value other than the one they held), each once,
+    /// sorted (a save/restore's destination can change dozens): without one (and without a CPUID
+    /// change) the vCPU is as it was.
     pub(super) changed: InlineVec<u32, 16>,
     /// A write to the x2APIC range retired the VM.
     pub(super) retired_vm: bool,
@@ -84,6 +85,18 @@ pub(super) struct Usage {
 }
 
 impl Usage {
+    /// Whether an accepted write of this input changed `index`.
+    pub(super) fn was_changed(&self, index: u32) -> bool {
+        self.changed.binary_search(&index).is_ok()
+    }
+
+    /// Record that an accepted write changed `index`.
+    fn note_changed(&mut self, index: u32) {
+        if let Err(at) = self.changed.binary_search(&index) {
+            self.changed.insert(at, index);
+        }
+    }
+
     /// Whether a reset has anything to put back.
     pub(super) fn changed_anything(&self) -> bool {
         !self.changed.is_empty() || self.cpuid_changed
@@ -97,6 +110,9 @@ pub struct PooledVcpu {
     /// Index-list and feature MSRs with their values at creation (the reset target), sorted by
     /// index.
     pub(super) pristine: Vec<MsrEntry>,
+    /// The same values by `MsrTraits::snapshot_slot` (None: not readable at creation): every
+    /// entry of every batch asks, a save/restore's destination for each of ~40.
+    pub(super) pristine_by_slot: Vec<Option<u64>>,
     /// The CPUID table this vCPU currently has (what a save/restore destination must get).
     pub cpuid: CpuidTable,
     pub(super) usage: Usage,
@@ -114,7 +130,7 @@ impl PooledVcpu {
     pub fn needs_old_value(&self, ctx: &Context, index: u32) -> bool {
         let t = ctx.traits.get(index);
         t.catalogued
-            && self.pristine_value(t, index).is_none()
+            && self.pristine_value(t).is_none()
             && !self.usage.undo.iter().any(|u| u.index == index)
     }
 
@@ -146,7 +162,7 @@ impl PooledVcpu {
             }
         }
         let old = read_all(&self.vcpu, &unknown);
-        self.usage.undo.extend(old.iter());
+        self.usage.undo.extend_from_slice(&old);
         let io = self.vcpu.set_msrs(entries);
         let accepted = &entries[..io.result.unwrap_or(0).min(entries.len())];
         // Old values of MSRs the batch did not get to write are not needed (and may not even be
@@ -173,12 +189,10 @@ impl PooledVcpu {
                 // so): nothing for a reset to put back. The reset itself writes such values.
                 continue;
             }
-            if !self.usage.changed.contains(&e.index) {
-                self.usage.changed.push(e.index);
-            }
+            self.usage.note_changed(e.index);
             self.usage.vm_scope_written |= vm_scope(e.index);
             let t = ctx.traits.get(e.index);
-            let known = self.pristine_value(t, e.index).is_some()
+            let known = self.pristine_value(t).is_some()
                 || self.usage.undo.iter().any(|u| u.index == e.index)
                 || t.read_fails;
             if !known {
@@ -193,10 +207,10 @@ impl PooledVcpu {
     /// old value was captured this input.
     pub(super) fn value_now(&self, ctx: &Context, index: u32) -> Option<u64> {
         let t = ctx.traits.get(index);
-        if t.volatile || self.usage.changed.contains(&index) {
+        if t.volatile || self.usage.was_changed(index) {
             return None;
         }
-        if let Some(data) = self.pristine_value(t, index) {
+        if let Some(data) = self.pristine_value(t) {
             return Some(data);
         }
         self.usage
@@ -242,24 +256,15 @@ impl PooledVcpu {
 
     /// The value `index` (with traits `t`) had when the vCPU was created, if it is in the
     /// snapshot (which holds the listed and feature MSRs that could be read).
-    pub(super) fn pristine_value(&self, t: MsrTraits, index: u32) -> Option<u64> {
-        if !t.in_lists() {
-            return None;
-        }
-        self.pristine
-            .binary_search_by_key(&index, |e| e.index)
-            .ok()
-            .map(|k| self.pristine[k].data)
+    pub(super) fn pristine_value(&self, t: MsrTraits) -> Option<u64> {
+        let slot = usize::from(t.snapshot_slot?);
+        self.pristine_by_slot.get(slot).copied().flatten()
     }
 
     /// KVM_SET_CPUID2 through the pool; returns the errno on failure. On success `table` becomes
     /// the vCPU's `cpuid`.
     pub fn set_cpuid(&mut self, table: CpuidTable) -> std::result::Result<(), Errno> {
-        let r = self
-            .vcpu
-            .fd
-            .set_cpuid2(&table.to_kvm())
-            .map_err(Errno::from);
+        let r = crate::kvm::raw::set_cpuid2(&self.vcpu.fd, &table.entries);
         if r.is_ok() {
             self.usage.cpuid_set = true;
             self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
