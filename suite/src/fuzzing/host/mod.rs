@@ -16,6 +16,7 @@ use crate::session::ids::{CHANGED_BY_RUN_WHERE_RECORDED, SAME_CPUID_AFTER_RUN};
 use crate::session::Context;
 use std::time::Duration;
 
+mod decode;
 pub(super) mod input;
 pub use input::{
     decode_host, CpuidChoice, HostEntry, HostIndex, HostInput, HostOp, HostValue, MAX_HOST_ENTRIES,

@@ -284,6 +284,9 @@ impl VcpuPool {
     /// A failure to make a vCPU (or a supplier that stopped) is kept for the next `take`.
     fn collect(&mut self, wait: bool) {
         let Some(s) = &self.supplier else { return };
+        if !wait && s.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let first = if wait {
             match s.supply.recv() {
                 Ok(supply) => Some(supply),
@@ -310,6 +313,9 @@ impl VcpuPool {
 
     /// One thing the supplier finished.
     fn take_supply(&mut self, supply: Supply) {
+        if let Some(s) = &self.supplier {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         match supply {
             Supply::New(Ok(v)) => self.new.push_back(v),
             Supply::New(Err(e)) => {
