@@ -61,16 +61,18 @@ pub fn install(mem: &mut GuestMemory) -> &'static Code {
     static RUNTIME: std::sync::OnceLock<Code> = std::sync::OnceLock::new();
     let rt = RUNTIME.get_or_init(|| code::runtime(CODE));
     assert!(rt.bytes.len() <= CODE_MAX);
+    // The IDT too: its gates name the stubs by label, a search by name for each of 32 vectors.
+    static IDT_GATES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let idt = IDT_GATES.get_or_init(|| {
+        (0u8..32)
+            .flat_map(|v| idt_gate(rt.label(code::stub_label(v))))
+            .collect()
+    });
     for (i, d) in gdt().iter().enumerate() {
         mem.write_u64(GDT + 8 * i as u64, *d);
     }
     mem.fill(TSS, 0x68, 0);
-    for v in 0u8..32 {
-        mem.write(
-            IDT + 16 * u64::from(v),
-            &idt_gate(rt.label(code::stub_label(v))),
-        );
-    }
+    mem.write(IDT, idt);
     // Page tables: present | writable; PD entries map 2 MiB pages (PS).
     mem.fill(PML4, 0x3000, 0);
     mem.write_u64(PML4, PDPT | 0x3);
