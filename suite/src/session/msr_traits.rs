@@ -20,6 +20,8 @@ pub struct MsrTraits {
     pub volatile: bool,
     /// The catalogue documents host reads of it failing (`read_fails`).
     pub read_fails: bool,
+    /// The catalogue's reserved-bit mask (`reserved.mask`; 0 where it documents none).
+    pub reserved_mask: u64,
     /// Its position among the listed and feature MSRs in index order -- the order of a pooled
     /// vCPU's snapshot, which looks values up by it (`fuzzing::pool`) -- if it is one of them.
     pub snapshot_slot: Option<u16>,
@@ -78,6 +80,7 @@ impl MsrTraitsTable {
             t.catalogued = true;
             t.volatile = m.volatile.is_some();
             t.read_fails = m.read_fails.is_some();
+            t.reserved_mask = m.reserved.as_ref().map_or(0, |r| r.mask);
         }
         MsrTraitsTable::with(all)
     }
@@ -150,6 +153,22 @@ mod tests {
         // Named by nothing.
         assert_eq!(t.get(0xdead_beef), MsrTraits::default());
         assert_eq!(MsrTraitsTable::default().get(0x10), MsrTraits::default());
+    }
+
+    #[test]
+    fn reserved_masks_are_the_catalogues() {
+        let cat = Catalogue::load_default().unwrap();
+        let t = MsrTraitsTable::from_lists(&[], &[], &cat);
+        let mut documented = 0;
+        for (&i, m) in &cat.msrs {
+            let want = m.reserved.as_ref().map_or(0, |r| r.mask);
+            assert_eq!(t.get(i).reserved_mask, want, "{i:#x}");
+            documented += usize::from(want != 0);
+        }
+        assert!(
+            documented > 10,
+            "only {documented} catalogued reserved masks"
+        );
     }
 
     #[test]

@@ -51,22 +51,7 @@ fn resolve(ctx: &Context, current: &ReadBefore, e: &HostEntry) -> MsrEntry {
         HostValue::Pick(c) => c.resolve(),
         HostValue::FlipCurrent(b) => current() ^ (1u64 << (b % 64)),
         HostValue::ReservedBit(b) => {
-            let mask = ctx
-                .catalogue
-                .get(index)
-                .and_then(|m| m.reserved.as_ref())
-                .map_or(0, |r| r.mask);
-            let bit = if mask == 0 {
-                b % 64
-            } else {
-                // The (b mod popcount)-th set bit of the mask.
-                let k = u32::from(b) % mask.count_ones();
-                (0..64)
-                    .filter(|i| mask & (1 << i) != 0)
-                    .nth(k as usize)
-                    .unwrap_or(0)
-            };
-            current() | (1u64 << bit)
+            current() | (1u64 << reserved_bit(ctx.traits.get(index).reserved_mask, b))
         }
         HostValue::Current => current(),
     };
@@ -74,6 +59,20 @@ fn resolve(ctx: &Context, current: &ReadBefore, e: &HostEntry) -> MsrEntry {
         index,
         data: confine(index, data),
     }
+}
+
+/// The bit a `ReservedBit(b)` sets: the (b mod popcount)-th set bit of the catalogue's reserved
+/// mask, counting from bit 0, or bit b mod 64 where the catalogue documents none.
+fn reserved_bit(mask: u64, b: u8) -> u32 {
+    if mask == 0 {
+        return u32::from(b % 64);
+    }
+    // Clear the lowest k set bits; the lowest left is the k-th.
+    let mut m = mask;
+    for _ in 0..u32::from(b) % mask.count_ones() {
+        m &= m - 1;
+    }
+    m.trailing_zeros()
 }
 
 /// Whether `input` may start on a vCPU that ran in an earlier input and was reset: KVM treats a
@@ -335,8 +334,8 @@ impl HostRun<'_> {
     fn save_restore(
         &mut self,
         pool: &mut VcpuPool,
-        v: PooledVcpu,
-    ) -> Result<PooledVcpu, Violation> {
+        v: Box<PooledVcpu>,
+    ) -> Result<Box<PooledVcpu>, Violation> {
         let ctx = self.ctx;
         let volatile = |i: u32| ctx.traits.get(i).volatile;
         let list = &ctx.facts.msr_index_list;
@@ -484,5 +483,37 @@ impl HostRunner {
                 actual: format!("on a reused vCPU: {pooled:?}"),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_bit_is_the_nth_set_bit_of_the_mask() {
+        let naive = |mask: u64, b: u8| -> u32 {
+            let k = u32::from(b) % mask.count_ones();
+            (0..64)
+                .filter(|i| mask & (1 << i) != 0)
+                .nth(k as usize)
+                .unwrap()
+        };
+        for mask in [
+            1u64,
+            0x8000_0000_0000_0000,
+            0xffff_ffff_0000_0000,
+            0x0000_0f00_0000_06ff,
+            u64::MAX,
+        ] {
+            for b in 0..=255u8 {
+                assert_eq!(
+                    reserved_bit(mask, b),
+                    naive(mask, b),
+                    "mask {mask:#x} b {b}"
+                );
+            }
+        }
+        assert_eq!(reserved_bit(0, 70), 6);
     }
 }

@@ -37,6 +37,10 @@
 //! from: the factory and the supplier thread), `reset` (making a used vCPU fresh again and
 //! proving it), and here the pool that ties them together.
 
+// A pooled vCPU travels boxed (`Box<PooledVcpu>`, in vectors too): it is ~600 bytes, and the
+// pool and the supplier move each several times per input.
+#![allow(clippy::vec_box)]
+
 mod reset;
 mod supplier;
 mod vcpu;
@@ -124,11 +128,11 @@ pub struct VcpuPool {
     factory: Option<Factory>,
     supplier: Option<Supplier>,
     /// Reset vCPUs that never ran.
-    idle: Vec<PooledVcpu>,
+    idle: Vec<Box<PooledVcpu>>,
     /// Reset vCPUs that have run: for inputs that cannot tell them from fresh ones.
-    idle_ran: Vec<PooledVcpu>,
+    idle_ran: Vec<Box<PooledVcpu>>,
     /// New vCPUs from the supplier, oldest first (used after the reset ones).
-    new: std::collections::VecDeque<PooledVcpu>,
+    new: std::collections::VecDeque<Box<PooledVcpu>>,
     /// vCPUs being reset on the supplier thread, of those that never ran / ran (with `idle_ran`,
     /// at most `IDLE_RAN_MAX` of the latter).
     in_reset: [usize; 2],
@@ -211,7 +215,7 @@ impl VcpuPool {
     /// run before and was reset (same MSR values, default CPUID) -- for an input that does nothing
     /// before its first KVM_RUN that KVM answers differently once a vCPU has run (see
     /// `host::tolerates_a_vcpu_that_ran`). Reset vCPUs first, new ones after.
-    pub fn take(&mut self, may_have_run: bool) -> Result<PooledVcpu> {
+    pub fn take(&mut self, may_have_run: bool) -> Result<Box<PooledVcpu>> {
         loop {
             self.collect(false);
             if let Some(e) = self.failed.take() {
@@ -221,7 +225,7 @@ impl VcpuPool {
             // (A new vCPU before a reset one while the stock of those that never ran is low.)
             let grow = self.supplier.is_some() && self.never_ran_stock() < NEVER_RAN_STOCK;
             type Counter = fn(&mut PoolStats) -> &mut u64;
-            let next: Option<(PooledVcpu, Counter)> =
+            let next: Option<(Box<PooledVcpu>, Counter)> =
                 if let Some(v) = may_have_run.then(|| self.idle_ran.pop()).flatten() {
                     Some((v, |s| &mut s.reused_after_run))
                 } else if let Some(v) = grow.then(|| self.take_new()).flatten() {
@@ -259,7 +263,7 @@ impl VcpuPool {
     }
 
     /// The oldest new vCPU the supplier sent, if any.
-    fn take_new(&mut self) -> Option<PooledVcpu> {
+    fn take_new(&mut self) -> Option<Box<PooledVcpu>> {
         let v = self.new.pop_front()?;
         if let Some(s) = &self.supplier {
             s.unclaimed.fetch_sub(1, Ordering::Relaxed);
@@ -341,7 +345,7 @@ impl VcpuPool {
     }
 
     /// Keep a reset vCPU for the next input that can use it.
-    fn shelve(&mut self, v: PooledVcpu) {
+    fn shelve(&mut self, v: Box<PooledVcpu>) {
         if v.ever_ran {
             self.idle_ran.push(v);
         } else {
@@ -350,14 +354,14 @@ impl VcpuPool {
     }
 
     /// Destroy a vCPU, on the supplier thread if there is one.
-    fn bury(&mut self, v: PooledVcpu) {
+    fn bury(&mut self, v: Box<PooledVcpu>) {
         if let Some(s) = &self.supplier {
             s.post(Chore::Bury(v));
         }
     }
 
     /// Take a vCPU back after an input: reset and keep it if it can be made fresh again.
-    pub fn give_back(&mut self, mut v: PooledVcpu) {
+    pub fn give_back(&mut self, mut v: Box<PooledVcpu>) {
         self.stats.retired_by_x2apic += u64::from(v.usage.retired_vm);
         if self.mode == PoolMode::Fresh || v.stage.retired() {
             if self.mode == PoolMode::Reuse {

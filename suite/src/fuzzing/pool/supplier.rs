@@ -1,6 +1,10 @@
 //! Where fresh vCPUs come from: the `Factory` (a shared VM or a new VM each) and the `Supplier`
 //! thread that creates, resets and destroys vCPUs off the fuzzing thread.
 
+// A pooled vCPU travels boxed (`Box<PooledVcpu>`, in vectors too): it is ~600 bytes, and the
+// pool and the supplier move each several times per input.
+#![allow(clippy::vec_box)]
+
 use super::*;
 use crate::error::{Error, Result};
 use crate::guest::{layout::OPS, long_mode};
@@ -28,7 +32,7 @@ pub(super) struct Factory {
 }
 
 impl Factory {
-    pub(super) fn create(&mut self) -> Result<PooledVcpu> {
+    pub(super) fn create(&mut self) -> Result<Box<PooledVcpu>> {
         let stage = match &self.stage {
             Some(s)
                 if self.mode == PoolMode::Reuse
@@ -92,7 +96,7 @@ impl Factory {
                 pristine_by_slot[slot] = Some(e.data);
             }
         }
-        Ok(PooledVcpu {
+        Ok(Box::new(PooledVcpu {
             vcpu,
             stage,
             pristine: pristine.to_vec(),
@@ -101,7 +105,7 @@ impl Factory {
             usage: Usage::default(),
             resets: 0,
             ever_ran: false,
-        })
+        }))
     }
 }
 
@@ -144,9 +148,9 @@ pub(super) struct Supplier {
 /// Work for the supplier.
 pub(super) enum Chore {
     /// Reset this used vCPU and send it back.
-    Reset(PooledVcpu),
+    Reset(Box<PooledVcpu>),
     /// Destroy this vCPU.
-    Bury(PooledVcpu),
+    Bury(Box<PooledVcpu>),
 }
 
 /// Work handed to the supplier and not taken in yet, and whether the pool is gone.
@@ -158,11 +162,11 @@ struct Mailbox {
 
 /// What the supplier sends back.
 pub(super) enum Supply {
-    New(Result<PooledVcpu>),
+    New(Result<Box<PooledVcpu>>),
     /// A used vCPU after its reset (whether it had run, and why the reset failed if it did).
     Reset {
         ran: bool,
-        result: Result<PooledVcpu>,
+        result: Result<Box<PooledVcpu>>,
     },
 }
 
@@ -187,11 +191,11 @@ pub(super) struct SupplierWork {
     pub(super) unclaimed: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
     /// Used vCPUs waiting for their reset, those that never ran first (most inputs need one).
-    resets: VecDeque<PooledVcpu>,
+    resets: VecDeque<Box<PooledVcpu>>,
     /// vCPUs waiting to be destroyed.
-    graves: Vec<PooledVcpu>,
+    graves: Vec<Box<PooledVcpu>>,
     /// The last vCPUs of their VMs, to the reaper thread.
-    reaper: mpsc::SyncSender<PooledVcpu>,
+    reaper: mpsc::SyncSender<Box<PooledVcpu>>,
     /// How long the next sleep lasts while there is nothing to do (`POLL`, doubling up to
     /// `POLL_IDLE_MAX` while nothing comes).
     sleep: Duration,
@@ -271,8 +275,8 @@ impl SupplierWork {
 /// The reaper thread: destroys the VMs it is sent, at the lowest priority (SCHED_IDLE), so the
 /// milliseconds each takes are spent where neither the fuzzing thread nor the supplier needs the
 /// CPU.
-fn start_reaper() -> mpsc::SyncSender<PooledVcpu> {
-    let (reaper, graves) = mpsc::sync_channel::<PooledVcpu>(REAPER_QUEUE);
+fn start_reaper() -> mpsc::SyncSender<Box<PooledVcpu>> {
+    let (reaper, graves) = mpsc::sync_channel::<Box<PooledVcpu>>(REAPER_QUEUE);
     std::thread::Builder::new()
         .name("kvm-msr-vm-reaper".into())
         .spawn(move || {
