@@ -188,26 +188,13 @@ fn msr_io_of(
     let room = count.max(nmsrs as usize);
     // kvm_msrs is { u32 nmsrs; u32 pad; struct kvm_msr_entry { u32 index; u32 reserved; u64 data; }
     // entries[] }: a u64 vector of 1 + 2 * room words lays it out with natural alignment.
+    let io = |buf: &mut [u64]| msr_io_in(fd, op, count, nmsrs, &entry, &mut buf[..1 + 2 * room]);
     if room <= SMALL_ENTRIES {
-        msr_io_in(
-            fd,
-            op,
-            count,
-            nmsrs,
-            entry,
-            &mut [0u64; 1 + 2 * SMALL_ENTRIES][..1 + 2 * room],
-        )
+        io(&mut [0u64; 1 + 2 * SMALL_ENTRIES])
     } else if room <= INLINE_ENTRIES {
-        msr_io_in(
-            fd,
-            op,
-            count,
-            nmsrs,
-            entry,
-            &mut [0u64; 1 + 2 * INLINE_ENTRIES][..1 + 2 * room],
-        )
+        io(&mut [0u64; 1 + 2 * INLINE_ENTRIES])
     } else {
-        msr_io_in(fd, op, count, nmsrs, entry, &mut vec![0u64; 1 + 2 * room])
+        io(&mut vec![0u64; 1 + 2 * room])
     }
 }
 

@@ -254,8 +254,8 @@ impl PooledVcpu {
         before
     }
 
-    /// The value `index` (with traits `t`) had when the vCPU was created, if it is in the
-    /// snapshot (which holds the listed and feature MSRs that could be read).
+    /// The value the MSR with traits `t` had when the vCPU was created, if it is in the snapshot
+    /// (which holds the listed and feature MSRs that could be read).
     pub(super) fn pristine_value(&self, t: MsrTraits) -> Option<u64> {
         let slot = usize::from(t.snapshot_slot?);
         self.pristine_by_slot.get(slot).copied().flatten()
