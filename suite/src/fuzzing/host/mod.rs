@@ -359,7 +359,7 @@ impl HostRun<'_> {
         let mut v = pool.take(false).map_err(harness_violation)?;
         self.ran = false;
         let dest = &mut v;
-        if dest.cpuid.entries != source_cpuid.entries {
+        if !dest.cpuid.same_entries(&source_cpuid) {
             if let Err(e) = dest.set_cpuid(source_cpuid) {
                 return Err(Violation {
                     oracle: "save-restore-equal",

@@ -267,7 +267,7 @@ impl PooledVcpu {
         let r = crate::kvm::raw::set_cpuid2(&self.vcpu.fd, &table.entries);
         if r.is_ok() {
             self.usage.cpuid_set = true;
-            self.usage.cpuid_changed |= table.entries != self.cpuid.entries;
+            self.usage.cpuid_changed |= !table.same_entries(&self.cpuid);
             self.cpuid = table;
         }
         r
