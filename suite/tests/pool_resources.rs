@@ -15,7 +15,7 @@ const WARM_UP: usize = 20;
 const ROUNDS: usize = 300;
 
 /// Most fds the pool's queues may hold beyond the first count: new vCPUs kept ready (8), vCPUs
-/// waiting for their burial (16), VMs waiting for the reaper (4) and the one being destroyed,
+/// waiting for their burial (16), VMs waiting for the reaper (16) and the one being destroyed,
 /// each a VM fd and a vCPU fd in fresh mode, with room to spare. A pool that stopped burying
 /// would grow by two fds per round, 600 here.
 const FD_GROWTH_MAX: usize = 100;
