@@ -210,7 +210,8 @@ for s in soak:
     if tp := s.get("throughput"):
         print(f"  throughput {s['target']}: {tp['exec_per_s_loop']} exec/s, {tp['kvm_ioctls_per_exec']} KVM ioctls/exec "
               f"(+{tp['kvm_ioctls_per_exec_other_threads']} on other threads), kernel floor {tp['floor_us_per_exec']} us/exec "
-              f"= {tp['floor_exec_per_s']} exec/s; the target reaches {round(100 * tp['floor_fraction'])}% of it (goal 90%)")
+              f"= {tp['floor_exec_per_s']} exec/s; the target reaches {100 * tp['floor_fraction']:.1f}% of it "
+              f"(goal 90%{'' if tp['floor_fraction'] >= 0.9 else ': not met'})")
         print(f"    the rest of the loop: {round(100 * tp['wait_fraction'])}% waiting on other threads, "
               f"{round(100 * tp.get('wake_fraction', 0))}% waking them, "
               f"user-mode CPU {round(100 * (tp['user_cpu_fraction'] or 0))}% (harness and libFuzzer)")
