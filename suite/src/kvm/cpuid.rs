@@ -160,12 +160,7 @@ impl CpuidTable {
     }
 
     pub fn to_kvm(&self) -> CpuId {
-        // One copy of the entries (`from_entries` pushes them one at a time: a few thousand
-        // instructions per KVM_SET_CPUID2 of the `host` fuzz target).
-        let mut kvm =
-            CpuId::new(self.entries.len()).expect("CPUID table within KVM_MAX_CPUID_ENTRIES");
-        kvm.as_mut_slice().copy_from_slice(&self.entries);
-        kvm
+        CpuId::from_entries(&self.entries).expect("CPUID table within KVM_MAX_CPUID_ENTRIES")
     }
 
     /// Where the entry of `leaf`/`subleaf` is: the first whose function matches and whose index

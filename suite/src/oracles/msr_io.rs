@@ -139,12 +139,7 @@ impl RepeatedReads {
             Ok(k) => {
                 let prev = std::mem::replace(&mut self.last[k].1, value);
                 if prev != value {
-                    return Err(Violation {
-                        oracle: "repeated-reads",
-                        msr: Some(index),
-                        expected: format!("{prev:#x} (the previous read; no write since, {since})"),
-                        actual: format!("{value:#x}"),
-                    });
+                    return Err(repeated_read_differs(index, prev, value, since));
                 }
             }
             Err(k) => self.last.insert(k, (index, value)),
@@ -176,14 +171,7 @@ impl RepeatedReads {
                 Some((index, prev)) if *index == e.index => {
                     let prev = std::mem::replace(prev, e.data);
                     if prev != e.data {
-                        return Err(Violation {
-                            oracle: "repeated-reads",
-                            msr: Some(e.index),
-                            expected: format!(
-                                "{prev:#x} (the previous read; no write since, {since})"
-                            ),
-                            actual: format!("{:#x}", e.data),
-                        });
+                        return Err(repeated_read_differs(e.index, prev, e.data, since));
                     }
                 }
                 _ => self.last.push((e.index, e.data)),
@@ -202,6 +190,16 @@ impl RepeatedReads {
         if let Ok(k) = self.last.binary_search_by_key(&index, |&(i, _)| i) {
             self.last.remove(k);
         }
+    }
+}
+
+/// The `repeated-reads` violation: `index` read `value` after `prev` with no write in between.
+fn repeated_read_differs(index: u32, prev: u64, value: u64, since: &str) -> Violation {
+    Violation {
+        oracle: "repeated-reads",
+        msr: Some(index),
+        expected: format!("{prev:#x} (the previous read; no write since, {since})"),
+        actual: format!("{value:#x}"),
     }
 }
 

@@ -91,11 +91,11 @@ impl MsrTraitsTable {
             slots: vec![Slot::default(); 1 << bits],
             shift: 32 - bits,
         };
-        let mut slots = 0usize;
+        let mut in_lists = 0usize;
         for (index, mut traits) in all {
             if traits.in_lists() {
-                traits.snapshot_slot = u16::try_from(slots).ok();
-                slots += 1;
+                traits.snapshot_slot = u16::try_from(in_lists).ok();
+                in_lists += 1;
             }
             let mut k = table.home(index);
             while table.slots[k].used {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::inline_vec::InlineVec;
-use crate::kvm::raw::{MsrEntries, MsrEntry};
+use crate::kvm::raw::{set_cpuid2, MsrEntries, MsrEntry};
 use crate::kvm::{CpuidTable, Vcpu};
 use std::collections::BTreeSet;
 
@@ -102,10 +102,11 @@ pub(super) fn reset(
     // be a KVM bug the `pool-equivalence` oracle reports).
     if v.usage.changed_anything() {
         if v.usage.cpuid_changed {
-            v.vcpu
-                .fd
-                .set_cpuid2(&default_cpuid.to_kvm())
-                .map_err(|e| Error::ioctl("pool reset: KVM_SET_CPUID2 of the default table", e))?;
+            // (The same call as the pool's KVM_SET_CPUID2 of an input, `PooledVcpu::set_cpuid`.)
+            set_cpuid2(&v.vcpu.fd, &default_cpuid.entries).map_err(|errno| Error::Ioctl {
+                what: "pool reset: KVM_SET_CPUID2 of the default table",
+                errno,
+            })?;
             v.cpuid = default_cpuid.clone();
         }
         let keep = |e: &&MsrEntry| !(skip_vm_scope && vm_scope(e.index));
