@@ -125,7 +125,7 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
             let mut pool =
                 fuzzing::pool::VcpuPool::new(&ctx, fuzzing::pool::PoolMode::Reuse, false)
                     .map_err(|e| Failed::from(e.to_string()))?;
-            let recorded = fuzzing::Recorded::of(&ctx);
+            let lookups = fuzzing::Lookups::of(&ctx);
             let mut checked = 0;
             for path in fuzzing::Target::Host.corpus_files() {
                 let input = host_seed(&path)?;
@@ -134,10 +134,10 @@ fn corpus_trials(ctx: &Arc<Context>) -> Vec<Trial> {
                     continue;
                 }
                 let mut feats = fuzzing::Features::default();
-                let kept = fuzzing::run_host(&ctx, &recorded, &mut pool, &input, &mut feats, true)
+                let kept = fuzzing::run_host(&ctx, &lookups, &mut pool, &input, &mut feats, true)
                     .map_err(|v| format!("{}: {v}", path.display()))?;
                 let dropped =
-                    fuzzing::run_host(&ctx, &recorded, &mut pool, &input, &mut feats, false)
+                    fuzzing::run_host(&ctx, &lookups, &mut pool, &input, &mut feats, false)
                         .map_err(|v| format!("{}: {v}", path.display()))?;
                 if kept.len() < ops || !dropped.is_empty() {
                     return Err(Failed::from(format!(

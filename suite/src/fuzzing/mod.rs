@@ -13,7 +13,7 @@ pub use filter::{run_filter, FilterInput, RangeChoice};
 pub use guest::{run_guest, GuestAccess, GuestInput, MAX_GUEST_OPS};
 pub use host::{
     decode_host, run_host, CpuidChoice, HostEntry, HostIndex, HostInput, HostOp, HostRunner,
-    HostValue, Obs, Recorded, MAX_HOST_ENTRIES, MAX_HOST_OPS,
+    HostValue, Lookups, Obs, MAX_HOST_ENTRIES, MAX_HOST_OPS,
 };
 pub use set_batch::{decode_set_batch, run_set_batch, SetBatchInput, MAX_BATCH};
 pub use target::{Executor, Target};

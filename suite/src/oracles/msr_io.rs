@@ -110,6 +110,33 @@ pub fn set_batch_stopper_rejected(
     }
 }
 
+/// The order in which `RepeatedReads` files one batch of reads: the positions of the entries
+/// whose MSR is compared (not volatile), sorted by (index, position) -- of two reads of one MSR
+/// the earlier comes first, as `observe` would see them.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOrder {
+    /// The batch's indices, in its order.
+    indices: Vec<u32>,
+    /// Positions into the batch.
+    sorted: Vec<u32>,
+}
+
+impl BatchOrder {
+    /// The order of a batch of `indices` (fewer than 2^32); `volatile`: the catalogue documents the MSR as changing on its own (not compared).
+    pub fn of(indices: impl Iterator<Item = u32>, volatile: impl Fn(u32) -> bool) -> BatchOrder {
+        let indices: Vec<u32> = indices.collect();
+        // Packed in one u64 so that an unstable sort of plain integers does it (the library's
+        // stable sort of pairs cost more than the `observe` calls it replaced).
+        let mut keys: Vec<u64> = (indices.iter().enumerate())
+            .filter(|(_, &i)| !volatile(i))
+            .map(|(k, &i)| u64::from(i) << 32 | k as u64)
+            .collect();
+        keys.sort_unstable();
+        let sorted = keys.iter().map(|key| *key as u32).collect();
+        BatchOrder { indices, sorted }
+    }
+}
+
 /// Oracle `repeated-reads`: without a write in between, two host reads of an MSR the catalogue
 /// does not document as changing on its own return the same value -- also across KVM_RUN of a
 /// guest that touches no MSR. Id-dependent registers (the x2APIC ID and LDR, SDM vol. 3A
@@ -155,18 +182,32 @@ impl RepeatedReads {
         read: &[MsrEntry],
         since: &str,
     ) -> Result<(), Violation> {
-        // Sorted by (index, position in the batch): of two reads of one MSR the earlier comes
-        // first, as `observe` would see them. Packed in one u64 so that an unstable sort of
-        // plain integers does it (a batch is the whole index list, in KVM's order; the library's
-        // stable sort of the pairs cost more than the `observe` calls it replaced).
-        let mut keys: InlineVec<u64, 48> = (read.iter().enumerate())
-            .filter(|(_, e)| !volatile(e.index))
-            .map(|(k, e)| u64::from(e.index) << 32 | k as u64)
-            .collect();
-        keys.sort_unstable();
+        let order = BatchOrder::of(read.iter().map(|e| e.index), &volatile);
+        self.observe_in_order(volatile, &order, read, since)
+    }
+
+    /// `observe_batch` of a batch whose order was computed beforehand: `order` is
+    /// `BatchOrder::of` the indices of `read`, in `read`'s order, with the same `volatile`
+    /// (the indices are checked: for any other batch the order is computed here). A
+    /// save/restore reads the whole index list, always in the same order, so its order is
+    /// computed once per campaign.
+    pub fn observe_in_order(
+        &mut self,
+        volatile: impl Fn(u32) -> bool,
+        order: &BatchOrder,
+        read: &[MsrEntry],
+        since: &str,
+    ) -> Result<(), Violation> {
+        if !read
+            .iter()
+            .map(|e| e.index)
+            .eq(order.indices.iter().copied())
+        {
+            return self.observe_batch(volatile, read, since);
+        }
         self.last.clear();
-        for key in keys.iter() {
-            let e = read[(key & 0xffff_ffff) as usize];
+        for &k in &order.sorted {
+            let e = read[k as usize];
             match self.last.last_mut() {
                 Some((index, prev)) if *index == e.index => {
                     let prev = std::mem::replace(prev, e.data);
@@ -336,6 +377,40 @@ mod tests {
             .unwrap_err();
         assert_eq!(v.msr, Some(0x31));
         assert!(v.actual == "0x4" && v.expected.starts_with("0x1 "), "{v:?}");
+    }
+
+    #[test]
+    fn a_batch_in_a_precomputed_order_is_observed_as_in_its_own() {
+        let e = |index, data| MsrEntry { index, data };
+        let volatile = |i: u32| i == 0x10;
+        let list = [0x1b, 0x10, 0xc000_0080, 0x3a, 0x1b, 0x174];
+        let order = BatchOrder::of(list.iter().copied(), volatile);
+        let batch = |data: [u64; 6]| -> Vec<MsrEntry> {
+            list.iter().zip(data).map(|(&i, d)| e(i, d)).collect()
+        };
+        // The same verdicts as `observe_batch`, and the same memory after it.
+        for data in [[1, 2, 3, 4, 1, 6], [1, 2, 3, 4, 9, 6], [0; 6]] {
+            let (mut a, mut b) = (RepeatedReads::default(), RepeatedReads::default());
+            let ra = a.observe_batch(volatile, &batch(data), "s");
+            let rb = b.observe_in_order(volatile, &order, &batch(data), "s");
+            assert_eq!(ra, rb, "{data:?}");
+            assert_eq!(a.last.as_slice(), b.last.as_slice());
+        }
+        // The repeated MSR that differs is named, with both values.
+        let v = RepeatedReads::default()
+            .observe_in_order(volatile, &order, &batch([1, 2, 3, 4, 9, 6]), "s")
+            .unwrap_err();
+        assert_eq!((v.msr, v.actual.as_str()), (Some(0x1b), "0x9"));
+        // A batch the order was not computed for is ordered on its own: nothing is skipped.
+        let other = [e(0x3a, 1), e(0x11, 2), e(0x11, 3)];
+        let v = RepeatedReads::default()
+            .observe_in_order(volatile, &order, &other, "s")
+            .unwrap_err();
+        assert_eq!(v.msr, Some(0x11));
+        let mut r = RepeatedReads::default();
+        r.observe_in_order(volatile, &order, &other[..2], "s")
+            .unwrap();
+        assert_eq!(r.last.as_slice(), &[(0x11, 2), (0x3a, 1)]);
     }
 
     #[test]

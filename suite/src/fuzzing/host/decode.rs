@@ -30,6 +30,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// The next `N` bytes, zero-filled past the end of the data.
     fn take<const N: usize>(&mut self) -> [u8; N] {
+        // (A whole chunk is a fixed-size load, not a `memcpy` call of a variable length.)
+        if let Some((chunk, rest)) = self.data.split_first_chunk::<N>() {
+            self.data = rest;
+            return *chunk;
+        }
         let mut buf = [0; N];
         let n = N.min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);

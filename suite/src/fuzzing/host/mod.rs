@@ -10,7 +10,7 @@ use crate::guest::layout::PORT_DONE;
 use crate::inline_vec::InlineVec;
 use crate::kvm::raw::{self, MsrEntry, MsrOp};
 use crate::kvm::{CpuidTable, Errno, Exit};
-use crate::oracles::msr_io::{self as o, RepeatedReads, SENTINEL};
+use crate::oracles::msr_io::{self as o, BatchOrder, RepeatedReads, SENTINEL};
 use crate::oracles::Violation;
 use crate::session::ids::{CHANGED_BY_RUN_WHERE_RECORDED, SAME_CPUID_AFTER_RUN};
 use crate::session::Context;
@@ -100,28 +100,34 @@ pub fn tolerates_a_vcpu_that_ran(ctx: &Context, input: &HostInput) -> bool {
     true
 }
 
-/// What this host's deviation records change in the oracles here, looked up once for a campaign
-/// rather than at every operation (a lookup compares check ids, ~1 us per input).
+/// What the oracles here look up once for a campaign rather than at every operation: what this
+/// host's deviation records change in them (a lookup compares check ids, ~1 us per input), and the
+/// order a save/restore's reads are remembered in.
 #[derive(Clone, Debug)]
-pub struct Recorded {
+pub struct Lookups {
     /// KVM_SET_CPUID2 of the identical table after KVM_RUN is refused (the check
     /// SAME_CPUID_AFTER_RUN measures it, and fails once the deviation disappears).
     same_cpuid_refused: bool,
     /// MSRs KVM_RUN changes on this host (CHANGED_BY_RUN_WHERE_RECORDED).
     changed_by_run: Vec<u32>,
+    /// A save/restore reads every listed MSR, in the list's order: the order `RepeatedReads`
+    /// files them in, sorted once here instead of at every save/restore.
+    save_order: BatchOrder,
 }
 
-impl Recorded {
-    pub fn of(ctx: &Context) -> Recorded {
+impl Lookups {
+    pub fn of(ctx: &Context) -> Lookups {
         let key = crate::deviations::HostKey::of(&ctx.facts);
         let recorded = |check| ctx.deviations.find(check, key).is_some();
-        Recorded {
+        let volatile = |i: u32| ctx.traits.get(i).volatile;
+        Lookups {
             same_cpuid_refused: recorded(&SAME_CPUID_AFTER_RUN),
             changed_by_run: CHANGED_BY_RUN_WHERE_RECORDED
                 .iter()
                 .filter(|(_, check)| recorded(check))
                 .map(|(index, _)| *index)
                 .collect(),
+            save_order: BatchOrder::of(ctx.facts.msr_index_list.iter().copied(), volatile),
         }
     }
 }
@@ -129,7 +135,7 @@ impl Recorded {
 /// One input's run on one lent vCPU: what the handlers of its operations share.
 struct HostRun<'a> {
     ctx: &'a Context,
-    recorded: &'a Recorded,
+    lookups: &'a Lookups,
     /// Whether the input has called KVM_RUN on its vCPU: what a fresh vCPU would have done,
     /// which the oracles and the feedback go by (a pooled vCPU may have run in an earlier input).
     ran: bool,
@@ -277,7 +283,7 @@ impl HostRun<'_> {
             o::SET_CPUID2.check(e)?;
         }
         // A backend with a recorded deviation refuses the identical table too.
-        let same_refused = self.recorded.same_cpuid_refused;
+        let same_refused = self.lookups.same_cpuid_refused;
         if self.ran && r.is_ok() != same && !(same && same_refused) {
             return Err(Violation {
                 oracle: "cpuid-frozen-after-run",
@@ -321,7 +327,7 @@ impl HostRun<'_> {
             });
         }
         self.ran = true;
-        for &index in &self.recorded.changed_by_run {
+        for &index in &self.lookups.changed_by_run {
             self.reads.forget_index(index);
         }
         self.feats.add(&[14]);
@@ -372,8 +378,9 @@ impl HostRun<'_> {
         let restore = dest.set_msrs(ctx, &saved.entries, None);
         let back = dest.vcpu.get_msrs(list);
         o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
+        let order = &self.lookups.save_order;
         self.reads
-            .observe_batch(volatile, &saved.entries, "saved")?;
+            .observe_in_order(volatile, order, &saved.entries, "saved")?;
         self.feats.add(&[15, u32::from(source_ran)]);
         self.record(Obs::Saved(n));
         Ok(v)
@@ -381,12 +388,12 @@ impl HostRun<'_> {
 }
 
 /// Run one input on a vCPU from `pool`: the trace of what it observed, or the first violated
-/// oracle, the oracles following this host's deviation records (`Recorded::of`). With
+/// oracle, the oracles following this host's deviation records (`Lookups::of`). With
 /// `keep_trace` the trace holds what every operation observed (for `pool-equivalence`); without,
 /// it is empty.
 pub fn run_host(
     ctx: &Context,
-    recorded: &Recorded,
+    lookups: &Lookups,
     pool: &mut VcpuPool,
     input: &HostInput,
     feats: &mut Features,
@@ -397,7 +404,7 @@ pub fn run_host(
         .map_err(harness_violation)?;
     let mut run = HostRun {
         ctx,
-        recorded,
+        lookups,
         ran: false,
         reset_requested: false,
         reads: RepeatedReads::default(),
@@ -425,7 +432,7 @@ pub struct HostRunner {
     /// Run every n-th input on a fresh VM too (0: never).
     pub equivalence_every: u64,
     inputs: u64,
-    recorded: Recorded,
+    lookups: Lookups,
 }
 
 impl HostRunner {
@@ -441,7 +448,7 @@ impl HostRunner {
             reference: VcpuPool::new(ctx, PoolMode::Fresh, background && mode == PoolMode::Reuse)?,
             equivalence_every,
             inputs: 0,
-            recorded: Recorded::of(ctx),
+            lookups: Lookups::of(ctx),
         })
     }
 
@@ -461,13 +468,13 @@ impl HostRunner {
         let due = self.equivalence_every != 0
             && self.pool.mode == PoolMode::Reuse
             && self.inputs % self.equivalence_every == 0;
-        let pooled = run_host(ctx, &self.recorded, &mut self.pool, input, feats, due);
+        let pooled = run_host(ctx, &self.lookups, &mut self.pool, input, feats, due);
         if !due {
             return pooled.map(|_| ());
         }
         let fresh = run_host(
             ctx,
-            &self.recorded,
+            &self.lookups,
             &mut self.reference,
             input,
             &mut Features::default(),

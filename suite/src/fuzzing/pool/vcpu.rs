@@ -128,7 +128,11 @@ impl PooledVcpu {
     /// implemented, and if KVM does accept a write to one, the vCPU is simply not reused
     /// (`unrecoverable`) -- one ioctl saved per unknown index.
     pub fn needs_old_value(&self, ctx: &Context, index: u32) -> bool {
-        let t = ctx.traits.get(index);
+        self.needs_old_value_of(ctx.traits.get(index), index)
+    }
+
+    /// `needs_old_value` of `index`, whose traits are `t`.
+    fn needs_old_value_of(&self, t: MsrTraits, index: u32) -> bool {
         t.catalogued
             && self.pristine_value(t).is_none()
             && !self.usage.undo.iter().any(|u| u.index == index)
@@ -146,7 +150,9 @@ impl PooledVcpu {
         let logged = self.usage.undo.len();
         let mut unknown: InlineVec<u32, 16> = InlineVec::new();
         for e in entries {
-            if !self.needs_old_value(ctx, e.index) || unknown.contains(&e.index) {
+            if !self.needs_old_value_of(ctx.traits.get(e.index), e.index)
+                || unknown.contains(&e.index)
+            {
                 continue;
             }
             match before.filter(|b| b.attempted(e.index)) {
@@ -176,6 +182,7 @@ impl PooledVcpu {
             }
         }
         for e in accepted {
+            let t = ctx.traits.get(e.index);
             if e.index == crate::msr_index::HV_X64_MSR_RESET && e.data == 1 {
                 // A pending KVM_REQ_HV_RESET (hyperv.c kvm_hv_set_msr_pw): state no MSR write
                 // takes back, so the vCPU is not lent again.
@@ -184,14 +191,13 @@ impl PooledVcpu {
             if (0x800..=0x8ff).contains(&e.index) {
                 self.usage.retired_vm |= !self.stage.retired();
                 self.stage.retire();
-            } else if self.value_now(ctx, e.index) == Some(e.data) {
+            } else if self.value_now_of(t, e.index) == Some(e.data) {
                 // It already held that value (a save/restore's destination is mostly written
                 // so): nothing for a reset to put back. The reset itself writes such values.
                 continue;
             }
             self.usage.note_changed(e.index);
             self.usage.vm_scope_written |= vm_scope(e.index);
-            let t = ctx.traits.get(e.index);
             let known = self.pristine_value(t).is_some()
                 || self.usage.undo.iter().any(|u| u.index == e.index)
                 || t.read_fails;
@@ -206,7 +212,11 @@ impl PooledVcpu {
     /// it does not change on its own, and it is in the snapshot (every input starts from it) or its
     /// old value was captured this input.
     pub(super) fn value_now(&self, ctx: &Context, index: u32) -> Option<u64> {
-        let t = ctx.traits.get(index);
+        self.value_now_of(ctx.traits.get(index), index)
+    }
+
+    /// `value_now` of `index`, whose traits are `t`.
+    fn value_now_of(&self, t: MsrTraits, index: u32) -> Option<u64> {
         if t.volatile || self.usage.was_changed(index) {
             return None;
         }
