@@ -311,11 +311,11 @@ impl CpuidTable {
             .all(|k| self.entries[k] == other.entries[k] || strip(self, k) == strip(other, k))
     }
 
-    /// The same entries in the same order: one comparison of the tables' bytes (the derived
+    /// The same entries in the same order: one comparison of the tables' words (the derived
     /// comparison goes field by field, ~2,000 instructions for a 75-entry table; the host fuzz
     /// target compares tables at every KVM_SET_CPUID2 and save/restore).
     pub fn same_entries(&self, other: &CpuidTable) -> bool {
-        entry_bytes(&self.entries) == entry_bytes(&other.entries)
+        entry_words(&self.entries) == entry_words(&other.entries)
     }
 
     /// Replace the leaf-0 vendor signature (e.g. to run an Intel-compatible guest on AMD).
@@ -355,19 +355,16 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, reg: Reg) -> &mut u32 {
     }
 }
 
-/// The bytes of `entries`, for comparing tables at once.
-fn entry_bytes(entries: &[kvm_cpuid_entry2]) -> &[u8] {
+/// The ten u32 fields of each of `entries`, in order: what KVM_SET_CPUID2 reads
+/// (`kvm::raw::set_cpuid2` copies them in one go) and what tables are compared by.
+pub(crate) fn entry_words(entries: &[kvm_cpuid_entry2]) -> &[u32] {
     const _: () = assert!(std::mem::size_of::<kvm_cpuid_entry2>() == 40);
+    const _: () = assert!(std::mem::align_of::<kvm_cpuid_entry2>() == 4);
     // SAFETY: kvm_cpuid_entry2 is #[repr(C)] of ten u32 (function, index, flags, eax, ebx, ecx,
-    // edx, padding[3]): 40 bytes, asserted above, without padding bytes, so every byte of the
-    // slice is initialized; u8 has alignment 1; the result borrows `entries`, which it covers
+    // edx, padding[3]): 40 bytes and u32-aligned, asserted above, without padding bytes, so the
+    // memory is 10 * len initialized, aligned u32s; the result borrows `entries`, which it covers
     // exactly.
-    unsafe {
-        std::slice::from_raw_parts(
-            entries.as_ptr().cast::<u8>(),
-            std::mem::size_of_val(entries),
-        )
-    }
+    unsafe { std::slice::from_raw_parts(entries.as_ptr().cast::<u32>(), 10 * entries.len()) }
 }
 
 #[cfg(test)]

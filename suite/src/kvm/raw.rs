@@ -242,12 +242,7 @@ fn msr_io_in(
 pub fn set_cpuid2(fd: &impl AsRawFd, entries: &[kvm_cpuid_entry2]) -> Result<(), Errno> {
     let mut buf: Vec<u32> = Vec::with_capacity(2 + 10 * entries.len());
     buf.extend([entries.len() as u32, 0]);
-    // SAFETY: kvm_cpuid_entry2 is #[repr(C)] of ten u32 fields (function, index, flags, eax, ebx,
-    // ecx, edx, padding[3]), 40 bytes (asserted in kvm::cpuid) with no padding bytes between
-    // them: `entries` is 10 * len initialized u32s, u32-aligned, borrowed for this call.
-    let words =
-        unsafe { std::slice::from_raw_parts(entries.as_ptr().cast::<u32>(), 10 * entries.len()) };
-    buf.extend_from_slice(words);
+    buf.extend_from_slice(super::cpuid::entry_words(entries));
     // SAFETY: `buf` holds the header and `nent` entries of 10 u32 each (kvm_cpuid_entry2 is 40
     // bytes, u32-aligned), and KVM only reads them; the fd is a KVM vCPU fd.
     let ret = unsafe { ioctl_with_ptr(fd, KVM_SET_CPUID2(), buf.as_ptr()) };

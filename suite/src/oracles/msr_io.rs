@@ -122,7 +122,8 @@ pub struct BatchOrder {
 }
 
 impl BatchOrder {
-    /// The order of a batch of `indices` (fewer than 2^32); `volatile`: the catalogue documents the MSR as changing on its own (not compared).
+    /// The order of a batch of `indices` (fewer than 2^32); `volatile`: the catalogue documents
+    /// the MSR as changing on its own (not compared).
     pub fn of(indices: impl Iterator<Item = u32>, volatile: impl Fn(u32) -> bool) -> BatchOrder {
         let indices: Vec<u32> = indices.collect();
         // Packed in one u64 so that an unstable sort of plain integers does it (the library's
