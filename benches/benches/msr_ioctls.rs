@@ -335,7 +335,7 @@ fn ioctls(c: &mut Criterion, ctx: &Context) {
     for n in [1usize, 8, 64, list.len()] {
         let idx: Vec<u32> = list.iter().cycle().take(n).copied().collect();
         let saved = m.vcpu.get_msrs(&idx);
-        let entries: Vec<MsrEntry> = saved.entries.to_vec();
+        let entries: Vec<MsrEntry> = saved.entries().to_vec();
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| m.vcpu.set_msrs(&entries))
         });

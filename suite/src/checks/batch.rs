@@ -104,7 +104,7 @@ fn get_batch(ctx: &Context) -> Result<GetBatch, Outcome> {
     Ok(GetBatch {
         count: io.result,
         sent,
-        back: io.entries.to_vec(),
+        back: io.entries().to_vec(),
     })
 }
 

@@ -14,7 +14,7 @@ fn need_cap(ctx: &Context) -> Option<Outcome> {
 fn readable(ctx: &Context, index: u32) -> Outcome {
     let io = ctx.sys().get_feature_msrs(&[index]);
     match io.result {
-        Ok(1) => Outcome::pass(format!("value {}", hex(io.entries[0].data))),
+        Ok(1) => Outcome::pass(format!("value {}", hex(io.entries()[0].data))),
         r => Outcome::fail("Ok(1)", format!("{r:?}")),
     }
 }
@@ -29,15 +29,15 @@ fn batch_matches_single(ctx: &Context) -> Outcome {
         return Outcome::fail(format!("Ok({})", list.len()), format!("{:?}", batch.result));
     }
     let mut diffs = Vec::new();
-    for e in &batch.entries {
+    for e in batch.entries() {
         let single = ctx.sys().get_feature_msrs(&[e.index]);
-        if single.result != Ok(1) || single.entries[0].data != e.data {
+        if single.result != Ok(1) || single.entries()[0].data != e.data {
             diffs.push(format!(
                 "{:#x}: batch {} single {:?}/{}",
                 e.index,
                 hex(e.data),
                 single.result,
-                hex(single.entries[0].data)
+                hex(single.entries()[0].data)
             ));
         }
     }
@@ -55,7 +55,7 @@ fn unlisted_rejected(ctx: &Context) -> Outcome {
     let io = ctx.sys().get_feature_msrs(&[UNKNOWN]);
     if ctx.facts.ignore_msrs() {
         // kvm_do_msr_access: with ignore_msrs an unsupported access "succeeds" and reads 0.
-        match (io.result, io.entries[0].data) {
+        match (io.result, io.entries()[0].data) {
             (Ok(1), 0) => Outcome::pass("ignore_msrs=Y: the unknown index reads 0"),
             (r, d) => Outcome::fail(
                 "Ok(1) with data 0 (ignore_msrs=Y)",

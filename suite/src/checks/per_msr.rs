@@ -30,7 +30,7 @@ fn host_readable(ctx: &Context, index: u32, bare: bool) -> Outcome {
     with_machine(ctx, bare, |m| {
         let io = m.vcpu.get_msrs(&[index]);
         match (io.result, info.and_then(|i| i.host_read_may_fail.as_ref())) {
-            (Ok(1), _) => Outcome::pass(format!("reads {}", hex(io.entries[0].data))),
+            (Ok(1), _) => Outcome::pass(format!("reads {}", hex(io.entries()[0].data))),
             (r, Some(why)) => Outcome::pass(format!("read failed ({r:?}), documented: {why}")),
             (r, None) => Outcome::fail(
                 "Ok(1): an index-list MSR is readable by the host",

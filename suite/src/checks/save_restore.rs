@@ -16,7 +16,7 @@ pub(super) fn save(vcpu: &Vcpu, indices: &[u32]) -> Vec<Option<u64>> {
     for chunk in indices.chunks((MAX_IO_MSRS - 1) as usize) {
         let io = vcpu.get_msrs(chunk);
         let n = io.result.unwrap_or(0);
-        for (i, e) in io.entries.iter().enumerate() {
+        for (i, e) in io.entries().iter().enumerate() {
             // Entries past a failure are re-read alone so one failure hides nothing.
             out.push(if i < n {
                 Some(e.data)

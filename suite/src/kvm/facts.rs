@@ -264,7 +264,7 @@ impl HostFacts {
                 let io = sys.get_feature_msrs(&[index]);
                 FeatureValue {
                     index,
-                    value: (io.result == Ok(1)).then(|| io.entries[0].data),
+                    value: (io.result == Ok(1)).then(|| io.entries()[0].data),
                 }
             })
             .collect();

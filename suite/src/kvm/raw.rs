@@ -5,8 +5,10 @@
 use crate::error::{Errno, Error};
 use crate::inline_vec::InlineVec;
 use kvm_bindings::{
-    kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list, KVMIO,
+    kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_entry, kvm_msr_list, kvm_msrs, kvm_one_reg, kvm_reg_list,
+    KVMIO,
 };
+use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_ptr};
 use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
@@ -109,32 +111,69 @@ pub fn list_with_protocol(fd: &impl AsRawFd, kind: ListKind) -> (ListCall, Optio
     }
 }
 
-/// An MSR entry as KVM sees it (`struct kvm_msr_entry` without the reserved word).
+/// An MSR entry laid out as KVM's `struct kvm_msr_entry { u32 index; u32 reserved; u64 data; }`:
+/// the reserved word is the padding after `index`, so a kvm_msrs buffer's entries can be viewed
+/// as `MsrEntry` values (`MsrIo::entries`). Buffers given to KVM are built word by word, with the
+/// reserved word zero (semantics §1.1).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MsrEntry {
     pub index: u32,
     pub data: u64,
 }
 
+const _: () = {
+    assert!(std::mem::size_of::<MsrEntry>() == std::mem::size_of::<kvm_msr_entry>());
+    assert!(std::mem::size_of::<MsrEntry>() == 2 * std::mem::size_of::<u64>());
+    assert!(std::mem::align_of::<MsrEntry>() == std::mem::align_of::<u64>());
+    assert!(std::mem::offset_of!(MsrEntry, index) == std::mem::offset_of!(kvm_msr_entry, index));
+    assert!(std::mem::offset_of!(MsrEntry, data) == std::mem::offset_of!(kvm_msr_entry, data));
+};
+
 /// Result of KVM_GET_MSRS / KVM_SET_MSRS: the raw return value (entries processed) or an errno,
-/// and the entries as they were copied back (GET) or passed in (SET).
-#[derive(Clone, Debug)]
+/// and the entries as they were copied back (GET) or passed in (SET). It keeps the very buffer
+/// the ioctl used, so an ioctl's entries are never copied out of it.
+#[derive(Clone)]
 pub struct MsrIo {
     pub result: Result<usize, Errno>,
-    pub entries: MsrEntries,
+    /// struct kvm_msrs as the ioctl left it: the header word, then two words per entry
+    /// (`MsrEntry`'s layout), at least `count` entries.
+    words: Vec<u64>,
+    count: usize,
 }
 
-/// The entries of a KVM_GET_MSRS / KVM_SET_MSRS, in place up to the `host` fuzz target's largest
-/// batch (`fuzzing::MAX_HOST_ENTRIES`): no heap allocation per ioctl there.
+/// Entries kept in place up to the `host` fuzz target's largest batch
+/// (`fuzzing::MAX_HOST_ENTRIES`): no heap allocation for them there.
 pub type MsrEntries = InlineVec<MsrEntry, 16>;
 
 impl MsrIo {
+    /// A result with these entries (for callers that assemble one, and tests).
+    pub fn new(result: Result<usize, Errno>, entries: &[MsrEntry]) -> MsrIo {
+        let mut words = kvm_msrs_words(entries.len(), entries.len() as u32);
+        put_entries(&mut words, entries.len(), |i| entries[i]);
+        MsrIo {
+            result,
+            words,
+            count: entries.len(),
+        }
+    }
+
+    /// The entries, as copied back (GET) or passed in (SET).
+    pub fn entries(&self) -> &[MsrEntry] {
+        let words = &self.words[1..1 + 2 * self.count];
+        // SAFETY: MsrEntry is repr(C) { u32, 4 bytes of padding, u64 }: 16 bytes aligned to 8
+        // (asserted above), and every bit pattern of its fields is valid. `words` is 2 * count
+        // initialized, 8-aligned u64s, so it holds `count` MsrEntry values; the view is shared,
+        // so nothing stores through it (a stored MsrEntry's padding would be uninitialized).
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<MsrEntry>(), self.count) }
+    }
+
     /// For the harness's own MSR accesses: Ok when KVM processed every entry, else
     /// [`Error::Msr`] at the first entry it did not process, with the errno if the ioctl failed
     /// (then none was processed). `what` names the access ("setup x2apic-mode: KVM_SET_MSRS").
     pub fn all_processed(&self, what: &'static str) -> crate::error::Result<()> {
         let done = self.result.unwrap_or(0);
-        match (self.entries.get(done), self.result) {
+        match (self.entries().get(done), self.result) {
             (Some(e), errno) => Err(Error::Msr {
                 what,
                 index: e.index,
@@ -143,6 +182,15 @@ impl MsrIo {
             (None, Err(errno)) => Err(Error::Ioctl { what, errno }),
             (None, Ok(_)) => Ok(()),
         }
+    }
+}
+
+impl std::fmt::Debug for MsrIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsrIo")
+            .field("result", &self.result)
+            .field("entries", &self.entries())
+            .finish()
     }
 }
 
@@ -170,13 +218,6 @@ pub fn get_msrs(fd: &impl AsRawFd, indices: &[u32]) -> MsrIo {
     })
 }
 
-/// Batches up to this many entries are laid out on the stack, without an allocation (the
-/// fuzzers' batches hold at most 16 entries, the PVM backend's index list 40-43): the `host`
-/// fuzz target makes 10-13 MSR ioctls per input. A batch of at most `SMALL_ENTRIES` (all of the
-/// fuzzers') gets a buffer of that size, which costs a quarter of the zeroing.
-const INLINE_ENTRIES: usize = 64;
-const SMALL_ENTRIES: usize = 16;
-
 /// `msr_io` of `count` entries, the i-th being `entry(i)`.
 fn msr_io_of(
     fd: &impl AsRawFd,
@@ -185,53 +226,74 @@ fn msr_io_of(
     nmsrs: u32,
     entry: impl Fn(usize) -> MsrEntry,
 ) -> MsrIo {
-    let room = count.max(nmsrs as usize);
-    // kvm_msrs is { u32 nmsrs; u32 pad; struct kvm_msr_entry { u32 index; u32 reserved; u64 data; }
-    // entries[] }: a u64 vector of 1 + 2 * room words lays it out with natural alignment.
-    let io = |buf: &mut [u64]| msr_io_in(fd, op, count, nmsrs, &entry, &mut buf[..1 + 2 * room]);
-    if room <= SMALL_ENTRIES {
-        io(&mut [0u64; 1 + 2 * SMALL_ENTRIES])
-    } else if room <= INLINE_ENTRIES {
-        io(&mut [0u64; 1 + 2 * INLINE_ENTRIES])
-    } else {
-        io(&mut vec![0u64; 1 + 2 * room])
-    }
-}
-
-/// `msr_io_of` in `buf`, of 1 + 2 * max(count, nmsrs) zeroed words.
-fn msr_io_in(
-    fd: &impl AsRawFd,
-    op: MsrOp,
-    count: usize,
-    nmsrs: u32,
-    entry: impl Fn(usize) -> MsrEntry,
-    buf: &mut [u64],
-) -> MsrIo {
-    assert!(buf.len() > 2 * count.max(nmsrs as usize));
-    buf[0] = u64::from(nmsrs);
-    for (i, w) in buf[1..1 + 2 * count].chunks_exact_mut(2).enumerate() {
-        let e = entry(i);
-        w[0] = u64::from(e.index);
-        w[1] = e.data;
-    }
+    let mut words = kvm_msrs_words(count, nmsrs);
+    put_entries(&mut words, count, entry);
     let nr = match op {
         MsrOp::Get => KVM_GET_MSRS(),
         MsrOp::Set => KVM_SET_MSRS(),
     };
-    // SAFETY: the buffer holds a kvm_msrs header and `room` >= nmsrs entries (asserted above), so
-    // KVM reads and writes only inside it; the fd is a KVM vCPU or system fd.
-    let ret = unsafe { ioctl_with_mut_ptr(fd, nr, buf.as_mut_ptr()) };
-    let result = ioctl_result(ret);
-    let out = buf[1..1 + 2 * count]
-        .chunks_exact(2)
-        .map(|w| MsrEntry {
-            index: w[0] as u32,
-            data: w[1],
-        })
-        .collect();
+    // SAFETY: the buffer holds a kvm_msrs header and max(count, nmsrs) >= nmsrs entries
+    // (`kvm_msrs_words`), so KVM reads and writes only inside it; the fd is a KVM vCPU or system
+    // fd.
+    let ret = unsafe { ioctl_with_mut_ptr(fd, nr, words.as_mut_ptr()) };
     MsrIo {
-        result,
-        entries: out,
+        result: ioctl_result(ret),
+        words,
+        count,
+    }
+}
+
+/// A zeroed struct kvm_msrs { u32 nmsrs; u32 pad; struct kvm_msr_entry entries[]; } with room for
+/// max(count, nmsrs) entries and `nmsrs` in its header, as u64 words (which gives it its natural
+/// alignment): the header word, then two words per entry. Taken from the thread's spare buffers
+/// where one is left.
+fn kvm_msrs_words(count: usize, nmsrs: u32) -> Vec<u64> {
+    let room = count.max(nmsrs as usize);
+    let mut words = SPARE_WORDS
+        .with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .unwrap_or_default();
+    words.clear();
+    words.push(u64::from(nmsrs));
+    words.resize(1 + 2 * room, 0);
+    words
+}
+
+thread_local! {
+    /// Buffers of dropped `MsrIo`s, reused by the next ones: the `host` fuzz target makes 10-14
+    /// MSR ioctls per input, and a heap allocation for each cost it ~5 % of its own work
+    /// (callgrind, 2026-12-05; with `vec![0; n]`, which glibc serves with calloc, twice that).
+    static SPARE_WORDS: RefCell<Vec<Vec<u64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// At most this many spare buffers are kept per thread, each of at most `SPARE_WORDS_MAX` words
+/// (a batch of 256 entries, which KVM refuses beyond: `MAX_IO_MSRS`).
+const SPARE_BUFFERS: usize = 8;
+const SPARE_WORDS_MAX: usize = 1 + 2 * MAX_IO_MSRS as usize;
+
+impl Drop for MsrIo {
+    fn drop(&mut self) {
+        let words = std::mem::take(&mut self.words);
+        if words.capacity() > SPARE_WORDS_MAX {
+            return;
+        }
+        // (During thread exit the spare list may be gone: the buffer is then just freed.)
+        let _ = SPARE_WORDS.try_with(|spare| {
+            if let Ok(mut s) = spare.try_borrow_mut() {
+                if s.len() < SPARE_BUFFERS {
+                    s.push(words);
+                }
+            }
+        });
+    }
+}
+
+/// Store `count` entries, the i-th being `entry(i)`, in a `kvm_msrs_words` buffer: index and
+/// reserved word (zero) in the first word of each, data in the second.
+fn put_entries(words: &mut [u64], count: usize, entry: impl Fn(usize) -> MsrEntry) {
+    for (i, w) in words[1..1 + 2 * count].chunks_exact_mut(2).enumerate() {
+        let e = entry(i);
+        w[0] = u64::from(e.index);
+        w[1] = e.data;
     }
 }
 
@@ -330,13 +392,50 @@ mod tests {
     use super::*;
 
     fn io(result: Result<usize, Errno>, indices: &[u32]) -> MsrIo {
-        MsrIo {
-            result,
-            entries: indices
-                .iter()
-                .map(|&index| MsrEntry { index, data: 0 })
-                .collect(),
-        }
+        let entries: Vec<MsrEntry> = indices
+            .iter()
+            .map(|&index| MsrEntry { index, data: 0 })
+            .collect();
+        MsrIo::new(result, &entries)
+    }
+
+    #[test]
+    fn msr_io_views_the_kvm_msrs_buffer_as_its_entries() {
+        let entries: Vec<MsrEntry> = (0..40)
+            .map(|i| MsrEntry {
+                index: 0xc000_0080 + i,
+                data: u64::MAX - u64::from(i),
+            })
+            .collect();
+        let io = MsrIo::new(Ok(40), &entries);
+        assert_eq!(io.entries(), &entries[..]);
+        // struct kvm_msrs: nmsrs, pad, then { index, reserved = 0, data } per entry.
+        assert_eq!(io.words[0], 40);
+        assert_eq!(io.words[1], 0xc000_0080);
+        assert_eq!(io.words[2], u64::MAX);
+        assert_eq!(format!("{io:?}").matches("MsrEntry").count(), 40);
+    }
+
+    #[test]
+    fn a_reused_buffer_starts_zeroed() {
+        let dirty = vec![
+            MsrEntry {
+                index: u32::MAX,
+                data: u64::MAX
+            };
+            64
+        ];
+        drop(MsrIo::new(Ok(64), &dirty));
+        // The spare buffer comes back for a smaller batch with a larger nmsrs: every word past
+        // the header is zero (the entries KVM reads beyond `count` are index 0, data 0).
+        let words = kvm_msrs_words(2, 5);
+        assert!(
+            words.capacity() >= 1 + 2 * 64,
+            "the dropped buffer was not reused"
+        );
+        assert_eq!(words.len(), 1 + 2 * 5);
+        assert_eq!(words[0], 5);
+        assert!(words[1..].iter().all(|&w| w == 0), "{words:x?}");
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl Vcpu {
     /// One host read: Some(value) if KVM processed the entry.
     pub fn get_msr(&self, index: u32) -> Option<u64> {
         let io = self.get_msrs(&[index]);
-        (io.result == Ok(1)).then(|| io.entries[0].data)
+        (io.result == Ok(1)).then(|| io.entries()[0].data)
     }
 
     /// One host write: true if KVM processed the entry.

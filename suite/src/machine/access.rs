@@ -84,7 +84,7 @@ impl Access {
         match io.result {
             Ok(0) => Access::NotProcessed,
             Ok(_) if write => Access::Wrote,
-            Ok(_) => Access::Read(io.entries[0].data),
+            Ok(_) => Access::Read(io.entries()[0].data),
             Err(errno) => Access::Errno(errno),
         }
     }
@@ -190,10 +190,7 @@ mod tests {
     use super::*;
 
     fn io(result: Result<usize, Errno>, data: u64) -> MsrIo {
-        MsrIo {
-            result,
-            entries: [MsrEntry { index: 0x10, data }].into_iter().collect(),
-        }
+        MsrIo::new(result, &[MsrEntry { index: 0x10, data }])
     }
 
     #[test]

@@ -56,11 +56,11 @@ impl Errnos {
 /// The count of an MSR ioctl, or the `documented-errno` violation.
 pub fn msr_io_count(io: &MsrIo) -> Result<usize, Violation> {
     match io.result {
-        Ok(n) if n <= io.entries.len() => Ok(n),
+        Ok(n) if n <= io.entries().len() => Ok(n),
         Ok(n) => Err(Violation {
             oracle: "batch-count",
             msr: None,
-            expected: format!("at most {} (entries passed)", io.entries.len()),
+            expected: format!("at most {} (entries passed)", io.entries().len()),
             actual: n.to_string(),
         }),
         Err(e) => MSR_IO.check(e).map(|()| 0),
@@ -71,7 +71,7 @@ pub fn msr_io_count(io: &MsrIo) -> Result<usize, Violation> {
 /// fails): KVM_GET_MSRS leaves the data of every entry after the count-th as the caller wrote it
 /// (SENTINEL).
 pub fn get_batch_untouched(io: &MsrIo, count: usize) -> Result<(), Violation> {
-    match io.entries.iter().skip(count + 1).find(|e| e.data != SENTINEL) {
+    match io.entries().iter().skip(count + 1).find(|e| e.data != SENTINEL) {
         None => Ok(()),
         Some(e) => Err(Violation {
             oracle: "get-batch-untouched",
@@ -268,7 +268,7 @@ pub fn save_restore_equal(
         });
     }
     let read = msr_io_count(read_back)?;
-    for (k, (s, r)) in saved.iter().zip(&read_back.entries).enumerate() {
+    for (k, (s, r)) in saved.iter().zip(read_back.entries()).enumerate() {
         if volatile(s.index) {
             continue;
         }
@@ -325,17 +325,15 @@ mod tests {
     use super::*;
 
     fn io(result: Result<usize, Errno>, data: &[u64]) -> MsrIo {
-        MsrIo {
-            result,
-            entries: data
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| MsrEntry {
-                    index: i as u32,
-                    data: d,
-                })
-                .collect(),
-        }
+        let entries: Vec<MsrEntry> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| MsrEntry {
+                index: i as u32,
+                data: d,
+            })
+            .collect();
+        MsrIo::new(result, &entries)
     }
 
     #[test]
@@ -470,7 +468,7 @@ mod tests {
     #[test]
     fn save_restore_compares_all_but_volatile_msrs() {
         let volatile = |i: u32| i == 1;
-        let saved = io(Ok(3), &[7, 8, 9]).entries;
+        let saved = io(Ok(3), &[7, 8, 9]).entries().to_vec();
         let back = io(Ok(3), &[7, 100, 9]);
         assert!(save_restore_equal(volatile, &saved, &io(Ok(3), &[0, 0, 0]), &back).is_ok());
         let v = save_restore_equal(|_| false, &saved, &io(Ok(3), &[0, 0, 0]), &back).unwrap_err();

@@ -218,7 +218,7 @@ impl HostRun<'_> {
         if !idx.is_empty() {
             let back = v.vcpu.get_msrs(&idx);
             let m = o::msr_io_count(&back)?;
-            for e in &back.entries[..m] {
+            for e in &back.entries()[..m] {
                 self.reads
                     .observe(volatile, e.index, e.data, "after KVM_SET_MSRS")?;
                 let diff = (last(e.index) ^ e.data).count_ones();
@@ -248,7 +248,7 @@ impl HostRun<'_> {
         let n = o::msr_io_count(&io)?;
         o::get_batch_untouched(&io, n)?;
         let mut seen = Vec::new();
-        for (k, e) in io.entries.iter().enumerate() {
+        for (k, e) in io.entries().iter().enumerate() {
             let state = u32::from(k < n) + 2 * u32::from(k == n);
             self.feats.add(&[
                 12,
@@ -375,12 +375,12 @@ impl HostRun<'_> {
                 });
             }
         }
-        let restore = dest.set_msrs(ctx, &saved.entries, None);
+        let restore = dest.set_msrs(ctx, saved.entries(), None);
         let back = dest.vcpu.get_msrs(list);
-        o::save_restore_equal(volatile, &saved.entries, &restore, &back)?;
+        o::save_restore_equal(volatile, saved.entries(), &restore, &back)?;
         let order = &self.lookups.save_order;
         self.reads
-            .observe_in_order(volatile, order, &saved.entries, "saved")?;
+            .observe_in_order(volatile, order, saved.entries(), "saved")?;
         self.feats.add(&[15, u32::from(source_ran)]);
         self.record(Obs::Saved(n));
         Ok(v)

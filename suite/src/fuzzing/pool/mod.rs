@@ -45,7 +45,7 @@ mod reset;
 mod supplier;
 mod vcpu;
 
-pub use reset::{read_all, ReadBefore};
+pub use reset::{read_all, read_each, ReadBefore};
 pub use vcpu::{vm_scope, PooledVcpu, Stage};
 
 use reset::{reset, restore_vm_scope};

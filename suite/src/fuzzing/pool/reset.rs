@@ -11,15 +11,20 @@ use std::collections::BTreeSet;
 /// past an entry that fails, the rest again.
 pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> MsrEntries {
     let mut out = MsrEntries::new();
+    read_each(vcpu, indices, |e| out.push(e));
+    out
+}
+
+/// `read_all`, handing each entry read to `each` (no ioctl for no indices).
+pub fn read_each(vcpu: &Vcpu, indices: &[u32], mut each: impl FnMut(MsrEntry)) {
     let mut rest = indices;
     while !rest.is_empty() {
         let io = vcpu.get_msrs(rest);
         let n = io.result.unwrap_or(0).min(rest.len());
-        out.extend_from_slice(&io.entries[..n]);
+        io.entries()[..n].iter().for_each(|&e| each(e));
         // Skip the entry that failed.
         rest = &rest[(n + 1).min(rest.len())..];
     }
-    out
 }
 
 /// Values just before a write (`PooledVcpu::read_before`): which indices were tried, sorted, and
@@ -75,7 +80,7 @@ pub(super) fn reads_back(
     let idx: Vec<u32> = want.iter().map(|e| e.index).collect();
     let io = v.vcpu.get_msrs(&idx);
     io.all_processed("pool reset proof: KVM_GET_MSRS of the reset MSRs")?;
-    for (a, b) in want.iter().zip(&io.entries) {
+    for (a, b) in want.iter().zip(io.entries()) {
         if a.data != b.data && !volatile.contains(&a.index) {
             return Err(Error::MsrReadBack {
                 what: "pool reset proof",

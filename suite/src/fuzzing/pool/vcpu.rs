@@ -167,8 +167,7 @@ impl PooledVcpu {
                 None => unknown.push(e.index),
             }
         }
-        let old = read_all(&self.vcpu, &unknown);
-        self.usage.undo.extend_from_slice(&old);
+        read_each(&self.vcpu, &unknown, |e| self.usage.undo.push(e));
         let io = self.vcpu.set_msrs(entries);
         let accepted = &entries[..io.result.unwrap_or(0).min(entries.len())];
         // Old values of MSRs the batch did not get to write are not needed (and may not even be
@@ -244,8 +243,10 @@ impl PooledVcpu {
     /// Read `indices` (any order, duplicates allowed) before a write: values the pool knows
     /// (`known_value`) without an ioctl, the others with `read_all`.
     pub fn read_before(&self, ctx: &Context, indices: &[u32]) -> ReadBefore {
-        let mut tried: InlineVec<(u32, Option<u64>), 16> =
-            indices.iter().map(|&i| (i, None)).collect();
+        let mut before = ReadBefore {
+            tried: indices.iter().map(|&i| (i, None)).collect(),
+        };
+        let tried = &mut before.tried;
         tried.sort_unstable_by_key(|&(i, _)| i);
         tried.dedup();
         let mut ask: InlineVec<u32, 16> = InlineVec::new();
@@ -255,12 +256,11 @@ impl PooledVcpu {
                 ask.push(*i);
             }
         }
-        let mut before = ReadBefore { tried };
-        for e in read_all(&self.vcpu, &ask).iter() {
+        read_each(&self.vcpu, &ask, |e| {
             if let Some(k) = before.find(e.index) {
                 before.tried[k].1 = Some(e.data);
             }
-        }
+        });
         before
     }
 
