@@ -157,9 +157,6 @@ pub struct HostInput {
 pub const MAX_HOST_OPS: usize = 12;
 pub const MAX_HOST_ENTRIES: usize = 16;
 
-// A batch's KVM_GET/SET_MSRS entries stay in place (kvm::raw::MsrEntries), never on the heap.
-const _: () = assert!(MAX_HOST_ENTRIES <= crate::kvm::raw::MsrEntries::CAPACITY);
-
 /// Decode a `host` corpus file exactly as libfuzzer-sys does for a typed target.
 pub fn decode_host(bytes: &[u8]) -> arbitrary::Result<HostInput> {
     <HostInput as Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(bytes))

@@ -3,14 +3,14 @@
 
 use super::*;
 use crate::inline_vec::InlineVec;
-use crate::kvm::raw::{set_cpuid2, MsrEntries, MsrEntry};
+use crate::kvm::raw::{set_cpuid2, MsrEntry};
 use crate::kvm::{CpuidTable, Vcpu};
 use std::collections::BTreeSet;
 
 /// The MSRs of `indices` a host read succeeds for, with their values: one KVM_GET_MSRS, and
 /// past an entry that fails, the rest again.
-pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> MsrEntries {
-    let mut out = MsrEntries::new();
+pub fn read_all(vcpu: &Vcpu, indices: &[u32]) -> Vec<MsrEntry> {
+    let mut out = Vec::with_capacity(indices.len());
     read_each(vcpu, indices, |e| out.push(e));
     out
 }

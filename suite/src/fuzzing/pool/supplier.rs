@@ -99,7 +99,7 @@ impl Factory {
         Ok(Box::new(PooledVcpu {
             vcpu,
             stage,
-            pristine: pristine.to_vec(),
+            pristine,
             pristine_by_slot,
             cpuid: self.cpuid.clone(),
             usage: Usage::default(),
