@@ -241,7 +241,7 @@ impl PooledVcpu {
     }
 
     /// Read `indices` (any order, duplicates allowed) before a write: values the pool knows
-    /// (`known_value`) without an ioctl, the others with `read_all`.
+    /// (`known_value`) without an ioctl, the others with `read_each`.
     pub fn read_before(&self, ctx: &Context, indices: &[u32]) -> ReadBefore {
         let mut before = ReadBefore {
             tried: indices.iter().map(|&i| (i, None)).collect(),
