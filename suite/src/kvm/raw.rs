@@ -142,8 +142,9 @@ pub struct MsrIo {
 }
 
 impl MsrIo {
-    /// A result with these entries (for callers that assemble one, and tests).
-    pub fn new(result: Result<usize, Errno>, entries: &[MsrEntry]) -> MsrIo {
+    /// A result with these entries, for tests of what reads results.
+    #[cfg(test)]
+    pub(crate) fn new(result: Result<usize, Errno>, entries: &[MsrEntry]) -> MsrIo {
         let mut words = kvm_msrs_words(entries.len(), entries.len() as u32);
         put_entries(&mut words, entries.len(), |i| entries[i]);
         MsrIo {
@@ -255,8 +256,8 @@ fn kvm_msrs_words(count: usize, nmsrs: u32) -> Vec<u64> {
 
 thread_local! {
     /// Buffers of dropped `MsrIo`s, reused by the next ones: the `host` fuzz target makes 10-14
-    /// MSR ioctls per input, and a heap allocation for each cost it ~5 % of its own work
-    /// (callgrind, 2026-12-05; with `vec![0; n]`, which glibc serves with calloc, twice that).
+    /// MSR ioctls per input, and a heap allocation for each cost it ~3 % of its instructions
+    /// (callgrind, 2026-12-06; ~10 % with `vec![0; n]`, which glibc serves with calloc).
     static SPARE_WORDS: RefCell<Vec<Vec<u64>>> = const { RefCell::new(Vec::new()) };
 }
 
