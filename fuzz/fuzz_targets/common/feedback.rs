@@ -24,9 +24,11 @@ pub fn record(f: &Features) {
         let i = *id as usize % N;
         // SAFETY: `i < N`; libFuzzer reads and clears this section only between inputs, on the
         // thread that runs them, so nothing else touches the byte while we increment it.
+        // Saturating: a wrapping byte read 0 after 256 hits, and the outcome would vanish from
+        // that input's feedback.
         unsafe {
             let c = std::ptr::addr_of_mut!(COUNTERS).cast::<u8>().add(i);
-            *c = (*c).wrapping_add(1);
+            *c = (*c).saturating_add(1);
         }
     }
 }
